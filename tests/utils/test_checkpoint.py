@@ -1,0 +1,56 @@
+"""Atomic checkpoint writes and clear errors for unreadable checkpoints."""
+
+import pytest
+import torch
+
+from rtdet.utils.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
+
+
+def test_save_and_load_round_trip(tmp_path):
+    path = save_checkpoint({"w": torch.arange(3), "epoch": 2}, tmp_path / "sub" / "c.pt")
+    ckpt = load_checkpoint(path)
+    assert torch.equal(ckpt["w"], torch.arange(3)) and ckpt["epoch"] == 2
+    assert [p.name for p in path.parent.iterdir()] == ["c.pt"]  # no temporary file left behind
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path):
+    path = save_checkpoint({"epoch": 1}, tmp_path / "c.pt")
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        save_checkpoint({"epoch": 2, "bad": Unpicklable()}, path)
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", None])
+def test_corrupted_or_truncated_checkpoint_gives_a_clear_error(tmp_path, content):
+    path = tmp_path / "bad.pt"
+    if content is None:  # a real checkpoint cut in half
+        save_checkpoint({"w": torch.randn(1000)}, path)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"bad.pt: cannot be read as a checkpoint .*truncated"):
+        load_checkpoint(path)
+
+
+def test_objects_are_refused_by_weights_only(tmp_path):
+    path = tmp_path / "obj.pt"
+    torch.save({"x": object()}, path)
+    with pytest.raises(CheckpointError, match="obj.pt"):
+        load_checkpoint(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_atomic_write_text(tmp_path):
+    path = atomic_write_text(tmp_path / "r.csv", "a,b\n1,2\n")
+    assert path.read_text() == "a,b\n1,2\n"
