@@ -1,0 +1,62 @@
+"""Forward latency of a model at one image size: eager and fused, side by side in one run.
+
+    python benchmarks/latency.py                       # rtdetr-l, 640, batch 1, 2 threads
+    python benchmarks/latency.py --model rtdetr-x.yaml --imgsz 640 --runs 20
+
+Prints a markdown table (median / min over the timed runs after warm-up) and the fused/eager ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+
+from rtdet import build_model
+
+
+def time_forward(model: torch.nn.Module, x: torch.Tensor, warmup: int, runs: int) -> list[float]:
+    with torch.inference_mode():
+        for _ in range(warmup):
+            model(x)
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            model(x)
+            times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="rtdetr-l.yaml")
+    parser.add_argument("--imgsz", type=int, default=640)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=10)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    x = torch.randn(args.batch, 3, args.imgsz, args.imgsz)
+    model = build_model(args.model).eval()
+    eager = time_forward(model, x, args.warmup, args.runs)
+    model.fuse()
+    fused = time_forward(model, x, args.warmup, args.runs)
+
+    print(f"{args.model} forward, {args.imgsz}x{args.imgsz}, batch {args.batch}, {args.threads} threads, "
+          f"median of {args.runs} runs after {args.warmup} warm-up; torch {torch.__version__}, "
+          f"{platform.processor() or platform.machine()}")
+    print("| mode | median ms | min ms |")
+    print("|---|---|---|")
+    for name, t in (("eager", eager), ("fused", fused)):
+        print(f"| {name} | {statistics.median(t):.1f} | {min(t):.1f} |")
+    print(f"fused / eager = {statistics.median(fused) / statistics.median(eager):.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Contrastive denoising queries for RT-DETR training (DN-DETR / DINO, as in Ultralytics 8.4's
+``get_cdn_group``).
+
+Every ground-truth box is copied into ``num_group`` positive and ``num_group`` negative queries. Labels
+are flipped to a random class with probability ``label_noise_ratio / 2``; box corners (xyxy) move by
+``u * (w/2, h/2) * box_noise_scale`` with a random sign, ``u`` in [0, 1) for positives (they must
+reconstruct their box) and in [1, 2) for negatives (they must be rejected).
+
+Query layout per image (``m`` = max GTs per image, capped at ``num_dn``): copy ``c`` in
+``0 .. 2*num_group-1`` holds the image's GTs in slots ``[c*m, c*m + n_i)``; copies ``c < num_group`` are
+the positives, the rest negatives; empty slots hold zeros. The attention mask splits the denoising part
+into ``num_group`` blocks of ``2m`` consecutive slots that cannot see each other, and the matching
+queries that follow cannot see any denoising query. Images with more than ``num_dn`` GTs use a fresh
+random subset of ``num_dn`` of them on each call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["DenoisingQueries", "build_denoising_queries", "denoising_attn_mask"]
+
+
+@dataclass
+class DenoisingQueries:
+    """What the decoder needs for denoising: query content and boxes, the self-attention mask, and
+    the meta data the criterion uses to pair denoising queries with their GTs."""
+
+    embed: torch.Tensor  # [B, num_dn, hd]   class embeddings (zeros in empty slots)
+    bbox: torch.Tensor  # [B, num_dn, 4]    noised boxes as logits of cx cy w h
+    attn_mask: torch.Tensor  # [num_dn + nq, num_dn + nq] bool, True = blocked
+    meta: dict[str, Any]
+
+
+def denoising_attn_mask(num_dn: int, group_size: int, num_queries: int, device=None) -> torch.Tensor:
+    """Bool mask [num_dn + nq]^2 (True = may not attend): matching queries cannot see denoising
+    queries, and each block of ``group_size`` denoising queries sees only itself and the matching ones."""
+    size = num_dn + num_queries
+    mask = torch.zeros(size, size, dtype=torch.bool, device=device)
+    mask[num_dn:, :num_dn] = True
+    group = torch.arange(num_dn, device=device) // group_size
+    mask[:num_dn, :num_dn] = group[:, None] != group[None, :]
+    return mask
+
+
+def _cxcywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:
+    xy, half = b[..., :2], b[..., 2:] / 2
+    return torch.cat([xy - half, xy + half], -1)
+
+
+def _xyxy_to_cxcywh(b: torch.Tensor) -> torch.Tensor:
+    return torch.cat([(b[..., :2] + b[..., 2:]) / 2, b[..., 2:] - b[..., :2]], -1)
+
+
+def _ranks(batch_idx: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Position of each entry among the entries of its image, for entries already grouped by image."""
+    starts = counts.cumsum(0) - counts
+    return torch.arange(batch_idx.numel(), device=batch_idx.device) - starts[batch_idx]
+
+
+def build_denoising_queries(
+    targets: dict,
+    class_embed: torch.Tensor,
+    num_queries: int,
+    batch_size: int,
+    num_dn: int = 100,
+    label_noise_ratio: float = 0.5,
+    box_noise_scale: float = 1.0,
+) -> DenoisingQueries | None:
+    """Denoising queries for a batch, or None when there is nothing to denoise.
+
+    targets: ``batch_idx`` [N], ``cls`` [N] (or [N, 1]), ``bboxes`` [N, 4] normalised cx cy w h.
+    class_embed: [nc, hd] embedding table (gradients flow into the rows used).
+    meta: ``dn_pos_idx`` (per image, slots of its positive queries, group-major), ``dn_gt_idx`` (per
+    image, the batch indices of the GTs those queries reconstruct, in the same order within a group),
+    ``dn_num_group`` and ``dn_num_split = [num_dn_total, num_queries]``.
+    """
+    if num_dn <= 0:
+        return None
+    for key in ("batch_idx", "cls", "bboxes"):
+        if key not in targets:
+            raise KeyError(f"denoising needs the batch key {key!r} (batch_idx, cls, bboxes); got {sorted(targets)}")
+    device = class_embed.device
+    bboxes = targets["bboxes"].reshape(-1, 4).to(device=device, dtype=torch.float32)
+    n = bboxes.shape[0]
+    if n == 0:
+        return None
+    batch_idx = targets["batch_idx"].reshape(-1).to(device=device, dtype=torch.long)
+    cls = targets["cls"].reshape(-1).to(device=device, dtype=torch.long)
+    if batch_idx.numel() != n or cls.numel() != n:
+        raise ValueError(f"batch has {n} boxes but {batch_idx.numel()} batch_idx and {cls.numel()} cls entries")
+    nc = class_embed.shape[0]
+
+    # One host sync for everything whose value decides shapes (and for input validation).
+    counts = torch.bincount(batch_idx.clamp(0, batch_size - 1), minlength=batch_size)
+    stats = torch.cat([counts, torch.stack([batch_idx.min(), batch_idx.max(), cls.min(), cls.max()])]).tolist()
+    counts_list, (b_min, b_max, c_min, c_max) = stats[:batch_size], stats[batch_size:]
+    if b_min < 0 or b_max >= batch_size:
+        raise ValueError(f"batch_idx values must lie in [0, {batch_size - 1}] for a batch of {batch_size} images, "
+                         f"got [{b_min}, {b_max}]")
+    if c_min < 0 or c_max >= nc:
+        raise ValueError(f"class ids must lie in [0, {nc - 1}] (the head has nc={nc}), got [{c_min}, {c_max}]; "
+                         f"check the dataset's names and the model's nc")
+    max_gt = max(counts_list)
+    m = min(max_gt, num_dn)  # slots per copy
+    num_group = num_dn // m
+
+    keep = torch.arange(n, device=device)
+    if max_gt > m:  # a random subset of m GTs for the crowded images, fresh every call
+        order = torch.sort(batch_idx + torch.rand(n, device=device) * 0.5).indices
+        chosen = order[_ranks(batch_idx[order], counts) < m]
+        keep = chosen.sort().values
+    kept_counts = [min(c, m) for c in counts_list]
+    # group the kept GTs by image, keeping their batch order within an image
+    keep = keep[torch.sort(batch_idx[keep], stable=True).indices]
+    b = batch_idx[keep]
+    rank = _ranks(b, torch.as_tensor(kept_counts, device=device))
+    total = keep.numel()
+
+    copies = 2 * num_group
+    copy_id = torch.arange(copies, device=device).repeat_interleave(total)
+    dn_b = b.repeat(copies)
+    dn_slot = rank.repeat(copies) + m * copy_id
+    dn_cls = cls[keep].repeat(copies)
+    dn_box = bboxes[keep].repeat(copies, 1)
+
+    if label_noise_ratio > 0:
+        flip = torch.rand(dn_cls.shape, device=device) < label_noise_ratio * 0.5
+        dn_cls = torch.where(flip, torch.randint_like(dn_cls, 0, nc), dn_cls)
+    if box_noise_scale > 0:
+        xyxy = _cxcywh_to_xyxy(dn_box)
+        half_wh = (dn_box[:, 2:] * 0.5).repeat(1, 2) * box_noise_scale
+        sign = torch.randint_like(dn_box, 0, 2) * 2.0 - 1.0
+        magnitude = torch.rand_like(dn_box) + (copy_id >= num_group).to(dn_box.dtype)[:, None]
+        dn_box = _xyxy_to_cxcywh((xyxy + sign * magnitude * half_wh).clamp(0.0, 1.0))
+    dn_logit = torch.logit(dn_box, eps=1e-6)
+
+    num_dn_total = m * copies
+    embed = class_embed.new_zeros(batch_size, num_dn_total, class_embed.shape[1])
+    embed[dn_b, dn_slot] = class_embed[dn_cls]
+    bbox = bboxes.new_zeros(batch_size, num_dn_total, 4)
+    bbox[dn_b, dn_slot] = dn_logit
+
+    pos_idx = (rank[None] + m * torch.arange(num_group, device=device)[:, None]).cpu()  # [num_group, total]
+    meta = {
+        "dn_pos_idx": [p.reshape(-1) for p in pos_idx.split(kept_counts, dim=1)],
+        "dn_gt_idx": list(keep.cpu().split(kept_counts)),
+        "dn_num_group": num_group,
+        "dn_num_split": [num_dn_total, num_queries],
+    }
+    mask = denoising_attn_mask(num_dn_total, 2 * m, num_queries, device=device)
+    return DenoisingQueries(embed, bbox, mask, meta)

@@ -1,0 +1,276 @@
+"""RTDETRDecoder: the RT-DETR detection head (Ultralytics 8.4 layout).
+
+Multi-scale maps are projected to ``hd`` channels and flattened into one memory; every memory token
+proposes a box from its anchor (encoder query selection), the ``nq`` tokens with the highest class
+logit become the decoder's initial queries, and six deformable decoder layers refine them. In training,
+noised copies of the GT boxes (denoising queries) are decoded alongside.
+
+Outputs follow the rtdet contract:
+- eval: [B, k, 6] = (cx, cy, w, h normalised, score, class), the top k = nq over queries x classes
+  (sigmoid scores, no NMS);
+- train: ``(dec_bboxes [L, B, Q, 4], dec_scores [L, B, Q, nc], enc_bboxes [B, nq, 4],
+  enc_scores [B, nq, nc], dn_meta)`` with Q = num_dn + nq, denoising queries first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from rtdet.nn.heads.base import DetectionHead, Detections
+from rtdet.nn.heads.denoising import build_denoising_queries
+from rtdet.nn.modules.common import fuse_conv_bn
+from rtdet.nn.modules.transformer import (
+    MLP,
+    DeformableTransformerDecoder,
+    DeformableTransformerDecoderLayer,
+    is_tracing,
+)
+from rtdet.nn.registry import RowContext, register
+
+__all__ = ["RTDETRDecoder", "make_anchors"]
+
+
+def make_anchors(
+    shapes: Sequence[tuple[int, int]],
+    grid_size: float = 0.05,
+    eps: float = 1e-2,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Anchor boxes for the flattened memory, as logits, and their validity.
+
+    Level l's token (y, x) of an (H, W) map gets the box (cx, cy, w, h) = ((x+0.5)/W, (y+0.5)/H,
+    0.05*2^l, 0.05*2^l). A box is valid when all four numbers lie in (eps, 1 - eps); invalid anchors
+    are +inf. Returns anchors [1, L, 4] (logit space) and valid_mask [1, L, 1] (bool).
+    """
+    parts = []
+    for lvl, (h, w) in enumerate(shapes):
+        cy, cx = torch.meshgrid(
+            (torch.arange(h, dtype=torch.float32, device=device) + 0.5) / h,
+            (torch.arange(w, dtype=torch.float32, device=device) + 0.5) / w,
+            indexing="ij",
+        )
+        wh = torch.full((h * w, 2), grid_size * 2.0**lvl, dtype=torch.float32, device=device)
+        parts.append(torch.cat([cx.reshape(-1, 1), cy.reshape(-1, 1), wh], 1))
+    boxes = torch.cat(parts)[None]
+    valid = ((boxes > eps) & (boxes < 1 - eps)).all(-1, keepdim=True)
+    anchors = torch.log(boxes / (1 - boxes)).masked_fill(~valid, float("inf"))
+    return anchors.to(dtype), valid
+
+
+def _decoder_channels(args: list, row: RowContext) -> tuple[list, None, int]:
+    """YAML ``[[p3, p4, p5], 1, RTDETRDecoder, [nc, ...]]`` -> RTDETRDecoder(nc, [c3, c4, c5], ...)."""
+    if not args:
+        raise ValueError("expects the number of classes as its first argument, e.g. [nc]")
+    if any(isinstance(c, list) for c in row.c_in):
+        raise ValueError("reads a multi-output layer directly; pick its maps with Index rows first")
+    if row.n != 1:
+        raise ValueError(f"a head cannot be repeated (repeats = {row.n}); write 1")
+    return [args[0], [int(c) for c in row.c_in], *args[1:]], None, 1
+
+
+@register(head=True, channels=_decoder_channels)
+class RTDETRDecoder(DetectionHead):
+    """RT-DETR head: input projection, encoder query selection, deformable decoder, denoising.
+
+    Args: nc classes, ch input channels per level, hd hidden dim, nq queries, ndp sampling points,
+    nh heads, ndl decoder layers, d_ffn FFN width, dropout, act (decoder FFN), eval_idx (decoder layer
+    used at inference), nd denoising queries, label_noise_ratio, box_noise_scale, learnt_init_query
+    (learned content queries instead of the selected encoder features).
+    """
+
+    family = "rtdetr"
+    dynamic = False  # True: rebuild anchors on every call (dynamic-shape export)
+
+    def __init__(
+        self,
+        nc: int = 80,
+        ch: Sequence[int] = (512, 1024, 2048),
+        hd: int = 256,
+        nq: int = 300,
+        ndp: int = 4,
+        nh: int = 8,
+        ndl: int = 6,
+        d_ffn: int = 1024,
+        dropout: float = 0.0,
+        act: nn.Module | None = None,
+        eval_idx: int = -1,
+        nd: int = 100,
+        label_noise_ratio: float = 0.5,
+        box_noise_scale: float = 1.0,
+        learnt_init_query: bool = False,
+    ):
+        super().__init__()
+        self.hidden_dim = hd
+        self.nhead = nh
+        self.nl = len(ch)
+        self.nc = nc
+        self.num_queries = nq
+        self.num_decoder_layers = ndl
+
+        # Plain Conv2d + BN (not Conv) so the reference state-dict keys input_proj.i.{0,1}.* match.
+        self.input_proj = nn.ModuleList(nn.Sequential(nn.Conv2d(c, hd, 1, bias=False), nn.BatchNorm2d(hd)) for c in ch)
+        layer = DeformableTransformerDecoderLayer(hd, nh, d_ffn, dropout, nn.ReLU() if act is None else act,
+                                                  self.nl, ndp)
+        self.decoder = DeformableTransformerDecoder(hd, layer, ndl, eval_idx)
+
+        self.denoising_class_embed = nn.Embedding(nc, hd)
+        self.num_denoising = nd
+        self.label_noise_ratio = label_noise_ratio
+        self.box_noise_scale = box_noise_scale
+
+        self.learnt_init_query = learnt_init_query
+        if learnt_init_query:
+            self.tgt_embed = nn.Embedding(nq, hd)
+        self.query_pos_head = MLP(4, 2 * hd, hd, num_layers=2)
+
+        self.enc_output = nn.Sequential(nn.Linear(hd, hd), nn.LayerNorm(hd))
+        self.enc_score_head = nn.Linear(hd, nc)
+        self.enc_bbox_head = MLP(hd, hd, 4, num_layers=3)
+
+        self.dec_score_head = nn.ModuleList(nn.Linear(hd, nc) for _ in range(ndl))
+        self.dec_bbox_head = nn.ModuleList(MLP(hd, hd, 4, num_layers=3) for _ in range(ndl))
+
+        self._anchor_cache: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+        self._reset_parameters()
+
+    @torch.no_grad()
+    def _reset_parameters(self) -> None:
+        # Class prior 0.01, scaled by nc / 80 as the reference does.
+        bias_cls = -math.log((1 - 0.01) / 0.01) / 80 * self.nc
+        nn.init.constant_(self.enc_score_head.bias, bias_cls)
+        nn.init.zeros_(self.enc_bbox_head.layers[-1].weight)
+        nn.init.zeros_(self.enc_bbox_head.layers[-1].bias)
+        for cls_head, box_head in zip(self.dec_score_head, self.dec_bbox_head):
+            nn.init.constant_(cls_head.bias, bias_cls)
+            nn.init.zeros_(box_head.layers[-1].weight)
+            nn.init.zeros_(box_head.layers[-1].bias)
+        lin = self.enc_output[0]
+        bound = 1 / math.sqrt(lin.weight.shape[0])
+        nn.init.uniform_(lin.bias, -bound, bound)
+        nn.init.xavier_uniform_(lin.weight)
+        if self.learnt_init_query:
+            nn.init.xavier_uniform_(self.tgt_embed.weight)
+        nn.init.xavier_uniform_(self.query_pos_head.layers[0].weight)
+        nn.init.xavier_uniform_(self.query_pos_head.layers[1].weight)
+        for proj in self.input_proj:
+            nn.init.xavier_uniform_(proj[0].weight)
+
+    # ------------------------------------------------------------------ pieces
+    def anchors(self, shapes: Sequence[tuple[int, int]], device: torch.device,
+                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anchors [1, L, 4] (logits, +inf where invalid) and valid mask [1, L, 1], cached per shapes."""
+        key = (tuple(tuple(s) for s in shapes), device, dtype)
+        if self.dynamic or is_tracing():
+            return make_anchors(key[0], device=device, dtype=dtype)
+        if self._anchor_cache is None or self._anchor_cache[0] != key:
+            anchors, valid = make_anchors(key[0], device=device, dtype=dtype)
+            self._anchor_cache = (key, anchors, valid)
+        return self._anchor_cache[1], self._anchor_cache[2]
+
+    def _flatten_levels(self, feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        if len(feats) != self.nl:
+            raise ValueError(f"RTDETRDecoder was built for {self.nl} input maps, got {len(feats)}")
+        tokens, shapes = [], []
+        for proj, f in zip(self.input_proj, feats):
+            f = proj(f)
+            shapes.append((int(f.shape[2]), int(f.shape[3])))
+            tokens.append(f.flatten(2).transpose(1, 2))
+        return torch.cat(tokens, 1), shapes
+
+    def _select_queries(self, memory: torch.Tensor, shapes: list[tuple[int, int]]):
+        """Encoder query selection: the k tokens with the highest class logit and their boxes."""
+        b, n_tokens, hd = memory.shape
+        anchors, valid = self.anchors(shapes, memory.device, memory.dtype)
+        features = self.enc_output(valid * memory)
+        scores = self.enc_score_head(features)  # [B, L, nc]
+        k = min(self.num_queries, n_tokens)
+        idx = scores.max(-1).values.topk(k, dim=1).indices.unsqueeze(-1)  # [B, k, 1]
+        top_features = features.gather(1, idx.expand(-1, -1, hd))
+        top_anchors = anchors.expand(b, -1, -1).gather(1, idx.expand(-1, -1, 4))
+        refer_bbox = self.enc_bbox_head(top_features) + top_anchors  # logits
+        enc_scores = scores.gather(1, idx.expand(-1, -1, scores.shape[-1]))
+        if self.learnt_init_query:
+            embed = self.tgt_embed.weight[None, :k].expand(b, -1, -1)
+        else:
+            embed = top_features
+        return embed, refer_bbox, refer_bbox.sigmoid(), enc_scores
+
+    def _topk(self, boxes: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """[B, Q, 4] boxes and [B, Q, nc] logits -> [B, k, 6] top-k over queries x classes."""
+        scores = logits.sigmoid().flatten(1)
+        k = min(self.num_queries, scores.shape[1])
+        top, index = scores.topk(k, dim=1)
+        query = torch.div(index, self.nc, rounding_mode="floor")
+        picked = boxes.gather(1, query.unsqueeze(-1).expand(-1, -1, 4))
+        return torch.cat([picked, top.unsqueeze(-1), (index % self.nc).unsqueeze(-1).to(picked.dtype)], -1)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, feats: list[torch.Tensor], targets: dict | None = None):
+        """feats: maps [B, ch_i, H_i, W_i]; targets: the batch dict (read in training for denoising)."""
+        memory, shapes = self._flatten_levels(feats)
+        b = memory.shape[0]
+        embed, refer_bbox, enc_bboxes, enc_scores = self._select_queries(memory, shapes)
+        if not self.training:
+            dec_bboxes, dec_scores = self.decoder(embed, refer_bbox, memory, shapes, self.dec_bbox_head,
+                                                  self.dec_score_head, self.query_pos_head)
+            return self._topk(dec_bboxes[-1], dec_scores[-1])
+
+        # Training: queries start from detached encoder proposals (gradients reach the encoder
+        # through enc_bboxes / enc_scores only).
+        refer_bbox = refer_bbox.detach()
+        if not self.learnt_init_query:
+            embed = embed.detach()
+        dn = None
+        if targets is not None:
+            dn = build_denoising_queries(targets, self.denoising_class_embed.weight, embed.shape[1], b,
+                                         self.num_denoising, self.label_noise_ratio, self.box_noise_scale)
+        attn_mask, dn_meta = None, None
+        if dn is not None:
+            embed = torch.cat([dn.embed.to(embed.dtype), embed], 1)
+            refer_bbox = torch.cat([dn.bbox.to(refer_bbox.dtype), refer_bbox], 1)
+            attn_mask, dn_meta = dn.attn_mask, dn.meta
+        else:
+            # Keep the denoising embedding in the graph so DDP finds a gradient for it every step.
+            embed = embed + 0.0 * self.denoising_class_embed.weight.sum()
+        dec_bboxes, dec_scores = self.decoder(embed, refer_bbox, memory, shapes, self.dec_bbox_head,
+                                              self.dec_score_head, self.query_pos_head, attn_mask=attn_mask)
+        return dec_bboxes, dec_scores, enc_bboxes, enc_scores, dn_meta
+
+    # ------------------------------------------------------------------ interface
+    def postprocess(self, outputs, img_shape: tuple[int, int], conf: float = 0.25, iou: float = 0.7,
+                    max_det: int = 300) -> list[Detections]:
+        """Eval output [B, k, 6] -> per-image Detections: xyxy boxes in input pixels (clipped to the
+        image), scores >= conf, best first, at most max_det. No NMS (``iou`` is unused)."""
+        if not (isinstance(outputs, torch.Tensor) and outputs.ndim == 3 and outputs.shape[-1] == 6):
+            got = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
+            raise TypeError(f"RTDETRDecoder.postprocess expects the eval output [B, k, 6], got {got}; "
+                            f"run the model in eval mode")
+        h, w = img_shape
+        xy, half = outputs[..., :2], outputs[..., 2:4] / 2
+        scale = outputs.new_tensor([w, h, w, h])
+        boxes = torch.cat([xy - half, xy + half], -1) * scale
+        boxes = torch.minimum(boxes.clamp(min=0), scale)
+        scores, labels = outputs[..., 4], outputs[..., 5].round().long()
+        results = []
+        for bx, sc, lb in zip(boxes, scores, labels):
+            order = sc.argsort(descending=True)
+            order = order[sc[order] >= conf][:max_det]
+            results.append(Detections(bx[order], sc[order], lb[order]))
+        return results
+
+    def build_criterion(self, hyp: dict | None = None) -> nn.Module:
+        from rtdet.losses.detr import RTDETRCriterion
+
+        return RTDETRCriterion(nc=self.nc, **(hyp or {}))
+
+    @torch.no_grad()
+    def fuse_(self) -> None:
+        """Fold each input projection's BatchNorm into its convolution (inference only)."""
+        for i, proj in enumerate(self.input_proj):
+            if isinstance(proj[1], nn.BatchNorm2d):
+                self.input_proj[i] = nn.Sequential(fuse_conv_bn(proj[0], proj[1]), nn.Identity())
