@@ -1,0 +1,381 @@
+"""RT-DETR set-prediction loss: Hungarian matching, varifocal classification, L1 + GIoU boxes, auxiliary
+(every decoder layer and the encoder's top-k proposals) and denoising terms.
+
+Defaults are those of the official RT-DETR (lyuwenyu/RT-DETR, ``rtdetr_criterion.py`` / ``matcher.py``):
+VFL α 0.75 γ 2.0 with weights vfl 1 / L1 5 / GIoU 2; matching cost class 2 / L1 5 / GIoU 2 with the focal
+class cost (α 0.25, γ 2.0). Ultralytics' RT-DETR differs only in the VFL α/γ (0.25 / 1.5).
+
+Shapes: B images, Q queries, C classes, L decoder layers, N ground-truth boxes in the batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+from scipy.optimize import linear_sum_assignment
+
+from rtdet.losses.common import varifocal_loss
+from rtdet.ops.boxes import cxcywh_to_xyxy, elementwise_iou, pairwise_iou
+
+__all__ = ["PaddedTargets", "pad_targets", "HungarianMatcher", "RTDETRCriterion"]
+
+_BIG_COST = 1e6  # replaces NaN / inf costs: such a pair is never preferred, and scipy accepts the matrix
+
+
+class PaddedTargets(NamedTuple):
+    """Ground truth regrouped per image and padded to M = the largest count in the batch.
+
+    cls [B, M] int64, bboxes [B, M, 4] normalised cxcywh, counts [B] int64, rows [B, M] int64 — the row of
+    each box in the Batch arrays (-1 for padding). Image b's boxes fill slots 0..counts[b]-1 in the order
+    they appear in the Batch; "local GT index j of image b" means slot j.
+    """
+
+    cls: torch.Tensor
+    bboxes: torch.Tensor
+    counts: torch.Tensor
+    rows: torch.Tensor
+
+
+def pad_targets(batch_idx: torch.Tensor, cls: torch.Tensor, bboxes: torch.Tensor,
+                batch_size: int) -> PaddedTargets:
+    """Batch arrays (batch_idx [N], cls [N], bboxes [N, 4]) -> PaddedTargets, without a loop over boxes."""
+    device = bboxes.device
+    n = batch_idx.shape[0]
+    counts = torch.bincount(batch_idx, minlength=batch_size) if n else batch_idx.new_zeros(batch_size)
+    m = int(counts.max()) if n else 0
+    order = torch.argsort(batch_idx, stable=True)
+    img = batch_idx[order]
+    slot = torch.arange(n, device=device) - (counts.cumsum(0) - counts)[img]
+    rows = torch.full((batch_size, m), -1, dtype=torch.int64, device=device)
+    rows[img, slot] = order
+    out_cls = torch.zeros((batch_size, m), dtype=torch.int64, device=device)
+    out_cls[img, slot] = cls[order]
+    out_boxes = torch.zeros((batch_size, m, 4), dtype=bboxes.dtype, device=device)
+    out_boxes[img, slot] = bboxes[order]
+    return PaddedTargets(out_cls, out_boxes, counts, rows)
+
+
+class HungarianMatcher(nn.Module):
+    """One-to-one assignment of queries to ground-truth boxes minimising
+
+        cost = cost_class · C_cls + cost_bbox · ||b̂ − b||₁ + cost_giou · (−GIoU(b̂, b))
+
+    with the focal class cost ``C_cls = α(1−p)^γ(−log p) − (1−α)p^γ(−log(1−p))`` at the GT class
+    (``use_focal``, p = σ(logit)) or ``−softmax(logits)[gt]``. Costs for a whole stack of layers and images
+    are one tensor computation in float32 (autocast off); non-finite costs become a large finite value.
+    ``scipy.optimize.linear_sum_assignment`` then solves each image's [Q, n_b] block.
+    """
+
+    def __init__(self, cost_class: float = 2.0, cost_bbox: float = 5.0, cost_giou: float = 2.0,
+                 alpha: float = 0.25, gamma: float = 2.0, use_focal: bool = True):
+        super().__init__()
+        if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
+            raise ValueError("HungarianMatcher: cost_class, cost_bbox and cost_giou cannot all be 0")
+        self.cost_class, self.cost_bbox, self.cost_giou = cost_class, cost_bbox, cost_giou
+        self.alpha, self.gamma, self.use_focal = alpha, gamma, use_focal
+
+    def extra_repr(self) -> str:
+        return (f"cost_class={self.cost_class}, cost_bbox={self.cost_bbox}, cost_giou={self.cost_giou}, "
+                f"alpha={self.alpha}, gamma={self.gamma}, use_focal={self.use_focal}")
+
+    @torch.no_grad()
+    def cost(self, pred_bboxes: torch.Tensor, pred_logits: torch.Tensor, targets: PaddedTargets) -> torch.Tensor:
+        """Matching costs [S, B, Q, M] for predictions [S, B, Q, 4] (cxcywh) / [S, B, Q, C] (logits)."""
+        with torch.autocast(pred_bboxes.device.type, enabled=False):
+            boxes, logits = pred_bboxes.float(), pred_logits.float()
+            s, b, q, _ = boxes.shape
+            m = targets.cls.shape[1]
+            if m == 0:  # no ground truth in the whole batch
+                return boxes.new_zeros((s, b, q, 0))
+            gt_boxes = targets.bboxes.float()
+            cls_idx = targets.cls[None, :, None, :].expand(s, b, q, m)
+            if self.use_focal:
+                p = logits.gather(-1, cls_idx).sigmoid()  # only the GT classes' probabilities
+                pos = self.alpha * (1 - p).pow(self.gamma) * -(p + 1e-8).log()
+                neg = (1 - self.alpha) * p.pow(self.gamma) * -(1 - p + 1e-8).log()
+                c_cls = pos - neg
+            else:
+                c_cls = -logits.softmax(-1).gather(-1, cls_idx)
+            c_l1 = torch.cdist(boxes.reshape(s * b, q, 4), gt_boxes.repeat(s, 1, 1), p=1).view(s, b, q, m)
+            c_giou = -pairwise_iou(cxcywh_to_xyxy(boxes), cxcywh_to_xyxy(gt_boxes)[None], kind="giou")
+            c = self.cost_bbox * c_l1 + self.cost_class * c_cls + self.cost_giou * c_giou
+            return torch.where(torch.isfinite(c), c, torch.full_like(c, _BIG_COST))
+
+    @torch.no_grad()
+    def match_stack(self, pred_bboxes: torch.Tensor, pred_logits: torch.Tensor,
+                    targets: PaddedTargets) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Match every layer of a stack: [S, B, Q, 4] / [S, B, Q, C] -> [S][B] (pred_idx, gt_idx) int64.
+
+        gt_idx is the local index within the image (slot of PaddedTargets); an image without ground truth
+        gets two empty tensors.
+        """
+        cost = self.cost(pred_bboxes, pred_logits, targets).cpu().numpy()  # one device->host copy
+        counts = targets.counts.tolist()
+        empty = torch.zeros(0, dtype=torch.int64)
+        out = []
+        for layer in cost:
+            per_image = []
+            for c, n in zip(layer, counts):
+                if n == 0:
+                    per_image.append((empty, empty))
+                    continue
+                pi, gi = linear_sum_assignment(c[:, :n])
+                per_image.append((torch.from_numpy(pi).long(), torch.from_numpy(gi).long()))
+            out.append(per_image)
+        return out
+
+    def forward(self, pred_bboxes: torch.Tensor, pred_logits: torch.Tensor,
+                targets: PaddedTargets) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Match one layer: pred_bboxes [B, Q, 4] cxcywh, pred_logits [B, Q, C] -> per image (pred_idx,
+        gt_idx) int64 tensors of length min(Q, n_b), sorted by pred_idx."""
+        return self.match_stack(pred_bboxes[None], pred_logits[None], targets)[0]
+
+
+class _Pairs(NamedTuple):
+    """Matched (layer, image, query) ↔ ground-truth row, flattened over a stack of layers."""
+
+    layer: torch.Tensor
+    image: torch.Tensor
+    query: torch.Tensor
+    gt_row: torch.Tensor
+
+
+class RTDETRCriterion(nn.Module):
+    """RT-DETR training loss: ``criterion(outputs, batch, num_boxes=None) -> (total, logs)``.
+
+    outputs: the head's training tuple ``(dec_bboxes [L, B, Q, 4], dec_scores [L, B, Q, C], enc_bboxes
+    [B, nq, 4], enc_scores [B, nq, C], dn_meta)``; with ``dn_meta`` the first ``dn_num_split[0]`` queries are
+    denoising queries. batch: the Batch dict (``batch_idx`` [N], ``cls`` [N], ``bboxes`` [N, 4] normalised
+    cxcywh). ``num_boxes``: the normaliser (default N; in DDP pass the all-reduced mean count), clamped ≥ 1.
+
+    For each supervised set of predictions: varifocal loss with the detached IoU of matched pairs as soft
+    target, summed and divided by num_boxes; L1 and 1 − GIoU over matched pairs divided by num_boxes.
+    Matching is Hungarian per layer (final decoder layer = main loss; the other decoder layers and the
+    encoder top-k = auxiliary). Denoising queries use the fixed assignment of dn_meta (positive query k of
+    image b ↔ its GT, repeated per group), normalised by num_boxes × dn_num_group.
+
+    Hyper-parameters (keywords, defaults = official RT-DETR): ``loss_vfl=1.0, loss_bbox=5.0, loss_giou=2.0,
+    vfl_alpha=0.75, vfl_gamma=2.0, cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, matcher_alpha=0.25,
+    matcher_gamma=2.0, aux_loss=True`` (False: final layer only, for both matching and denoising queries).
+    An unknown keyword is an error.
+
+    logs: detached weighted terms ``vfl, l1, giou`` (final layer), ``aux`` and ``dn`` (sums of the
+    auxiliary / denoising terms); they add up to ``total``. ``terms()`` gives every term per layer.
+    """
+
+    DEFAULTS: dict[str, Any] = {
+        "loss_vfl": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0, "vfl_alpha": 0.75, "vfl_gamma": 2.0,
+        "cost_class": 2.0, "cost_bbox": 5.0, "cost_giou": 2.0, "matcher_alpha": 0.25, "matcher_gamma": 2.0,
+        "aux_loss": True,
+    }
+
+    def __init__(self, nc: int, **hyp: Any):
+        super().__init__()
+        unknown = sorted(set(hyp) - set(self.DEFAULTS))
+        if unknown:
+            raise ValueError(
+                f"RTDETRCriterion: unknown hyper-parameter(s) {unknown}; accepted keys and defaults: "
+                + ", ".join(f"{k}={v}" for k, v in self.DEFAULTS.items())
+            )
+        h = {**self.DEFAULTS, **hyp}
+        self.nc = int(nc)
+        self.hyp = h
+        self.gain = {"vfl": float(h["loss_vfl"]), "l1": float(h["loss_bbox"]), "giou": float(h["loss_giou"])}
+        self.vfl_alpha, self.vfl_gamma = float(h["vfl_alpha"]), float(h["vfl_gamma"])
+        self.aux_loss = bool(h["aux_loss"])
+        self.matcher = HungarianMatcher(h["cost_class"], h["cost_bbox"], h["cost_giou"], h["matcher_alpha"],
+                                        h["matcher_gamma"], use_focal=True)
+
+    def extra_repr(self) -> str:
+        return f"nc={self.nc}, " + ", ".join(f"{k}={v}" for k, v in self.hyp.items())
+
+    # ------------------------------------------------------------------------------------------ API
+    def forward(self, outputs: tuple, batch: dict,
+                num_boxes: float | torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        t = self.terms(outputs, batch, num_boxes)
+        logs = {"vfl": t["vfl"][0], "l1": t["l1"][0], "giou": t["giou"][0],
+                "aux": t["vfl"][1:].sum() + t["l1"][1:].sum() + t["giou"][1:].sum(),
+                "dn": t["vfl_dn"].sum() + t["l1_dn"].sum() + t["giou_dn"].sum()}
+        total = sum(logs.values())
+        return total, {k: v.detach() for k, v in logs.items()}
+
+    def terms(self, outputs: tuple, batch: dict,
+              num_boxes: float | torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Every weighted term per layer, float32 with gradients.
+
+        ``vfl``, ``l1``, ``giou``: [S] — index 0 the final decoder layer, then (aux_loss) decoder layers
+        0..L-2 and last the encoder top-k. ``vfl_dn``, ``l1_dn``, ``giou_dn``: [L] per decoder layer in order
+        (only the final layer without aux_loss), zeros of shape [0] when dn_meta is None.
+        """
+        dec_bboxes, dec_scores, enc_bboxes, enc_scores, dn_meta = self._unpack(outputs)
+        device = dec_bboxes.device
+        with torch.autocast(device.type, enabled=False):
+            dec_bboxes, dec_scores = dec_bboxes.float(), dec_scores.float()
+            enc_bboxes, enc_scores = enc_bboxes.float(), enc_scores.float()
+            n_img = dec_bboxes.shape[1]
+            targets, gt_cls, gt_boxes = self._targets(batch, n_img, device)
+            norm = self._num_boxes(num_boxes, gt_cls.shape[0])
+
+            if dn_meta is not None:
+                num_dn = self._dn_split(dn_meta, dec_bboxes.shape[2])
+                dn_bboxes, dec_bboxes = dec_bboxes[:, :, :num_dn], dec_bboxes[:, :, num_dn:]
+                dn_scores, dec_scores = dec_scores[:, :, :num_dn], dec_scores[:, :, num_dn:]
+
+            out = self._matched_terms(dec_bboxes, dec_scores, enc_bboxes, enc_scores, targets, gt_cls, gt_boxes,
+                                      norm)
+            if dn_meta is None:
+                zero = dec_scores.new_zeros(0)
+                out.update({"vfl_dn": zero, "l1_dn": zero, "giou_dn": zero})
+            else:
+                if not self.aux_loss:
+                    dn_bboxes, dn_scores = dn_bboxes[-1:], dn_scores[-1:]
+                groups = int(dn_meta["dn_num_group"])
+                pairs = self._dn_pairs(dn_meta, targets, dn_bboxes.shape[0], groups, device)
+                vfl, l1, giou = self._set_losses(dn_bboxes, dn_scores, pairs, gt_cls, gt_boxes, norm * groups)
+                out.update({"vfl_dn": vfl, "l1_dn": l1, "giou_dn": giou})
+        return out
+
+    # ------------------------------------------------------------------------------------------ parts
+    def _matched_terms(self, dec_bboxes, dec_scores, enc_bboxes, enc_scores, targets, gt_cls, gt_boxes, norm):
+        if not self.aux_loss:
+            stacks = [(dec_bboxes[-1:], dec_scores[-1:])]
+        elif enc_bboxes.shape == dec_bboxes.shape[1:] and enc_scores.shape == dec_scores.shape[1:]:
+            # one matching pass over [final, decoder 0..L-2, encoder]
+            stacks = [(torch.cat([dec_bboxes[-1:], dec_bboxes[:-1], enc_bboxes[None]]),
+                       torch.cat([dec_scores[-1:], dec_scores[:-1], enc_scores[None]]))]
+        else:  # encoder top-k of another size: match it on its own
+            stacks = [(torch.cat([dec_bboxes[-1:], dec_bboxes[:-1]]), torch.cat([dec_scores[-1:], dec_scores[:-1]])),
+                      (enc_bboxes[None], enc_scores[None])]
+        parts = []
+        for boxes, logits in stacks:
+            pairs = self._hungarian_pairs(boxes, logits, targets)
+            parts.append(self._set_losses(boxes, logits, pairs, gt_cls, gt_boxes, norm))
+        vfl, l1, giou = (torch.cat(x) for x in zip(*parts))
+        return {"vfl": vfl, "l1": l1, "giou": giou}
+
+    def _hungarian_pairs(self, boxes: torch.Tensor, logits: torch.Tensor, targets: PaddedTargets) -> _Pairs:
+        matches = self.matcher.match_stack(boxes, logits, targets)
+        layer, image, query, slot = [], [], [], []
+        for s, per_image in enumerate(matches):  # loops over layers and images; pairs are whole arrays
+            for b, (pi, gi) in enumerate(per_image):
+                layer.append(np.full(len(pi), s))
+                image.append(np.full(len(pi), b))
+                query.append(pi.numpy())
+                slot.append(gi.numpy())
+        device = boxes.device
+        layer_t, image_t, query_t, slot_t = (torch.from_numpy(np.concatenate(x).astype(np.int64)).to(device)
+                                             for x in (layer, image, query, slot))
+        return _Pairs(layer_t, image_t, query_t, targets.rows[image_t, slot_t])
+
+    @staticmethod
+    def _dn_pairs(dn_meta: dict, targets: PaddedTargets, n_layers: int, groups: int,
+                  device: torch.device) -> _Pairs:
+        pos_idx = dn_meta["dn_pos_idx"]
+        gt_idx = dn_meta.get("dn_gt_idx")  # optional: Batch rows each image's DN queries reconstruct
+        n_img = targets.counts.shape[0]
+        if len(pos_idx) != n_img:
+            raise ValueError(f"RTDETRCriterion: dn_meta['dn_pos_idx'] has {len(pos_idx)} entries for {n_img} images")
+        counts = targets.counts.tolist()
+        image, query, rows = [], [], []
+        for b in range(n_img):  # per image; the pairs themselves are tensors
+            pos = torch.as_tensor(pos_idx[b], dtype=torch.int64, device=device).reshape(-1)
+            gt = (targets.rows[b, :counts[b]] if gt_idx is None
+                  else torch.as_tensor(gt_idx[b], dtype=torch.int64, device=device).reshape(-1))
+            gt = gt.repeat(groups)
+            if pos.numel() != gt.numel():
+                raise ValueError(
+                    f"RTDETRCriterion: image {b} has {pos.numel()} positive denoising queries in dn_meta but "
+                    f"{gt.numel() // max(groups, 1)} ground-truth boxes × {groups} groups = {gt.numel()}; the "
+                    f"head's denoising group must be built from the same batch (batch_idx/cls/bboxes)"
+                )
+            image.append(torch.full_like(pos, b))
+            query.append(pos)
+            rows.append(gt)
+        image_t, query_t, rows_t = torch.cat(image), torch.cat(query), torch.cat(rows)
+        p = image_t.numel()
+        layer_t = torch.arange(n_layers, device=device).repeat_interleave(p)
+        return _Pairs(layer_t, image_t.repeat(n_layers), query_t.repeat(n_layers), rows_t.repeat(n_layers))
+
+    def _set_losses(self, boxes: torch.Tensor, logits: torch.Tensor, pairs: _Pairs, gt_cls: torch.Tensor,
+                    gt_boxes: torch.Tensor, norm: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Weighted (vfl, l1, giou), each [S], for a stack boxes [S, B, Q, 4] / logits [S, B, Q, C]."""
+        s = boxes.shape[0]
+        pred = boxes[pairs.layer, pairs.image, pairs.query]  # [P, 4]
+        tgt = gt_boxes[pairs.gt_row]
+        cls = gt_cls[pairs.gt_row]
+        pred_xyxy, tgt_xyxy = cxcywh_to_xyxy(pred), cxcywh_to_xyxy(tgt)
+        giou = elementwise_iou(pred_xyxy, tgt_xyxy, kind="giou")
+        iou = elementwise_iou(pred_xyxy.detach(), tgt_xyxy, kind="iou")
+
+        where = (pairs.layer, pairs.image, pairs.query, cls)
+        score = torch.zeros_like(logits).index_put_(where, iou)
+        label = torch.zeros_like(logits).index_put_(where, torch.ones_like(iou))
+        vfl = varifocal_loss(logits, score, label, self.vfl_alpha, self.vfl_gamma).sum((1, 2, 3))
+
+        l1 = boxes.new_zeros(s).index_add_(0, pairs.layer, (pred - tgt).abs().sum(-1))
+        giou_loss = boxes.new_zeros(s).index_add_(0, pairs.layer, 1 - giou)
+        if pred.shape[0] == 0:  # keep the box branch in the graph (DDP expects every output to be used)
+            l1 = l1 + 0.0 * boxes.sum()
+        g = self.gain
+        return g["vfl"] * vfl / norm, g["l1"] * l1 / norm, g["giou"] * giou_loss / norm
+
+    # ------------------------------------------------------------------------------------------ inputs
+    def _unpack(self, outputs):
+        if not isinstance(outputs, (tuple, list)) or len(outputs) != 5:
+            raise ValueError(
+                "RTDETRCriterion: outputs must be the head's training tuple (dec_bboxes, dec_scores, enc_bboxes, "
+                f"enc_scores, dn_meta); got {type(outputs).__name__}"
+                + (f" of length {len(outputs)}" if isinstance(outputs, (tuple, list)) else "")
+                + ". Is the head in eval mode?"
+            )
+        dec_bboxes, dec_scores, enc_bboxes, enc_scores, dn_meta = outputs
+        if dec_bboxes.dim() != 4 or dec_bboxes.shape[-1] != 4 or dec_scores.shape[:-1] != dec_bboxes.shape[:-1]:
+            raise ValueError(f"RTDETRCriterion: expected dec_bboxes [L, B, Q, 4] and dec_scores [L, B, Q, C], got "
+                             f"{tuple(dec_bboxes.shape)} and {tuple(dec_scores.shape)}")
+        if dec_scores.shape[-1] != self.nc or enc_scores.shape[-1] != self.nc:
+            raise ValueError(f"RTDETRCriterion: built for nc={self.nc} but the head predicts "
+                             f"{dec_scores.shape[-1]} classes; build the criterion with the model's nc")
+        if enc_bboxes.dim() != 3 or enc_bboxes.shape[0] != dec_bboxes.shape[1]:
+            raise ValueError(f"RTDETRCriterion: expected enc_bboxes [B={dec_bboxes.shape[1]}, nq, 4], "
+                             f"got {tuple(enc_bboxes.shape)}")
+        return dec_bboxes, dec_scores, enc_bboxes, enc_scores, dn_meta
+
+    @staticmethod
+    def _dn_split(dn_meta: dict, q_total: int) -> int:
+        for key in ("dn_pos_idx", "dn_num_group", "dn_num_split"):
+            if key not in dn_meta:
+                raise KeyError(f"RTDETRCriterion: dn_meta lacks {key!r} (has {sorted(dn_meta)})")
+        num_dn, nq = (int(v) for v in dn_meta["dn_num_split"])
+        if num_dn + nq != q_total:
+            raise ValueError(f"RTDETRCriterion: dn_meta['dn_num_split'] = [{num_dn}, {nq}] does not add up to the "
+                             f"{q_total} decoder queries")
+        return num_dn
+
+    def _targets(self, batch: dict, n_img: int, device: torch.device):
+        missing = [k for k in ("batch_idx", "cls", "bboxes") if k not in batch]
+        if missing:
+            raise KeyError(f"RTDETRCriterion: batch lacks {missing}; a Batch has batch_idx [N], cls [N], bboxes [N, 4]")
+        batch_idx = batch["batch_idx"].to(device=device, dtype=torch.int64).reshape(-1)
+        cls = batch["cls"].to(device=device, dtype=torch.int64).reshape(-1)  # [N] or Ultralytics' [N, 1]
+        bboxes = batch["bboxes"].to(device=device, dtype=torch.float32)
+        n = batch_idx.shape[0]
+        if cls.shape[0] != n or bboxes.shape != (n, 4):
+            raise ValueError(f"RTDETRCriterion: batch has batch_idx [{n}], cls {tuple(batch['cls'].shape)}, bboxes "
+                             f"{tuple(batch['bboxes'].shape)}; expected [N], [N], [N, 4]")
+        if n:
+            lo, hi = int(cls.min()), int(cls.max())
+            if lo < 0 or hi >= self.nc:
+                raise ValueError(f"RTDETRCriterion: class id {lo if lo < 0 else hi} in batch['cls'] is outside "
+                                 f"[0, {self.nc - 1}] (nc={self.nc}); check the dataset's names / nc")
+            if int(batch_idx.min()) < 0 or int(batch_idx.max()) >= n_img:
+                raise ValueError(f"RTDETRCriterion: batch['batch_idx'] must lie in [0, {n_img - 1}] for the "
+                                 f"{n_img} images the head saw, got [{int(batch_idx.min())}, {int(batch_idx.max())}]")
+        return pad_targets(batch_idx, cls, bboxes, n_img), cls, bboxes
+
+    @staticmethod
+    def _num_boxes(num_boxes, n: int) -> float:
+        value = float(n) if num_boxes is None else float(num_boxes)
+        return max(value, 1.0)

@@ -1,0 +1,129 @@
+"""Non-maximum suppression with torchvision's semantics, with or without torchvision.
+
+``nms`` / ``batched_nms`` keep, in order of decreasing score, every box whose IoU with an already kept,
+higher-scored box (of the same class for ``batched_nms``) is not greater than ``iou_threshold``. They call
+``torchvision.ops`` when it is importable and otherwise run the pure-PyTorch path below, which returns
+the same indices.
+
+The pure path is vectorised over boxes: boxes are ordered by class, then by decreasing score; overlaps
+above the threshold are found block by block, each block only against the rest of its classes (memory
+O(block · N), not N²), and kept as an edge list (i suppresses j, i scored higher); greedy NMS is then the
+unique fixed point of ``keep[j] = not any(keep[i] for edges i -> j)``, reached by a few whole-tensor
+sweeps (Cluster-NMS, Zheng et al. 2021) instead of a Python loop over boxes. Ties in score keep the
+original order (stable sort).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["nms", "batched_nms", "nms_torch", "batched_nms_torch", "HAS_TORCHVISION"]
+
+try:  # optional: not installable next to every torch build
+    from torchvision.ops import batched_nms as _tv_batched_nms
+    from torchvision.ops import nms as _tv_nms
+
+    HAS_TORCHVISION = True
+except Exception:  # ImportError, or a torchvision built against another torch
+    HAS_TORCHVISION = False
+
+_BLOCK = 2048
+
+
+def _check(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor | None = None) -> None:
+    if boxes.dim() != 2 or boxes.shape[-1] != 4:
+        raise ValueError(f"nms: boxes must be [N, 4] xyxy, got shape {tuple(boxes.shape)}")
+    if scores.shape != boxes.shape[:1]:
+        raise ValueError(f"nms: scores must be [N] = [{boxes.shape[0]}], got shape {tuple(scores.shape)}")
+    if idxs is not None and idxs.shape != boxes.shape[:1]:
+        raise ValueError(f"batched_nms: idxs must be [N] = [{boxes.shape[0]}], got shape {tuple(idxs.shape)}")
+
+
+def _suppression_edges(boxes: torch.Tensor, iou_threshold: float, group_end: torch.Tensor | None,
+                       block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairs (i, j), i < j, with IoU(i, j) > threshold, for boxes sorted by group then decreasing score.
+
+    ``group_end[i]`` is the end of i's group in that order (None: one group). A block of rows is compared
+    only with the columns from its first row to the end of its last row's group, so class-aware NMS costs
+    about N · (block + class size) IoUs instead of N².
+    """
+    n = boxes.shape[0]
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    src, dst = [], []
+    for s in range(0, n, block):  # blocks of rows; each row only needs the boxes after it in its group
+        e = min(s + block, n)
+        end = n if group_end is None else int(group_end[e - 1])
+        a, b = boxes[s:e, None], boxes[None, s:end]
+        w = (torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])).clamp(min=0)
+        h = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])).clamp(min=0)
+        inter = w * h
+        # the same expression as torchvision's kernel, so the comparisons agree to the bit
+        over = inter / (area[s:e, None] + area[None, s:end] - inter) > iou_threshold
+        over = over.triu(1)  # row r is box s + r, column c is box s + c: keep c > r
+        if group_end is not None:
+            over &= group_end[s:e, None] == group_end[None, s:end]  # same group <=> same end
+        i, j = over.nonzero(as_tuple=True)
+        src.append(i + s)
+        dst.append(j + s)
+    return torch.cat(src), torch.cat(dst)
+
+
+def _greedy_keep(n: int, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """Fixed point of keep[j] = not any(keep[i] for i -> j); equals sequential greedy NMS."""
+    keep = torch.ones(n, dtype=torch.bool, device=src.device)
+    # box k is final after (longest suppression chain ending at k) sweeps, so this stops within n sweeps
+    for _ in range(n + 1):
+        suppressed = torch.zeros_like(keep)
+        suppressed[dst[keep[src]]] = True
+        new = ~suppressed
+        if torch.equal(new, keep):
+            break
+        keep = new
+    return keep
+
+
+def batched_nms_torch(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor | None,
+                      iou_threshold: float, block: int | None = None) -> torch.Tensor:
+    """Pure-PyTorch (class-aware when ``idxs`` is given) NMS; indices of kept boxes by decreasing score.
+
+    boxes [N, 4] xyxy, scores [N], idxs [N] integer class (or None for class-agnostic) -> int64 [K].
+    ``block``: rows per IoU block (default: about 4M IoUs per block).
+    """
+    _check(boxes, scores, idxs)
+    n = boxes.shape[0]
+    if n == 0:
+        return torch.empty(0, dtype=torch.int64, device=boxes.device)
+    by_score = torch.sort(scores, descending=True, stable=True).indices
+    group_end, order, group_size = None, by_score, n
+    if idxs is not None:  # group by class, keeping score order (and index order on ties) inside a class
+        order = by_score[torch.sort(idxs[by_score], stable=True).indices]
+        _, counts = torch.unique_consecutive(idxs[order], return_counts=True)
+        group_end = torch.repeat_interleave(counts.cumsum(0), counts)
+        group_size = -(-n // counts.numel())
+    if block is None:  # a block costs block x (block + group size) IoUs: about 4M at most
+        block = max(64, min(4096, (1 << 22) // n, 2 * group_size))
+    src, dst = _suppression_edges(boxes[order], float(iou_threshold), group_end, block)
+    keep = torch.zeros(n, dtype=torch.bool, device=boxes.device)
+    keep[order] = _greedy_keep(n, src, dst)
+    return by_score[keep[by_score]]
+
+
+def nms_torch(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Pure-PyTorch class-agnostic NMS (see ``batched_nms_torch``)."""
+    return batched_nms_torch(boxes, scores, None, iou_threshold)
+
+
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Class-agnostic NMS: boxes [N, 4] xyxy, scores [N] -> kept indices [K] by decreasing score."""
+    if HAS_TORCHVISION:
+        return _tv_nms(boxes, scores, float(iou_threshold))
+    return nms_torch(boxes, scores, iou_threshold)
+
+
+def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor,
+                iou_threshold: float) -> torch.Tensor:
+    """Class-aware NMS (boxes of different ``idxs`` never suppress each other), like
+    ``torchvision.ops.batched_nms``: boxes [N, 4] xyxy, scores [N], idxs [N] -> kept indices [K]."""
+    if HAS_TORCHVISION:
+        return _tv_batched_nms(boxes, scores, idxs, float(iou_threshold))
+    return batched_nms_torch(boxes, scores, idxs, iou_threshold)
