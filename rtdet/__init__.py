@@ -1,0 +1,7 @@
+"""rtdet: a pure-PyTorch toolkit for real-time object detection (RT-DETR, YOLOv9, RTMDet)."""
+
+__version__ = "0.1.0"
+
+from rtdet.nn import DetectionModel, ModelConfigError, build_model, register  # noqa: E402
+
+__all__ = ["DetectionModel", "ModelConfigError", "__version__", "build_model", "register"]

@@ -1,0 +1,223 @@
+"""DetectionModel: a graph of YAML-built layers ending in a family head.
+
+    model = build_model("rtdetr-l.yaml", nc=80)
+    model.info()                         # per-row table and '<name> summary: L layers, P parameters, G GFLOPs'
+    y = model(images)                    # eval: the head's inference output
+    out = model(images, targets)         # train: raw head outputs (the head may use targets, e.g. denoising)
+    model.fuse()                         # fold Conv+BN, re-parameterise RepConv (inference)
+    model.save("m.pt"); DetectionModel.load("m.pt")
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from rtdet.nn.builder import BuiltLayer, load_model_yaml, parse_model
+
+__all__ = ["DetectionModel", "build_model", "count_parameters"]
+
+BN_EPS, BN_MOMENTUM = 1e-3, 0.03  # what the references set on every BatchNorm2d
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+class DetectionModel(nn.Module):
+    """Runs the rows of a model YAML in order, keeping only the outputs later rows read."""
+
+    def __init__(self, cfg: str | Path | dict, nc: int | None = None, ch: int = 3, scale: str | None = None,
+                 names: list[str] | dict | None = None, verbose: bool = False):
+        super().__init__()
+        d = load_model_yaml(cfg)
+        if nc is not None:
+            d["nc"] = int(nc)
+        if scale is not None:
+            d["scale"] = scale
+        d.setdefault("nc", 80)
+        d.setdefault("ch", ch)
+        layers, built, save = parse_model(d, ch=d["ch"], verbose=verbose)
+        self.yaml = d  # resolved: nc and scale filled in; plain types only (goes into checkpoints)
+        self.model = nn.ModuleList(layers)
+        self.layers_info: list[BuiltLayer] = built
+        self.saved_slots = sorted(save)
+        self.nc = d["nc"]
+        self.names = _names_dict(names, self.nc)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eps, m.momentum = BN_EPS, BN_MOMENTUM
+        self._strides: list[int] | None = None
+
+    # ------------------------------------------------------------------ running
+    @property
+    def head(self) -> nn.Module:
+        return self.model[-1]
+
+    @property
+    def name(self) -> str:
+        return str(self.yaml.get("name") or Path(str(self.yaml.get("yaml_file", "model"))).stem)
+
+    def forward(self, x: torch.Tensor, targets: dict | None = None) -> Any:
+        saved: dict[int, Any] = {}
+        slot = -1
+        for m in self.model:
+            f = m.f
+            if isinstance(f, int):
+                inp = x if f == slot else saved[f]
+            else:
+                inp = [x if j == slot else saved[j] for j in f]
+            x = m(inp, targets) if getattr(m, "is_head", False) else m(inp)
+            if m.slots is not None:  # five-slot convention: spread the maps over their slots
+                for s, out in zip(m.slots, x, strict=True):
+                    if s in self.saved_slots:
+                        saved[s] = out
+                x, slot = x[-1], m.slots[-1]
+            else:
+                slot = m.i
+                if slot in self.saved_slots:
+                    saved[slot] = x
+        return x
+
+    def head_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The feature maps the head receives for input x (used for strides and diagnostics)."""
+        captured: list[torch.Tensor] = []
+        handle = self.head.register_forward_pre_hook(lambda mod, args: captured.extend(args[0]) or None)
+        try:
+            with torch.no_grad():
+                self.forward(x)
+        finally:
+            handle.remove()
+        return captured
+
+    @property
+    def strides(self) -> list[int]:
+        """Stride of every map the head reads (e.g. [8, 16, 32])."""
+        if self._strides is None:
+            was_training = self.training
+            self.eval()
+            size = 256
+            p = next(self.parameters())
+            feats = self.head_inputs(torch.zeros(1, self.yaml.get("ch", 3), size, size, device=p.device, dtype=p.dtype))
+            self.train(was_training)
+            self._strides = [size // f.shape[-1] for f in feats]
+        return self._strides
+
+    # ------------------------------------------------------------------ inspection
+    def flops(self, imgsz: int | tuple[int, int] = 640) -> float:
+        """GFLOPs (2 x multiply-accumulates) of one forward pass in eval mode at imgsz."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        h, w = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
+        p = next(self.parameters())
+        x = torch.zeros(1, self.yaml.get("ch", 3), h, w, device=p.device, dtype=p.dtype)
+        was_training = self.training
+        self.eval()
+        try:
+            counter = FlopCounterMode(display=False)
+            with torch.no_grad(), counter:
+                self.forward(x)
+        finally:
+            self.train(was_training)
+        return counter.get_total_flops() / 1e9
+
+    def info(self, imgsz: int | tuple[int, int] | None = 640, verbose: bool = True, fused: bool | None = None) -> str:
+        """The per-row table and '<name> summary: L layers, P parameters, G GFLOPs'; printed and returned."""
+        lines = [f"{'':>4}{'from':>20}{'n':>4}{'params':>12}  {'module':<28}arguments"]
+        for m, b in zip(self.model, self.layers_info, strict=True):
+            idx = f"{b.slots[0]}-{b.slots[-1]}" if b.slots else str(b.slot)
+            lines.append(f"{idx:>4}{str(b.f_written):>20}{b.n:>4}{count_parameters(m):>12,}  {b.name:<28}{b.args}")
+        n_params = count_parameters(self)
+        n_layers = len(list(self.modules()))
+        tag = " (fused)" if fused or self.is_fused else ""
+        summary = f"{self.name}{tag} summary: {n_layers} layers, {n_params:,} parameters"
+        if imgsz:
+            summary += f", {self.flops(imgsz):.1f} GFLOPs"
+        lines.append(summary)
+        text = "\n".join(lines if verbose else lines[-1:])
+        print(text)
+        return text
+
+    # ------------------------------------------------------------------ deployment
+    @property
+    def is_fused(self) -> bool:
+        return getattr(self, "_fused", False)
+
+    def fuse(self) -> DetectionModel:
+        """Fold Conv+BN and re-parameterise multi-branch blocks in place (call in eval mode).
+
+        A module with a ``fuse_()`` method fuses itself and its children; other modules are searched."""
+
+        def visit(module: nn.Module) -> None:
+            if hasattr(module, "fuse_"):
+                module.fuse_()
+                return
+            for child in module.children():
+                visit(child)
+
+        self.eval()
+        visit(self)
+        self._fused = True
+        return self
+
+    # ------------------------------------------------------------------ checkpoints
+    def to_checkpoint(self) -> dict:
+        """Tensors and plain types only, loadable with torch.load(weights_only=True)."""
+        from rtdet import __version__
+
+        return {
+            "rtdet_version": __version__,
+            "yaml": copy.deepcopy(self.yaml),
+            "nc": self.nc,
+            "names": {int(k): str(v) for k, v in self.names.items()},
+            "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()},
+        }
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, source: str = "checkpoint") -> DetectionModel:
+        from rtdet.utils.checkpoint import CheckpointError
+
+        missing = [k for k in ("yaml", "state_dict") if k not in ckpt]
+        if missing:
+            raise CheckpointError(f"{source}: not an rtdet model checkpoint (missing keys {missing})")
+        model = cls(ckpt["yaml"], nc=ckpt.get("nc"), names=ckpt.get("names"))
+        result = model.load_state_dict(ckpt["state_dict"], strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise CheckpointError(
+                f"{source}: weights do not match the model it describes "
+                f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
+            )
+        return model
+
+    def save(self, path: str | Path) -> Path:
+        from rtdet.utils.checkpoint import save_checkpoint
+
+        return save_checkpoint({"model": self.to_checkpoint()}, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> DetectionModel:
+        from rtdet.utils.checkpoint import CheckpointError, load_checkpoint
+
+        ckpt = load_checkpoint(path)
+        entry = ckpt.get("ema") or ckpt.get("model")
+        if not isinstance(entry, dict):
+            raise CheckpointError(f"{path}: holds no 'model' entry; is it an rtdet checkpoint?")
+        return cls.from_checkpoint(entry, source=str(path))
+
+
+def _names_dict(names: list[str] | dict | None, nc: int) -> dict[int, str]:
+    if names is None:
+        return {i: f"class{i}" for i in range(nc)}
+    if isinstance(names, dict):
+        return {int(k): str(v) for k, v in names.items()}
+    return dict(enumerate(map(str, names)))
+
+
+def build_model(cfg: str | Path | dict, nc: int | None = None, scale: str | None = None,
+                names: list[str] | dict | None = None, verbose: bool = False) -> DetectionModel:
+    """Build a model from a YAML path, a built-in name (``rtdetr-l.yaml``) or a dict."""
+    return DetectionModel(cfg, nc=nc, scale=scale, names=names, verbose=verbose)

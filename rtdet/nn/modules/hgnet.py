@@ -1,0 +1,73 @@
+"""PP-HGNetV2 blocks as used by RT-DETR-L/X: the stem and the HG block (stacked convs aggregated by
+concatenation, then squeeze/excitation 1x1 convs)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rtdet.nn.modules.common import Conv, LightConv
+from rtdet.nn.registry import RowContext, register
+
+__all__ = ["HGStem", "HGBlock"]
+
+
+def _hg_channels(repeat_at: int | None):
+    """HGNet rows are written [cm, c2, ...]: c1 is prepended, c2 = args[1], no width scaling (as in the
+    reference); HGBlock's YAML repeats are its number of inner convs (inserted at argument ``repeat_at``)."""
+
+    def rule(args: list, row: RowContext) -> tuple[list, int, int]:
+        if len(args) < 2:
+            raise ValueError("expects at least [cm, c2]")
+        args = [row.c1, *args]
+        n = row.n
+        if repeat_at is not None:
+            args.insert(repeat_at, n)
+            n = 1
+        return args, args[2], n
+
+    return rule
+
+
+@register(channels=_hg_channels(None))
+class HGStem(nn.Module):
+    """Stem with a max-pool branch and a 2x2-conv branch, stride 4.  [B, c1, H, W] -> [B, c2, H/4, W/4]."""
+
+    def __init__(self, c1: int, cm: int, c2: int):
+        super().__init__()
+        self.stem1 = Conv(c1, cm, 3, 2, act=nn.ReLU())
+        self.stem2a = Conv(cm, cm // 2, 2, 1, 0, act=nn.ReLU())
+        self.stem2b = Conv(cm // 2, cm, 2, 1, 0, act=nn.ReLU())
+        self.stem3 = Conv(cm * 2, cm, 3, 2, act=nn.ReLU())
+        self.stem4 = Conv(cm, c2, 1, 1, act=nn.ReLU())
+        self.pool = nn.MaxPool2d(kernel_size=2, stride=1, padding=0, ceil_mode=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(self.stem1(x), [0, 1, 0, 1])  # pad right/bottom so the 2x2 ops keep the size
+        branch = self.stem2b(F.pad(self.stem2a(x), [0, 1, 0, 1]))
+        x = torch.cat([self.pool(x), branch], dim=1)
+        return self.stem4(self.stem3(x))
+
+
+@register(channels=_hg_channels(4))
+class HGBlock(nn.Module):
+    """n convs (k x k, cm channels; light = 1x1 + depthwise) in sequence; the input and all n outputs are
+    concatenated, squeezed to c2/2 and excited to c2 by 1x1 convs; residual when shortcut and c1 == c2.
+    [B, c1, H, W] -> [B, c2, H, W]."""
+
+    def __init__(self, c1: int, cm: int, c2: int, k: int = 3, n: int = 6, lightconv: bool = False,
+                 shortcut: bool = False, act: nn.Module = nn.ReLU()):
+        super().__init__()
+        block = LightConv if lightconv else Conv
+        self.m = nn.ModuleList(block(c1 if i == 0 else cm, cm, k=k, act=act) for i in range(n))
+        self.sc = Conv(c1 + n * cm, c2 // 2, 1, 1, act=act)
+        self.ec = Conv(c2 // 2, c2, 1, 1, act=act)
+        self.add = shortcut and c1 == c2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ys = [x]
+        for m in self.m:
+            ys.append(m(ys[-1]))
+        y = self.ec(self.sc(torch.cat(ys, 1)))
+        return y + x if self.add else y

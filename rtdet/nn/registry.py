@@ -1,0 +1,284 @@
+"""Module registry: the names a model YAML may use, and how each module's channels follow from its inputs.
+
+A module becomes usable from YAML with one decorator::
+
+    @register                         # channel rule "scaled": args[0] is c2, c1 is prepended
+    class MyConv(nn.Module): ...
+
+    @register(channels="same")        # c1 prepended, output channels = input channels
+    class MyAttention(nn.Module): ...
+
+    @register("MyBlock", channels=my_rule)   # any callable with the ChannelRule signature
+
+Built-in modules go through exactly the same path. A channel rule is a function
+``rule(args, row) -> (args, c2, n)`` that receives the YAML arguments (strings already resolved) and a
+:class:`RowContext` (input channels, width/depth multipliers, repeats), and returns the constructor
+arguments, the output channels (an int, or a list for multi-output layers) and the repeat count left
+for the builder (1 when the module repeats internally).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch.nn as nn
+
+__all__ = [
+    "RowContext",
+    "ModuleEntry",
+    "register",
+    "lookup",
+    "registered_names",
+    "make_divisible",
+    "RULES",
+    "scaled",
+    "BACKBONE",
+]
+
+
+def make_divisible(x: float, divisor: int = 8) -> int:
+    """Smallest multiple of ``divisor`` that is >= x (Ultralytics' width rounding)."""
+    return int(math.ceil(x / divisor) * divisor)
+
+
+@dataclass
+class RowContext:
+    """What a channel rule may know about the YAML row being built."""
+
+    index: int  # row number (global: backbone rows, then head rows)
+    module: str  # the name written in the YAML
+    c_in: list[int | list[int]]  # output channels of every `from` input, in order
+    n: int  # repeats after depth scaling
+    width: float = 1.0
+    max_channels: float = float("inf")
+    nc: int = 80
+
+    @property
+    def c1(self) -> int:
+        """Channels of the first (usually only) input."""
+        c = self.c_in[0]
+        if isinstance(c, list):
+            raise ValueError(
+                f"row {self.index} ({self.module}): its input is a multi-output layer with channels {c}; "
+                f"pick one map first with an Index row, e.g. [-1, 1, Index, [{c[-1]}, {len(c) - 1}]]"
+            )
+        return c
+
+    def scale_width(self, c2: int) -> int:
+        """Width-scale an output channel count: make_divisible(min(c2, max_channels) * width, 8)."""
+        return make_divisible(min(c2, self.max_channels) * self.width, 8)
+
+
+ChannelRule = Callable[[list, RowContext], tuple[list, Any, int]]
+
+# Marker for modules that return several maps: the builder reads their channels from the built module's
+# `out_channels` attribute (a list of ints), since they depend on the module's own configuration.
+BACKBONE = "backbone"
+
+
+def scaled(repeat_at: int | None = None) -> ChannelRule:
+    """args[0] is c2 and is width-scaled; c1 is prepended. With ``repeat_at`` the repeat count n is
+    inserted into the arguments at that index and the module repeats internally (n reset to 1)."""
+
+    def rule(args: list, row: RowContext) -> tuple[list, int, int]:
+        if not args:
+            raise ValueError(f"expects its output channels as the first argument, e.g. [{row.c1}]")
+        c2 = row.scale_width(args[0])
+        args = [row.c1, c2, *args[1:]]
+        n = row.n
+        if repeat_at is not None:
+            args.insert(repeat_at, n)
+            n = 1
+        return args, c2, n
+
+    return rule
+
+
+def _same(args: list, row: RowContext) -> tuple[list, int, int]:
+    return [row.c1, *args], row.c1, row.n
+
+
+def _passthrough(args: list, row: RowContext) -> tuple[list, int, int]:
+    return list(args), row.c_in[0], row.n
+
+
+def _concat(args: list, row: RowContext) -> tuple[list, int, int]:
+    if any(isinstance(c, list) for c in row.c_in):
+        raise ValueError("cannot concatenate a multi-output layer; pick its maps with Index rows first")
+    return list(args), sum(row.c_in), row.n
+
+
+def _backbone(args: list, row: RowContext) -> tuple[list, str, int]:
+    return [row.c1, *args], BACKBONE, row.n
+
+
+RULES: dict[str, ChannelRule] = {
+    "scaled": scaled(),
+    "same": _same,
+    "passthrough": _passthrough,
+    "concat": _concat,
+    "backbone": _backbone,
+}
+
+
+@dataclass
+class ModuleEntry:
+    """A registered module: its class and the rule that plumbs its channels."""
+
+    name: str
+    cls: type[nn.Module]
+    channels: ChannelRule
+    is_head: bool = False
+    meta: dict = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, ModuleEntry] = {}
+
+
+def register(
+    obj: type[nn.Module] | str | None = None,
+    *,
+    channels: str | ChannelRule = "scaled",
+    name: str | None = None,
+    head: bool = False,
+    replace: bool = False,
+):
+    """Register an ``nn.Module`` class under its name (or ``name``) with a channel rule.
+
+    ``channels`` is one of "scaled", "same", "passthrough", "concat", "backbone", or a callable
+    ``rule(args, row) -> (args, c2, n)``. ``head=True`` marks the detection head of a family (the
+    model gives it the training targets). Usable bare (``@register``) or with arguments
+    (``@register(channels="same")``, ``@register("Alias")``).
+    """
+    if isinstance(obj, str):  # @register("Name", ...)
+        return register(channels=channels, name=obj, head=head, replace=replace)
+
+    def decorate(cls: type[nn.Module]) -> type[nn.Module]:
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            raise TypeError(f"@register expects an nn.Module subclass, got {cls!r}")
+        if isinstance(channels, str) and channels not in RULES:
+            raise ValueError(f"unknown channel rule {channels!r}; choose one of {sorted(RULES)} or a function")
+        rule = RULES[channels] if isinstance(channels, str) else channels
+        key = name or cls.__name__
+        old = _REGISTRY.get(key)
+        # re-importing the same file (e.g. a reloaded notebook cell) re-registers silently
+        same_definition = old is not None and (old.cls.__module__, old.cls.__qualname__) == (
+            cls.__module__,
+            cls.__qualname__,
+        )
+        if old is not None and not same_definition and not replace:
+            raise ValueError(
+                f"a module named {key!r} is already registered ({old.cls.__module__}.{old.cls.__qualname__}); "
+                f"pass name='...' for another name or replace=True to override it"
+            )
+        _REGISTRY[key] = ModuleEntry(key, cls, rule, head)
+        return cls
+
+    if obj is None:
+        return decorate
+    return decorate(obj)
+
+
+def unregister(name: str) -> None:
+    """Remove a name from the registry (tests and interactive sessions)."""
+    _REGISTRY.pop(name, None)
+
+
+def registered_names() -> list[str]:
+    _ensure_builtins()
+    return sorted(_REGISTRY)
+
+
+# torch.nn modules usable as `nn.X`: how their channels follow. Anything else under nn.* passes through.
+_TORCH_RULES: dict[str, ChannelRule] = {
+    "BatchNorm2d": lambda args, row: ([row.c1], row.c1, row.n),
+    "ConvTranspose2d": scaled(),
+}
+
+
+def lookup(name: str, row: int | None = None) -> ModuleEntry:
+    """The registry entry for a YAML module name; ``nn.X`` resolves to ``torch.nn.X``.
+
+    Unknown names raise a ``KeyError`` that names the row, the closest registered names, and how to
+    register a module.
+    """
+    _ensure_builtins()
+    where = f"row {row}: " if row is not None else ""
+    if name.startswith("nn."):
+        attr = name[3:]
+        cls = getattr(nn, attr, None)
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            close = difflib.get_close_matches(attr, [a for a in dir(nn) if a[:1].isupper()], n=3)
+            hint = f" Did you mean {', '.join('nn.' + c for c in close)}?" if close else ""
+            raise KeyError(f"{where}'{name}' is not a torch.nn module.{hint}")
+        return ModuleEntry(name, cls, _TORCH_RULES.get(attr, _passthrough))
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        raise KeyError(unknown_module_message(name, row))
+    return entry
+
+
+REGISTER_HINT = (
+    "To use your own module, decorate its class with @rtdet.register (e.g. @register(channels='same')) "
+    "and import that file before building the model; see docs/extending.md."
+)
+
+
+def unknown_module_hint(name: str) -> str:
+    """'Closest registered names: ...' for a name that is not registered (empty when nothing is close)."""
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
+    if not close:  # case-insensitive second try: 'conv' -> 'Conv'
+        lower = {k.lower(): k for k in _REGISTRY}
+        close = [lower[k] for k in difflib.get_close_matches(name.lower(), list(lower), n=3, cutoff=0.5)]
+    return f"closest registered names: {', '.join(close)}." if close else "no registered name is close."
+
+
+def unknown_module_message(name: str, row: int | None = None) -> str:
+    where = f"row {row}: " if row is not None else ""
+    return f"{where}unknown module '{name}'; {unknown_module_hint(name)} {REGISTER_HINT}"
+
+
+def resolve_activation(spec: Any) -> nn.Module:
+    """Turn a YAML ``activation`` value (``nn.ReLU``, ``nn.SiLU()``, ``nn.LeakyReLU(0.1)``) into a module
+    without eval: only torch.nn activations and plain numeric literal arguments are accepted."""
+    import ast
+
+    if isinstance(spec, nn.Module):
+        return spec
+    text = str(spec).strip()
+    head, _, rest = text.partition("(")
+    head = head.strip()
+    if not head.startswith("nn."):
+        raise ValueError(f"activation {text!r}: expected a torch.nn activation such as 'nn.SiLU()' or 'nn.ReLU'")
+    cls = getattr(nn, head[3:], None)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ValueError(f"activation {text!r}: torch.nn has no module {head[3:]!r}")
+    args: list = []
+    if rest:
+        inner = rest.rstrip()
+        if not inner.endswith(")"):
+            raise ValueError(f"activation {text!r}: unbalanced parentheses")
+        inner = inner[:-1].strip()
+        if inner:
+            try:
+                parsed = ast.literal_eval(f"({inner},)")
+            except (ValueError, SyntaxError) as e:
+                raise ValueError(f"activation {text!r}: arguments must be plain literals ({e})") from None
+            args = list(parsed)
+    return cls(*args)
+
+
+_BUILTINS_LOADED = False
+
+
+def _ensure_builtins() -> None:
+    """Import the built-in module files once so their @register decorators have run."""
+    global _BUILTINS_LOADED
+    if not _BUILTINS_LOADED:
+        _BUILTINS_LOADED = True
+        import rtdet.nn.heads  # noqa: F401
+        import rtdet.nn.modules  # noqa: F401
