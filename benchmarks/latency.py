@@ -1,4 +1,4 @@
-"""Forward latency of a model at one image size: eager and fused, side by side in one run.
+"""Forward latency of a model at one image size: eager and fused, NCHW and channels_last, side by side.
 
     python benchmarks/latency.py                       # rtdetr-l, 640, batch 1, 2 threads
     python benchmarks/latency.py --model rtdetr-x.yaml --imgsz 640 --runs 20
@@ -44,18 +44,23 @@ def main() -> None:
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, args.imgsz, args.imgsz)
     model = build_model(args.model).eval()
-    eager = time_forward(model, x, args.warmup, args.runs)
-    model.fuse()
-    fused = time_forward(model, x, args.warmup, args.runs)
+    rows = {"eager": time_forward(model, x, args.warmup, args.runs)}
+    # NHWC lets oneDNN run the (depthwise) convolutions without layout conversions
+    model.to(memory_format=torch.channels_last)
+    rows["eager, channels_last"] = time_forward(model, x, args.warmup, args.runs)
+    model.to(memory_format=torch.contiguous_format).fuse()
+    rows["fused"] = time_forward(model, x, args.warmup, args.runs)
+    model.to(memory_format=torch.channels_last)
+    rows["fused, channels_last"] = time_forward(model, x, args.warmup, args.runs)
 
     print(f"{args.model} forward, {args.imgsz}x{args.imgsz}, batch {args.batch}, {args.threads} threads, "
           f"median of {args.runs} runs after {args.warmup} warm-up; torch {torch.__version__}, "
           f"{platform.processor() or platform.machine()}")
-    print("| mode | median ms | min ms |")
-    print("|---|---|---|")
-    for name, t in (("eager", eager), ("fused", fused)):
-        print(f"| {name} | {statistics.median(t):.1f} | {min(t):.1f} |")
-    print(f"fused / eager = {statistics.median(fused) / statistics.median(eager):.2f}")
+    base = statistics.median(rows["eager"])
+    print("| mode | median ms | min ms | vs eager |")
+    print("|---|---|---|---|")
+    for name, t in rows.items():
+        print(f"| {name} | {statistics.median(t):.1f} | {min(t):.1f} | {statistics.median(t) / base:.2f} |")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from rtdet.nn.modules.hgnet import HGBlock, HGStem
+from rtdet.nn.modules.hgnet import HGBlock, HGStem, max_pool_2x2_stride1
 from rtdet.nn.modules.resnet import ResNetLayer
 
 
@@ -47,3 +48,8 @@ def test_hgblock_residual_only_when_shapes_allow():
 def test_resnet_layer_shapes():
     assert ResNetLayer(3, 64, 1, True)(torch.zeros(1, 3, 64, 64)).shape == (1, 64, 16, 16)
     assert ResNetLayer(64, 32, 2, False, 2)(torch.zeros(1, 64, 16, 16)).shape == (1, 128, 8, 8)
+
+
+def test_shifted_max_equals_max_pool_2x2_stride_1():
+    x = torch.randn(2, 3, 9, 14)
+    assert torch.equal(max_pool_2x2_stride1(x), F.max_pool2d(x, 2, 1))
