@@ -184,9 +184,12 @@ def _instantiate(cls: type[nn.Module], args: list, n: int, where: str) -> nn.Mod
         raise ModelConfigError(f"{where}: arguments {args} do not fit {sig} ({e})") from None
     except ValueError:  # builtins without an introspectable signature
         pass
-    if n > 1:
-        return nn.Sequential(*(cls(*args) for _ in range(n)))
-    return cls(*args)
+    try:
+        if n > 1:
+            return nn.Sequential(*(cls(*args) for _ in range(n)))
+        return cls(*args)
+    except (ValueError, TypeError, AssertionError) as e:  # the module's own checks: add file and row
+        raise ModelConfigError(f"{where}: {e}") from e
 
 
 def parse_model(d: dict, ch: int = 3, verbose: bool = False) -> tuple[list[nn.Module], list[BuiltLayer], set[int]]:

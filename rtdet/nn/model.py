@@ -48,9 +48,7 @@ class DetectionModel(nn.Module):
         self.saved_slots = sorted(save)
         self.nc = d["nc"]
         self.names = _names_dict(names, self.nc)
-        for m in self.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.eps, m.momentum = BN_EPS, BN_MOMENTUM
+        set_batchnorm_defaults(self)
         self._strides: list[int] | None = None
 
     # ------------------------------------------------------------------ running
@@ -207,6 +205,21 @@ class DetectionModel(nn.Module):
         if not isinstance(entry, dict):
             raise CheckpointError(f"{path}: holds no 'model' entry; is it an rtdet checkpoint?")
         return cls.from_checkpoint(entry, source=str(path))
+
+
+def set_batchnorm_defaults(model: nn.Module, eps: float = BN_EPS, momentum: float = BN_MOMENTUM) -> None:
+    """Give every BatchNorm2d the references' eps/momentum, except inside modules that declare
+    ``own_batchnorm_settings = True`` (pretrained backbones whose official weights expect their own eps)."""
+
+    def visit(module: nn.Module) -> None:
+        if getattr(module, "own_batchnorm_settings", False):
+            return
+        if isinstance(module, nn.BatchNorm2d):
+            module.eps, module.momentum = eps, momentum
+        for child in module.children():
+            visit(child)
+
+    visit(model)
 
 
 def _names_dict(names: list[str] | dict | None, nc: int) -> dict[int, str]:

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from rtdet import DetectionModel, build_model
+from rtdet import DetectionModel, ModelConfigError, build_model
 from rtdet.utils.checkpoint import CheckpointError
 
 SMALL = {
@@ -94,3 +94,17 @@ def test_checkpoint_with_wrong_weights_is_refused(tmp_path):
 def test_nc_override_at_build_time():
     assert build_model(SMALL, nc=9).nc == 9
     assert build_model(SMALL, nc=9).yaml["nc"] == 9
+
+
+def test_modules_may_keep_their_own_batchnorm_settings():
+    from rtdet.nn.modules.shvit import SHViT
+
+    model = build_model({"nc": 1, "backbone": [[-1, 1, "shvit_s1", []]], "head": [[0, 1, "Index", [1]]]})
+    assert isinstance(model.model[0], SHViT)
+    assert all(m.eps == 1e-5 for m in model.model[0].modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def test_errors_raised_by_a_module_constructor_name_the_row():
+    cfg = {"nc": 1, "backbone": [[-1, 1, "Conv", [30, 3, 2]], [-1, 1, "DySample", [2, "lp", 5]]], "head": []}
+    with pytest.raises(ModelConfigError, match=r"row 1 \(DySample\): .*32.*5|row 1 \(DySample\): .*5.*32"):
+        build_model(cfg)
