@@ -54,3 +54,15 @@ def test_missing_file(tmp_path):
 def test_atomic_write_text(tmp_path):
     path = atomic_write_text(tmp_path / "r.csv", "a,b\n1,2\n")
     assert path.read_text() == "a,b\n1,2\n"
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "r.csv", "x\n")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

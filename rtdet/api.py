@@ -1,0 +1,95 @@
+"""Python API: one object to build or load a detector, train it, validate it and predict with it.
+
+    from rtdet import Detector
+
+    det = Detector("rtdetr-l.yaml")                    # build from a model YAML (built-in name or path)
+    det.info()                                         # layers, parameters, GFLOPs
+    det.train(data="coco128.yaml", epochs=10, imgsz=640)
+    det = Detector("runs/train/train/weights/best.pt")  # reload trained weights
+    metrics = det.val(data="coco128.yaml")             # {"mAP50-95": ..., "mAP50": ..., ...}
+    for r in det.predict("images/", conf=0.3):          # list[Results]
+        print(r.path, r.boxes, r.scores, r.labels)
+
+Keyword arguments are the settings of ``rtdet/cfg/default.yaml`` (plus the family recipe's keys).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from rtdet.engine.model_io import INHERITED_KEYS, is_checkpoint, load_model_with_args
+from rtdet.engine.results import Results
+from rtdet.nn.model import DetectionModel
+
+__all__ = ["Detector"]
+
+
+class Detector:
+    """A DetectionModel with train / val / predict / info.
+
+    Args:
+        model: a model YAML (``rtdetr-l.yaml`` or a path), a checkpoint (``best.pt``), or a DetectionModel.
+        nc: number of classes when building from a YAML (training re-sizes the head to the data anyway).
+        scale: scale letter for multi-scale YAMLs.
+    """
+
+    def __init__(self, model: str | Path | DetectionModel = "rtdetr-l.yaml", nc: int | None = None,
+                 scale: str | None = None):
+        self.source = model if not isinstance(model, DetectionModel) else None
+        self.model, self._inherited = load_model_with_args(model, nc=nc, scale=scale)
+        self.checkpoint = Path(model) if isinstance(model, str | Path) and is_checkpoint(model) else None
+        self.trainer = None
+        self.metrics: dict = {}
+
+    def __repr__(self) -> str:
+        return f"Detector({self.model.name}, nc={self.model.nc}, family={self.model.head.family})"
+
+    @property
+    def names(self) -> dict[int, str]:
+        return self.model.names
+
+    def info(self, imgsz: int = 640, verbose: bool = True) -> str:
+        """The model's per-row table and '<name> summary: L layers, P parameters, G GFLOPs' (printed, returned)."""
+        return self.model.info(imgsz=imgsz, verbose=verbose)
+
+    def train(self, **overrides) -> dict:
+        """Train on ``data=...``; afterwards ``self.model`` holds the best weights. Returns the last metrics.
+
+        ``resume=True`` / ``resume="path/to/last.pt"`` continues an interrupted run instead."""
+        from rtdet.engine.trainer import Trainer
+
+        resume = overrides.get("resume")
+        self.trainer = Trainer(overrides, model=None if resume else self.model)
+        self.metrics = self.trainer.train()
+        if self.trainer.save_dir is not None:
+            weights = self.trainer.best if self.trainer.best.is_file() else self.trainer.last
+            if weights.is_file():
+                self.model, self._inherited = load_model_with_args(weights)
+                self.checkpoint = weights
+        return self.metrics
+
+    def val(self, **overrides) -> dict:
+        """COCO metrics on the val split of ``data=...`` ({"mAP50-95", "mAP50", "mAP75", ...})."""
+        from rtdet.engine.validator import Validator
+
+        validator = Validator(self._with_inherited(overrides))
+        self.metrics = validator(self.model)
+        self.validator = validator
+        return self.metrics
+
+    def predict(self, source, stream: bool = False, **overrides) -> list[Results] | Iterator[Results]:
+        """Detections for an image path, folder, glob, video, numpy array (HWC BGR) or a list of them.
+
+        ``save=True`` writes annotated pictures to runs/predict/<name> (off by default here, on in the CLI);
+        ``stream=True`` returns a generator (one Results at a time, for long videos)."""
+        from rtdet.engine.predictor import Predictor
+
+        overrides.setdefault("save", False)
+        predictor = Predictor(self._with_inherited(overrides), model=self.model)
+        self.predictor = predictor
+        return predictor.stream(source) if stream else predictor(source)
+
+    def _with_inherited(self, overrides: dict) -> dict:
+        """The training input size / transforms of a loaded checkpoint, unless given."""
+        return {**{k: v for k, v in self._inherited.items() if k in INHERITED_KEYS}, **overrides}

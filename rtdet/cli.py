@@ -1,0 +1,187 @@
+"""Command line: ``rtdet <verb> key=value ...`` (also ``python -m rtdet``).
+
+Every ``key=value`` is a setting from ``rtdet/cfg/default.yaml`` (or a family recipe); values are read as
+YAML scalars (``epochs=3``, ``amp=false``, ``lr0=1e-4``, ``name=``). A key that does not exist is an error
+naming the closest valid keys.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from collections.abc import Callable
+
+from rtdet.engine.settings import DEFAULT_CFG, SettingsError, check_keys, parse_value
+
+__all__ = ["entrypoint", "main", "parse_args", "CLIError"]
+
+USAGE = f"""\
+Usage: rtdet <verb> [key=value ...]
+
+Verbs:
+  info      build a model, print its layers and summary     rtdet info model=rtdetr-l.yaml imgsz=640
+  train     train a model on a dataset                      rtdet train model=rtdetr-l.yaml data=coco128.yaml
+  val       COCO mAP of a trained model on a val split      rtdet val model=best.pt data=coco128.yaml
+  predict   detect objects in images, folders, videos       rtdet predict model=best.pt source=images/ conf=0.3
+  demo      synthetic data -> train a small RT-DETR -> val -> predict, on the CPU in minutes
+  data      dataset tools: `rtdet data check data=x.yaml` draws samples with boxes, reports label problems
+  help      this message
+
+Settings (every key, its default and a one-line description): {DEFAULT_CFG}
+Examples:
+  rtdet train model=rtdetr-l.yaml data=coco128.yaml epochs=3 imgsz=320 batch=4 device=cpu
+  rtdet train resume=true
+  rtdet predict model=best.pt source=bus.jpg save_txt=true
+"""
+
+
+class CLIError(ValueError):
+    """A command line that cannot be run; the message says what to type instead."""
+
+
+def parse_args(tokens: list[str], verb: str | None = None) -> dict:
+    """``["epochs=3", "amp=false"]`` -> {"epochs": 3, "amp": False}, checking every key exists."""
+    out: dict = {}
+    for tok in tokens:
+        key, sep, value = tok.partition("=")
+        key = key.strip().lstrip("-").replace("-", "_") if sep else key
+        if not sep or not key:
+            raise CLIError(
+                f"'{tok}' is not a key=value argument{f' for {verb}' if verb else ''}. "
+                f"Write settings as key=value, e.g. epochs=10 (see `rtdet help`)."
+            )
+        out[key] = parse_value(value.strip())
+    check_keys(out, verb)
+    return out
+
+
+# ---------------------------------------------------------------------------- verbs
+def cmd_info(args: dict) -> None:
+    from rtdet.engine.model_io import load_model
+
+    names = _data_names(args.get("data"))
+    nc = args.get("nc") if args.get("nc") is not None else (len(names) if names else None)
+    model = load_model(args.get("model") or _need("model", "info", "rtdetr-l.yaml"), nc=nc, names=names,
+                       scale=args.get("scale"))
+    model.info(imgsz=args.get("imgsz", 640))
+
+
+def cmd_train(args: dict) -> None:
+    from rtdet.engine.trainer import Trainer
+
+    if not args.get("model") and not args.get("resume"):
+        _need("model", "train", "rtdetr-l.yaml")
+    Trainer(args).train()
+
+
+def cmd_val(args: dict) -> None:
+    from rtdet.engine.validator import Validator
+
+    model = args.pop("model", None) or _need("model", "val", "runs/train/train/weights/best.pt")
+    Validator(args)(model)
+
+
+def cmd_predict(args: dict) -> None:
+    from rtdet.engine.predictor import Predictor
+
+    model = args.pop("model", None) or _need("model", "predict", "runs/train/train/weights/best.pt")
+    source = args.pop("source", None) or _need("source", "predict", "path/to/images/")
+    n_images = n_boxes = 0
+    for r in Predictor(args, model=model).stream(source):  # one picture at a time: long videos stay small
+        n_images += 1
+        n_boxes += len(r)
+    print(f"{n_images} image(s) processed, {n_boxes} detections")
+
+
+def cmd_demo(args: dict) -> None:
+    from rtdet.engine.demo import run_demo
+
+    run_demo(**args)
+
+
+def cmd_data(args: dict, sub: str | None) -> None:
+    if sub != "check":
+        raise CLIError("usage: rtdet data check data=path/to/data.yaml [imgsz=640] [n_samples=16] [train_pipeline=...]")
+    from rtdet.data import load_data_config
+    from rtdet.data.check import run_check
+    from rtdet.engine.rundir import run_dir
+    from rtdet.utils.logging import LOGGER, set_verbosity
+
+    set_verbosity(bool(args.get("verbose", True)))
+    data = args.get("data") or _need("data", "data check", "path/to/data.yaml")
+    load_data_config(data)  # a missing or broken YAML fails here, before a run folder is made
+    out = run_dir(args.get("project") or "runs", "data", args.get("name") or "check", bool(args.get("exist_ok")))
+    report = run_check(data, str(out), int(args.get("imgsz") or 640), int(args.get("n_samples") or 16),
+                       args.get("train_pipeline"))
+    LOGGER.info("data check: OK" if report["ok"] else "data check: PROBLEMS FOUND (listed in report.json)")
+    for role, path in report["files"].items():
+        LOGGER.info(f"  {role:<16} {path}")
+
+
+VERBS: dict[str, Callable[[dict], None]] = {
+    "info": cmd_info,
+    "train": cmd_train,
+    "val": cmd_val,
+    "predict": cmd_predict,
+    "demo": cmd_demo,
+}
+
+
+def _need(key: str, verb: str, example: str):
+    raise CLIError(f"rtdet {verb} needs {key}=..., e.g. `rtdet {verb} {key}={example}`")
+
+
+def _data_names(data) -> list[str] | None:
+    if not data:
+        return None
+    from rtdet.data import load_data_config
+
+    return list(load_data_config(data).names)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors caused by the user's files or settings (printed without a traceback)."""
+    from rtdet.engine.errors import USER_ERRORS
+
+    return USER_ERRORS
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit status (0 ok, 2 bad command line, 1 failure, 130 interrupted)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("help", "-h", "--help"):
+        print(USAGE)
+        return 0
+    verb, rest = argv[0], argv[1:]
+    try:
+        if verb == "data":
+            sub = rest[0] if rest and "=" not in rest[0] else None
+            cmd_data(parse_args(rest[1:] if sub else rest, "data"), sub)
+            return 0
+        if verb not in VERBS:
+            close = difflib.get_close_matches(verb, [*VERBS, "data", "help"], n=2)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise CLIError(f"unknown verb '{verb}'.{hint} Verbs: {', '.join([*VERBS, 'data', 'help'])}.")
+        if any(t in ("-h", "--help", "help") for t in rest):
+            print(USAGE)
+            return 0
+        VERBS[verb](parse_args(rest, verb))
+    except (CLIError, SettingsError) as e:
+        print(f"rtdet {verb}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rtdet {verb}: interrupted", file=sys.stderr)
+        return 130
+    except _user_errors() as e:  # bad file, bad YAML, bad checkpoint: the message says it all
+        print(f"rtdet {verb}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def entrypoint() -> None:
+    """Console script ``rtdet``."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()

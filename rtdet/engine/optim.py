@@ -1,0 +1,147 @@
+"""Optimizer and learning-rate schedule, built from settings.
+
+Parameter groups: {backbone, rest} x {decay, no_decay}. The backbone is the rows of the model YAML's
+``backbone`` section and trains at ``lr0 * backbone_lr_ratio``. Weight decay applies to weights only: never
+to normalisation layers, biases, embeddings or any other 1-D parameter (decaying a LayerNorm gain or a
+bias toward zero only hurts).
+
+The schedule is per optimizer step: a linear warmup from 0 (biases: from ``warmup_bias_lr``) into one of
+linear / cosine / flat-cosine / constant decay toward ``lr0 * lrf``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+__all__ = ["LRSchedule", "build_optimizer", "param_groups", "warmup_steps"]
+
+# Modules whose parameters never get weight decay (RMSNorm only exists in torch >= 2.4).
+_NO_DECAY_MODULES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.Embedding,
+                     getattr(nn, "RMSNorm", nn.LayerNorm))
+SCHEDULERS = ("linear", "cosine", "flat-cosine", "constant")
+OPTIMIZERS = ("AdamW", "Adam", "SGD")
+
+
+def _backbone_rows(model: nn.Module) -> int:
+    yaml = getattr(model, "yaml", None) or {}
+    return len(yaml.get("backbone", []))
+
+
+def param_groups(model: nn.Module, weight_decay: float, backbone_lr_ratio: float = 1.0) -> list[dict]:
+    """Trainable parameters split into groups; each carries ``lr_scale`` (backbone ratio) and ``is_bias``."""
+    n_backbone = _backbone_rows(model)
+    no_decay_ids = set()
+    bias_ids = set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if isinstance(module, _NO_DECAY_MODULES) or p.ndim <= 1:
+                no_decay_ids.add(id(p))
+            if name == "bias":
+                bias_ids.add(id(p))
+    groups: dict[tuple[bool, bool, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        parts = name.split(".")
+        in_backbone = len(parts) > 1 and parts[0] == "model" and parts[1].isdigit() and int(parts[1]) < n_backbone
+        key = (in_backbone, id(p) in no_decay_ids, id(p) in bias_ids)
+        groups.setdefault(key, []).append(p)
+    out = []
+    for (in_backbone, no_decay, is_bias), params in sorted(groups.items()):
+        out.append({
+            "params": params,
+            "weight_decay": 0.0 if no_decay else weight_decay,
+            "lr_scale": backbone_lr_ratio if in_backbone else 1.0,
+            "is_bias": is_bias,
+            "name": f"{'backbone' if in_backbone else 'head'}{'_bias' if is_bias else ''}"
+                    f"{'_no_decay' if no_decay else ''}",
+        })
+    return out
+
+
+def build_optimizer(model: nn.Module, name: str = "AdamW", lr0: float = 1e-3, momentum: float = 0.9,
+                    weight_decay: float = 5e-4, backbone_lr_ratio: float = 1.0) -> torch.optim.Optimizer:
+    """AdamW / Adam (betas (momentum, 0.999)) or SGD with Nesterov momentum over :func:`param_groups`."""
+    groups = param_groups(model, weight_decay, backbone_lr_ratio)
+    for g in groups:
+        g["lr"] = lr0 * g["lr_scale"]
+        g["initial_lr"] = g["lr"]
+    key = {o.lower(): o for o in OPTIMIZERS}.get(str(name).lower())
+    if key == "AdamW":
+        return torch.optim.AdamW(groups, lr=lr0, betas=(momentum, 0.999))
+    if key == "Adam":
+        return torch.optim.Adam(groups, lr=lr0, betas=(momentum, 0.999))
+    if key == "SGD":
+        return torch.optim.SGD(groups, lr=lr0, momentum=momentum, nesterov=True)
+    raise ValueError(f"optimizer={name!r} is not supported; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def warmup_steps(warmup_iters: int, warmup_epochs: float, steps_per_epoch: int, total_steps: int,
+                 max_fraction: float) -> int:
+    """Warmup length in optimizer steps: ``warmup_iters`` if set, else epochs x steps per epoch, never more
+    than ``max_fraction`` of the run (2000 warmup steps must not swallow a 300-step fine-tune)."""
+    n = int(warmup_iters) if warmup_iters and warmup_iters > 0 else round(warmup_epochs * steps_per_epoch)
+    return max(0, min(n, int(max_fraction * total_steps)))
+
+
+class LRSchedule:
+    """Sets every group's lr (and SGD momentum during warmup) for optimizer step ``step``.
+
+    factor(step) follows the schedule over ``total_steps``; during warmup (step < warmup) the lr ramps
+    linearly from 0 (bias groups: from ``warmup_bias_lr``) to its scheduled value.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, lr0: float, total_steps: int, scheduler: str = "linear",
+                 lrf: float = 0.01, warmup: int = 0, flat_fraction: float = 0.5, warmup_bias_lr: float = 0.0,
+                 momentum: float = 0.9, warmup_momentum: float = 0.8):
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler={scheduler!r} is not supported; choose one of {', '.join(SCHEDULERS)}")
+        self.optimizer = optimizer
+        self.lr0, self.total, self.kind, self.lrf = float(lr0), max(int(total_steps), 1), scheduler, float(lrf)
+        self.warmup, self.flat_fraction = int(warmup), float(flat_fraction)
+        self.warmup_bias_lr, self.momentum, self.warmup_momentum = float(warmup_bias_lr), momentum, warmup_momentum
+        self.step_count = 0
+
+    def factor(self, step: int) -> float:
+        """lr / lr0 at ``step`` without warmup."""
+        p = min(max(step / self.total, 0.0), 1.0)
+        if self.kind == "constant":
+            return 1.0
+        if self.kind == "linear":
+            return 1.0 - (1.0 - self.lrf) * p
+        if self.kind == "flat-cosine":
+            if p <= self.flat_fraction:
+                return 1.0
+            p = (p - self.flat_fraction) / max(1.0 - self.flat_fraction, 1e-9)
+        return self.lrf + (1.0 - self.lrf) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+    def step(self, step: int | None = None) -> None:
+        """Set the learning rates for the next optimizer step (call before optimizer.step())."""
+        step = self.step_count if step is None else step
+        base = self.lr0 * self.factor(step)
+        in_warmup = step < self.warmup
+        w = (step + 1) / self.warmup if in_warmup else 1.0
+        for g in self.optimizer.param_groups:
+            target = base * g.get("lr_scale", 1.0)
+            if in_warmup:
+                start = self.warmup_bias_lr if g.get("is_bias") else 0.0
+                g["lr"] = start + (target - start) * w
+                if "momentum" in g:
+                    g["momentum"] = self.warmup_momentum + (self.momentum - self.warmup_momentum) * w
+            else:
+                g["lr"] = target
+                if "momentum" in g:
+                    g["momentum"] = self.momentum
+        self.step_count = step + 1
+
+    def last_lrs(self) -> list[float]:
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict:
+        return {"step_count": self.step_count, "kind": self.kind, "total": self.total, "warmup": self.warmup}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count = int(state["step_count"])

@@ -1,0 +1,137 @@
+"""Settings: ``cfg/default.yaml`` < ``cfg/recipes/<family>.yaml`` < user arguments.
+
+    defaults = default_settings()                 # every key, its default
+    args = resolve_settings({"epochs": 3}, family="rtdetr")
+    check_keys({"epoch": 3}, verb="train")        # SettingsError naming 'epoch', suggesting 'epochs'
+
+Keys are the union of default.yaml and every recipe (a recipe may add family keys such as loss gains);
+a key outside that union is an error so that a typo is never silently ignored.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "CFG_DIR",
+    "DEFAULT_CFG",
+    "RECIPES_DIR",
+    "SettingsError",
+    "check_keys",
+    "default_settings",
+    "load_yaml",
+    "parse_value",
+    "recipe_settings",
+    "resolve_settings",
+    "valid_keys",
+]
+
+CFG_DIR = Path(__file__).resolve().parent.parent / "cfg"
+DEFAULT_CFG = CFG_DIR / "default.yaml"
+RECIPES_DIR = CFG_DIR / "recipes"
+
+_EXP_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")  # 1e-4, 2.5E3
+
+
+class SettingsError(ValueError):
+    """A setting that does not exist or has an unusable value; the message says how to fix it."""
+
+
+def load_yaml(path: str | Path) -> dict:
+    """A YAML mapping read with yaml.safe_load, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SettingsError(f"{path}: file not found")
+    try:
+        d = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise SettingsError(f"{path}: not valid YAML ({e})") from None
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise SettingsError(f"{path}: expected a mapping of settings, got {type(d).__name__}")
+    return d
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as a YAML scalar (``3`` -> 3, ``true`` -> True, ``''`` / ``none`` -> None,
+    ``[1,2]`` -> list).
+
+    PyYAML reads ``1e-4`` as a string (YAML 1.1 floats need a dot); such numbers become floats here."""
+    if text == "" or text.lower() == "none":  # Python's spelling of null, as users type it
+        return None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text  # e.g. a path with a colon: keep it verbatim
+    if isinstance(value, str) and _EXP_NUMBER.match(value.strip()):
+        return float(value)
+    return value
+
+
+@lru_cache(maxsize=1)
+def _defaults() -> dict:
+    return load_yaml(DEFAULT_CFG)
+
+
+def default_settings() -> dict:
+    """Every setting with its default (a fresh copy)."""
+    return copy.deepcopy(_defaults())
+
+
+def available_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def recipe_settings(family: str | None) -> dict:
+    """The family recipe's overrides (``cfg/recipes/<family>.yaml``); {} for no family."""
+    if not family:
+        return {}
+    path = RECIPES_DIR / f"{family}.yaml"
+    if not path.is_file():
+        raise SettingsError(
+            f"no recipe for family '{family}' (looked for {path}); available: {', '.join(available_recipes())}"
+        )
+    return load_yaml(path)
+
+
+def valid_keys() -> set[str]:
+    keys = set(_defaults())
+    for family in available_recipes():
+        keys.update(recipe_settings(family))
+    return keys
+
+
+def check_keys(overrides: dict, verb: str | None = None) -> None:
+    """Raise SettingsError for a key that no settings file defines, naming the closest valid keys."""
+    keys = valid_keys()
+    bad = [k for k in overrides if k not in keys]
+    if not bad:
+        return
+    lines = []
+    for k in bad:
+        close = difflib.get_close_matches(str(k), sorted(keys), n=3, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        lines.append(f"'{k}' is not a valid setting{f' for {verb}' if verb else ''}.{hint}")
+    lines.append(f"Valid keys and their defaults are listed in {DEFAULT_CFG} and {RECIPES_DIR}/.")
+    raise SettingsError("\n".join(lines))
+
+
+def resolve_settings(overrides: dict | None = None, family: str | None = None, verb: str | None = None) -> dict:
+    """default.yaml < recipe of ``family`` < ``overrides``; unknown keys raise SettingsError."""
+    overrides = dict(overrides or {})
+    check_keys(overrides, verb)
+    args = default_settings()
+    args.update(recipe_settings(family))
+    args.update(overrides)
+    for k, v in args.items():  # numbers written as '1e-4' in a YAML file are strings to PyYAML
+        if isinstance(v, str) and _EXP_NUMBER.match(v.strip()):
+            args[k] = float(v)
+    return args

@@ -1,0 +1,547 @@
+"""Trainer: family-agnostic training of a DetectionModel.
+
+    Trainer({"model": "rtdetr-l.yaml", "data": "coco128.yaml", "epochs": 10}).train()
+
+The trainer only talks to the model and its head: ``model(img, targets=batch)`` gives the head's training
+outputs, ``model.head.build_criterion(hyp)`` the loss, ``model.head.family`` the recipe. What it does:
+
+* optimizer groups (lower backbone LR, no decay on norms / biases / embeddings), warmup + schedule,
+  EMA, gradient clipping, AMP on CUDA, gradient accumulation, DDP under torchrun;
+* a run folder ``<project>/train/<name>`` with ``weights/last.pt`` and ``best.pt`` (every epoch, atomic),
+  ``results.csv``, ``results.png`` and ``args.yaml``;
+* exact resume (model, EMA, optimizer, schedule, epoch, RNG; mid-epoch too) with ``resume=True``;
+* Ctrl-C finishes the current optimizer step, saves last.pt and stops; a NaN/inf loss stops training with
+  the epoch, step and loss terms (the last good last.pt is kept).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import yaml
+from tqdm import tqdm
+
+from rtdet.engine import loaders
+from rtdet.engine.errors import NonFiniteLossError
+from rtdet.engine.model_io import load_model, load_weights_into
+from rtdet.engine.optim import LRSchedule, build_optimizer, warmup_steps
+from rtdet.engine.rundir import latest_run, run_dir
+from rtdet.engine.settings import (
+    SettingsError,
+    check_keys,
+    default_settings,
+    recipe_settings,
+    resolve_settings,
+)
+from rtdet.engine.validator import Validator, fitness
+from rtdet.nn.model import DetectionModel
+from rtdet.utils.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
+from rtdet.utils.logging import LOGGER, set_verbosity
+from rtdet.utils.torch_utils import (
+    ModelEMA,
+    de_parallel,
+    distributed_info,
+    get_rng_state,
+    init_distributed,
+    parse_devices,
+    select_device,
+    set_rng_state,
+    set_seed,
+)
+
+__all__ = ["Trainer", "family_hyperparameters"]
+
+# Settings a resumed run may change; everything else comes from the checkpoint so the run continues
+# exactly as it started.
+RESUME_OVERRIDABLE = ("device", "workers", "verbose", "plots")
+EVENTS = ("on_train_start", "on_train_epoch_start", "on_train_batch_end", "on_fit_epoch_end", "on_train_end")
+
+
+def family_hyperparameters(args: dict, family: str) -> dict:
+    """The settings a family's criterion takes: the keys its recipe adds beyond default.yaml."""
+    generic = default_settings()
+    return {k: args[k] for k in recipe_settings(family) if k not in generic}
+
+
+def _plain(value: Any) -> Any:
+    """Settings as plain types (checkpoints and args.yaml): paths -> str, models -> their name."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, nn.Module):
+        return getattr(value, "name", type(value).__name__)
+    return value
+
+
+class Trainer:
+    """Trains a DetectionModel from settings (see ``rtdet/cfg/default.yaml``).
+
+    ``model`` may be a DetectionModel (the Python API passes its own); otherwise ``overrides["model"]``
+    names a model YAML or checkpoint. ``add_callback(event, fn)`` runs ``fn(trainer)`` at the events in
+    :data:`EVENTS`.
+    """
+
+    task = "train"
+
+    def __init__(self, overrides: dict | None = None, model: DetectionModel | None = None):
+        self.overrides = dict(overrides or {})
+        check_keys({k: v for k, v in self.overrides.items() if k != "model"}, "train")
+        if model is not None:
+            self.overrides["model"] = model
+        self.callbacks: dict[str, list[Callable]] = defaultdict(list)
+        self.args: dict = {}
+        self.save_dir: Path | None = None
+        self.metrics: dict = {}
+        self._epoch_rng: dict | None = None
+        self.batch_index = 0
+        self.best_epoch = -1
+        self.best_fitness: float | None = None
+        self.epoch = 0
+        self._stop_requested = False
+
+    # ------------------------------------------------------------------ callbacks
+    def add_callback(self, event: str, fn: Callable[[Trainer], None]) -> None:
+        if event not in EVENTS:
+            raise ValueError(f"unknown event {event!r}; events: {', '.join(EVENTS)}")
+        self.callbacks[event].append(fn)
+
+    def _run_callbacks(self, event: str) -> None:
+        for fn in self.callbacks[event]:
+            fn(self)
+
+    def request_stop(self) -> None:
+        """Stop after the current optimizer step, saving last.pt (what Ctrl-C does)."""
+        self._stop_requested = True
+
+    # ------------------------------------------------------------------ entry
+    def train(self) -> dict:
+        """Run training; returns the final validation metrics (empty when val=False)."""
+        rank, local_rank, world = distributed_info()
+        devices = parse_devices(self.overrides.get("device"))
+        if len(devices) > 1 and world == 1:
+            return self._launch_ddp(devices)
+        self.rank, self.local_rank, self.world = rank, local_rank, world
+        self.setup()
+        previous = _install_sigint(self)
+        try:
+            return self._fit()
+        finally:
+            _restore_sigint(previous)
+            if self.world > 1 and dist.is_initialized():
+                dist.destroy_process_group()
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self) -> None:
+        """Settings, data, model, criterion, optimizer, schedule, EMA, run folder (and resume state)."""
+        if not hasattr(self, "rank"):
+            self.rank, self.local_rank, self.world = distributed_info()
+        user = {k: v for k, v in self.overrides.items()}
+        resume = user.get("resume")
+        ckpt = None
+        if resume:
+            ckpt_path = latest_run(user.get("project") or "runs") if resume is True else Path(str(resume))
+            ckpt = load_checkpoint(ckpt_path)
+            for key in ("args", "optimizer", "epoch", "model"):
+                if key not in ckpt:
+                    raise CheckpointError(f"{ckpt_path}: cannot resume from it, it holds no '{key}' "
+                                          f"(resume needs a last.pt written by rtdet train)")
+            args = dict(ckpt["args"])
+            ignored = [k for k in user if k not in (*RESUME_OVERRIDABLE, "resume", "model") and user[k] != args.get(k)]
+            if ignored:
+                LOGGER.warning(f"resume: ignoring {', '.join(ignored)} (the run continues with its own settings; "
+                               f"only {', '.join(RESUME_OVERRIDABLE)} may change)")
+            args.update({k: user[k] for k in RESUME_OVERRIDABLE if k in user})
+            args["resume"] = str(ckpt_path)
+            self.resume_path = Path(ckpt_path)
+        else:
+            args = resolve_settings({k: v for k, v in user.items() if k != "model"}, verb="train")
+            args["model"] = user.get("model")
+            self.resume_path = None
+        set_verbosity(bool(args.get("verbose", True)))
+        set_seed(int(args["seed"]) + self.rank, bool(args["deterministic"]))
+
+        # Data first: the class names decide the head's size.
+        if not args.get("data"):
+            raise SettingsError("train needs data=<dataset YAML>, e.g. data=coco128.yaml")
+        self.data = loaders.load_data(args["data"])
+        names = dict(enumerate(self.data.names))
+
+        if ckpt is not None:
+            model = DetectionModel.from_checkpoint(ckpt["model"], source=str(self.resume_path))
+        else:
+            model = load_model(args["model"], nc=len(names), names=names, scale=args.get("scale"))
+            model.names = names
+            if args.get("pretrained"):
+                pre = load_checkpoint(args["pretrained"])
+                entry = pre.get("ema") or pre.get("model") or {}
+                load_weights_into(model, entry.get("state_dict", {}), source=str(args["pretrained"]))
+            # With the family known, settle the settings: default < recipe < user.
+            family = model.head.family
+            resolved = resolve_settings({k: v for k, v in user.items() if k != "model"}, family, "train")
+            resolved["model"] = args["model"]
+            args = resolved
+            set_seed(int(args["seed"]) + self.rank, bool(args["deterministic"]))
+        self.family = model.head.family
+        self.args = args
+
+        self.device = select_device(args["device"], self.local_rank)
+        if self.world > 1:
+            init_distributed(self.device)
+        self.amp = bool(args["amp"]) and self.device.type == "cuda"
+
+        # Run folder (rank 0 picks it; the others learn it).
+        if self.resume_path is not None:
+            save_dir = self.resume_path.parent.parent
+        else:
+            save_dir = run_dir(args["project"], self.task, args.get("name"), bool(args["exist_ok"]),
+                               create=self.rank == 0) if self.rank == 0 else None
+        if self.world > 1:
+            holder = [save_dir]
+            dist.broadcast_object_list(holder, src=0)
+            save_dir = holder[0]
+        self.save_dir = Path(save_dir)
+        self.wdir = self.save_dir / "weights"
+        self.last, self.best = self.wdir / "last.pt", self.wdir / "best.pt"
+        self.csv_path = self.save_dir / "results.csv"
+        if self.rank == 0:
+            self.wdir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.save_dir / "args.yaml", yaml.safe_dump(_plain(args), sort_keys=False))
+
+        # Data loaders.
+        self.batch_size = max(int(args["batch"]) // self.world, 1)
+        self.train_loader = loaders.train_loader(self.data, args, self.batch_size, self.rank, self.world)
+        self.val_loader = loaders.val_loader(self.data, args, self.batch_size * 2) if (
+            self.rank == 0 and args["val"]) else None
+
+        # Model, criterion, optimizer, schedule, EMA.
+        self.model = model.to(self.device)
+        self.criterion = self.model.head.build_criterion(family_hyperparameters(args, self.family))
+        if hasattr(self.criterion, "to"):
+            self.criterion = self.criterion.to(self.device)
+        if self.world > 1:
+            # A head that uses every parameter on every step may say so (skips DDP's extra graph traversal).
+            unused = bool(getattr(self.model.head, "ddp_find_unused_parameters", True))
+            self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=(
+                [self.device.index] if self.device.type == "cuda" else None), find_unused_parameters=unused)
+        self.accumulate = max(int(args["accumulate"]), 1)
+        self.steps_per_epoch = math.ceil(len(self.train_loader) / self.accumulate)
+        self.epochs = int(args["epochs"])
+        total_steps = self.steps_per_epoch * self.epochs
+        self.optimizer = build_optimizer(de_parallel(self.model), args["optimizer"], float(args["lr0"]),
+                                         float(args["momentum"]), float(args["weight_decay"]),
+                                         float(args["backbone_lr_ratio"]))
+        warmup = warmup_steps(int(args["warmup_iters"]), float(args["warmup_epochs"]), self.steps_per_epoch,
+                              total_steps, float(args["warmup_max_fraction"]))
+        self.schedule = LRSchedule(self.optimizer, float(args["lr0"]), total_steps, args["scheduler"],
+                                   float(args["lrf"]), warmup, float(args["flat_fraction"]),
+                                   float(args["warmup_bias_lr"]), float(args["momentum"]),
+                                   float(args["warmup_momentum"]))
+        self.ema = ModelEMA(de_parallel(self.model), float(args["ema_decay"]), float(args["ema_tau"])) if (
+            args["ema"]) else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.validator = Validator(args={**args, "verbose": False}) if self.val_loader is not None else None
+
+        # Resume state.
+        self.start_epoch, self.skip_batches, self.resume_rng = 0, 0, None
+        self.best_fitness = None
+        self.rows: list[dict] = []
+        if ckpt is not None:
+            self._load_state(ckpt)
+        self._run_callbacks("on_train_start")
+
+    def _load_state(self, ckpt: dict) -> None:
+        """Model, EMA, optimizer, schedule, scaler, epoch and RNG from a last.pt (exact continuation)."""
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.schedule.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None and ckpt.get("ema"):
+            self.ema.model.load_state_dict(ckpt["ema"]["state_dict"])
+            self.ema.load_state_dict(ckpt.get("ema_state", {"updates": 0}))
+        self.best_fitness = ckpt.get("best_fitness")
+        self.best_epoch = int(ckpt.get("best_epoch", -1))
+        step = int(ckpt.get("step_in_epoch") or 0)
+        if step:  # interrupted mid-epoch: replay that epoch's data order and skip what was trained
+            self.start_epoch, self.skip_batches = int(ckpt["epoch"]), step
+            self.resume_rng = ckpt["rng"]
+            set_rng_state(ckpt["epoch_rng"])
+        else:
+            self.start_epoch = int(ckpt["epoch"]) + 1
+            set_rng_state(ckpt["rng"])
+        if self.start_epoch >= self.epochs:
+            raise SettingsError(
+                f"{self.resume_path}: this run already finished its {self.epochs} epochs. To train longer, start "
+                f"a new run from its weights: rtdet train model={self.resume_path} data=... epochs=N"
+            )
+        if self.csv_path.is_file():
+            with self.csv_path.open() as fh:
+                self.rows = [r for r in csv.DictReader(fh) if int(float(r["epoch"])) <= self.start_epoch]
+        LOGGER.info(f"Resuming {self.save_dir} from epoch {self.start_epoch + 1}"
+                    f"{f', batch {self.skip_batches + 1}' if self.skip_batches else ''}")
+
+    # ------------------------------------------------------------------ loop
+    def _fit(self) -> dict:
+        args = self.args
+        LOGGER.info(f"Training {de_parallel(self.model).name} ({self.family}) on {self.device} for {self.epochs} "
+                    f"epochs, {len(self.train_loader.dataset)} images, batch {self.batch_size * self.world}; "
+                    f"results -> {self.save_dir}")
+        patience = int(args["patience"] or 0)
+        for epoch in range(self.start_epoch, self.epochs):
+            self.epoch = epoch
+            self._run_callbacks("on_train_epoch_start")
+            t0 = time.time()
+            interrupted, losses = self._train_epoch(epoch)
+            if interrupted is not None:
+                self._on_interrupt(epoch, interrupted)
+            self.metrics = self._validate() if self.val_loader is not None else {}
+            fit = fitness(self.metrics) if self.metrics else -sum(losses.values())
+            improved = self.best_fitness is None or fit >= self.best_fitness
+            if improved:
+                self.best_fitness, self.best_epoch = fit, epoch
+            if self.rank == 0:
+                self._record(epoch, losses, time.time() - t0)
+                self._save(epoch, best=improved)
+            self._run_callbacks("on_fit_epoch_end")
+            if patience and epoch - self.best_epoch >= patience:
+                LOGGER.info(f"Stopping early: no improvement for {patience} epochs (best epoch {self.best_epoch + 1})")
+                break
+        if self.rank == 0:
+            self._finish()
+        self._run_callbacks("on_train_end")
+        return self.metrics
+
+    def _train_epoch(self, epoch: int) -> tuple[int | None, dict[str, float]]:
+        """One pass over the training data. Returns (batches done if interrupted else None, mean losses)."""
+        model, loader = self.model, self.train_loader
+        model.train()
+        loaders.set_epoch(loader, epoch, self.epochs)
+        epoch_rng = get_rng_state()
+        batches = iter(loader)
+        start = self.skip_batches
+        for _ in range(start):  # mid-epoch resume: the same order, the trained batches skipped
+            next(batches)
+        if self.resume_rng is not None:
+            set_rng_state(self.resume_rng)
+            self.resume_rng = None
+        self.skip_batches, self._epoch_rng = 0, epoch_rng
+        n = len(loader)
+        sums: dict[str, float] = defaultdict(float)
+        seen = 0
+        pbar = tqdm(batches, total=n, initial=start, desc=f"{epoch + 1}/{self.epochs}", leave=True,
+                    disable=not self.args.get("verbose", True) or self.rank != 0, dynamic_ncols=True)
+        t0, images = time.time(), 0
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(pbar, start=start):
+            step_done = (i + 1) % self.accumulate == 0 or i + 1 == n
+            loss, terms = self.train_step(batch, step=step_done, where=(epoch, i, n))
+            for k, v in terms.items():
+                sums[k] += v
+            seen += 1
+            images += batch["img"].shape[0] * self.world
+            self.batch_index = i
+            rate = images / max(time.time() - t0, 1e-9)
+            pbar.set_postfix_str(_format_terms(loss, terms, rate), refresh=False)
+            self._run_callbacks("on_train_batch_end")
+            if step_done and self._sync_flags(False)[0]:
+                pbar.close()
+                return i + 1, {k: v / seen for k, v in sums.items()}
+        pbar.close()
+        return None, {k: v / max(seen, 1) for k, v in sums.items()}
+
+    def train_step(self, batch: dict, step: bool = True, where: tuple[int, int, int] | None = None
+                   ) -> tuple[float, dict[str, float]]:
+        """Forward, loss, backward on one batch; with ``step`` also the optimizer step (schedule, clipping,
+        EMA). Returns (loss, {term: value}). A NaN/inf loss raises NonFiniteLossError before any update."""
+        self.model.train()
+        batch = loaders.to_device(batch, self.device)
+        with torch.autocast("cuda", enabled=self.amp):
+            outputs = self.model(batch["img"], batch)
+            loss, items = self.criterion(outputs, batch)
+        terms = {k: float(v) for k, v in items.items()}
+        if self._sync_flags(not bool(torch.isfinite(loss.detach()).all()))[1]:
+            epoch, i, n = where if where is not None else (self.epoch, 0, 1)
+            self._non_finite(epoch, i, n, loss, terms)
+        self.scaler.scale(loss / self.accumulate).backward()
+        if step:
+            self._optimizer_step()
+        return float(loss.detach()), terms
+
+    def _optimizer_step(self) -> None:
+        self.schedule.step()
+        clip = float(self.args["clip_grad"] or 0)
+        if clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(de_parallel(self.model).parameters(), max_norm=clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    def _sync_flags(self, non_finite: bool) -> tuple[bool, bool]:
+        """(stop requested, loss not finite) agreed by every DDP rank, so all stop at the same step."""
+        flags = (self._stop_requested, non_finite)
+        if self.world > 1:
+            t = torch.tensor([float(f) for f in flags], device=self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flags = (bool(t[0]), bool(t[1]))
+        return flags
+
+    def _non_finite(self, epoch: int, i: int, n: int, loss: torch.Tensor, terms: dict[str, float]) -> None:
+        kept = (f"{self.last} keeps the weights of the last completed epoch" if self.last.is_file()
+                else "no epoch completed, so no weights were saved")
+        detail = ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
+        raise NonFiniteLossError(
+            f"loss is {float(loss.detach())} at epoch {epoch + 1}/{self.epochs}, batch {i + 1}/{n} ({detail}). "
+            f"Training stopped; {kept}. Usual fixes: a lower lr0, amp=False, clip_grad=0.1, or check the labels "
+            f"of this batch with `rtdet data check`."
+        )
+
+    def _on_interrupt(self, epoch: int, step: int) -> None:
+        if self.rank == 0:
+            self._save(epoch, best=False, step_in_epoch=step)
+            self._finish(plots_only=True)
+        where = f"epoch {epoch + 1}, batch {step}/{len(self.train_loader)}"
+        LOGGER.warning(f"\nInterrupted at {where}: saved {self.last}. "
+                       f"Continue with: rtdet train resume={self.last}")
+        raise KeyboardInterrupt(f"training interrupted at {where}; saved {self.last}")
+
+    # ------------------------------------------------------------------ validation and records
+    def _validate(self) -> dict:
+        model = self.ema.model if self.ema is not None else de_parallel(self.model)
+        metrics = self.validator.run(model, self.val_loader, save_dir=None)
+        return metrics
+
+    def _record(self, epoch: int, losses: dict[str, float], seconds: float) -> None:
+        row: dict[str, Any] = {"epoch": epoch + 1}
+        row.update({f"train/{k}": round(v, 6) for k, v in losses.items()})
+        row.update({f"metrics/{k}": round(float(v), 6) for k, v in self.metrics.items()
+                    if isinstance(v, int | float)})
+        for g in self.optimizer.param_groups:  # groups are sorted: decayed weights first
+            part = "backbone" if str(g.get("name", "")).startswith("backbone") else "head"
+            row.setdefault(f"lr/{part}", round(g["lr"], 9))
+        row["time"] = round(seconds, 2)
+        self.rows.append(row)
+        columns: list[str] = []
+        for r in self.rows:
+            columns += [c for c in r if c not in columns]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.csv_path, buf.getvalue())
+        if self.metrics:
+            LOGGER.info(f"{'':>9}val: mAP50-95 {self.metrics.get('mAP50-95', 0):.4f}  "
+                        f"mAP50 {self.metrics.get('mAP50', 0):.4f}  ({seconds:.1f} s)")
+
+    def checkpoint(self, epoch: int, step_in_epoch: int = 0) -> dict:
+        """Everything needed to continue: tensors and plain types only (torch.load(weights_only=True))."""
+        ckpt = {
+            "model": de_parallel(self.model).to_checkpoint(),
+            "ema": self.ema.model.to_checkpoint() if self.ema is not None else None,
+            "ema_state": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict() if self.amp else None,
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "best_fitness": self.best_fitness,
+            "best_epoch": self.best_epoch,
+            "metrics": {k: float(v) for k, v in self.metrics.items() if isinstance(v, int | float)},
+            "rng": get_rng_state(),
+            "epoch_rng": self._epoch_rng if step_in_epoch else None,
+            "args": _plain(self.args),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        return ckpt
+
+    def _save(self, epoch: int, best: bool, step_in_epoch: int = 0) -> None:
+        ckpt = self.checkpoint(epoch, step_in_epoch)
+        save_checkpoint(ckpt, self.last)
+        if best:
+            save_checkpoint(ckpt, self.best)
+        period = int(self.args.get("save_period") or -1)
+        if period > 0 and not step_in_epoch and (epoch + 1) % period == 0:
+            save_checkpoint(ckpt, self.wdir / f"epoch{epoch + 1}.pt")
+
+    def _finish(self, plots_only: bool = False) -> None:
+        if self.args.get("plots") and self.csv_path.is_file():
+            from rtdet.utils.plotting import plot_results
+
+            with contextlib.suppress(ValueError):  # no completed epoch to plot yet
+                plot_results(self.csv_path)
+        if not plots_only:
+            if self.metrics and self.validator is not None:
+                LOGGER.info(f"Last epoch's validation ({len(self.val_loader.dataset)} images):")
+                self.validator.print_results(self.metrics, list(self.data.names))
+            LOGGER.info(f"Done. Results in {self.save_dir} (weights/best.pt from epoch {self.best_epoch + 1}, "
+                        f"weights/last.pt, results.csv)")
+
+    # ------------------------------------------------------------------ DDP launch
+    def _launch_ddp(self, devices: list[str]) -> dict:
+        """``device=0,1`` outside torchrun: re-run this command under torchrun, one process per GPU."""
+        args = dict(self.overrides)
+        model = args.get("model")
+        if isinstance(model, nn.Module):  # an in-memory model travels as a checkpoint
+            path = run_dir(args.get("project") or "runs", self.task, "ddp-init", exist_ok=True) / "init.pt"
+            model.save(path)
+            args["model"] = str(path)
+        tokens = [f"{k}={_cli_value(v)}" for k, v in args.items()]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={len(devices)}",
+               "-m", "rtdet", "train", *tokens]
+        LOGGER.info(f"DDP: {' '.join(cmd)}")
+        subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+        return {}
+
+
+def _cli_value(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, str | Path):
+        return str(v)
+    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _format_terms(loss: float, terms: dict[str, float], rate: float, limit: int = 4) -> str:
+    shown = list(terms.items())[:limit]
+    parts = [f"loss={loss:.3f}"] + [f"{k}={v:.3f}" for k, v in shown]
+    return " ".join(parts) + f" {rate:.1f} img/s"
+
+
+def _install_sigint(trainer: Trainer):
+    """First Ctrl-C: finish the optimizer step, save, stop. Second Ctrl-C: the default (immediate) behaviour."""
+
+    def handler(signum, frame):
+        trainer.request_stop()
+        LOGGER.warning("\nCtrl-C: stopping after this step and saving last.pt (press again to abort now)")
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    try:
+        return signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
+        return None
+
+
+def _restore_sigint(previous) -> None:
+    if previous is not None:
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,164 @@
+"""Validator: COCO mAP of a DetectionModel on a dataset split.
+
+    metrics = Validator({"model": "runs/train/train/weights/best.pt", "data": "coco128.yaml"})()
+    metrics["mAP50-95"], metrics["mAP50"]
+
+The model runs in eval mode; ``model.head.postprocess`` turns its output into per-image boxes in
+network-input pixels, which are mapped back through the letterbox / resize (``ratio_pad``) to original
+pixels and scored with faster-coco-eval against the dataset's own labels (also in original pixels).
+Standalone runs write ``predictions.json`` (COCO results) to ``runs/val/<name>``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from rtdet.engine import loaders
+from rtdet.engine.model_io import is_checkpoint, load_model_with_args
+from rtdet.engine.rundir import run_dir
+from rtdet.engine.settings import SettingsError, resolve_settings
+from rtdet.nn.model import DetectionModel
+from rtdet.ops.boxes import boxes_to_original, cxcywh_to_xyxy
+from rtdet.ops.metrics import COCOEvaluator, coco_predictions, save_predictions_json
+from rtdet.utils.logging import LOGGER, set_verbosity
+from rtdet.utils.torch_utils import de_parallel, select_device
+
+__all__ = ["Validator", "fitness", "image_id_of"]
+
+VAL_CONF = 0.001  # score threshold for mAP: keep (almost) everything, COCO ranks by score
+
+
+def fitness(metrics: dict) -> float:
+    """What best.pt maximises: 0.1 mAP50 + 0.9 mAP50-95."""
+    return 0.1 * float(metrics.get("mAP50", 0.0)) + 0.9 * float(metrics.get("mAP50-95", 0.0))
+
+
+def image_id_of(im_file: str, fallback: int) -> int | str:
+    """COCO image id for predictions.json: the file stem when it is a number (COCO's own files), else the stem."""
+    stem = Path(im_file).stem
+    return int(stem) if stem.isdigit() else (stem or fallback)
+
+
+class Validator:
+    """Runs a model over a val loader and computes COCO box metrics.
+
+    Standalone: ``Validator(overrides)()`` builds the model and loader from settings, writes
+    ``predictions.json`` and prints a per-class table. The trainer calls :meth:`run` with its own EMA
+    model and loader every epoch.
+    """
+
+    task = "val"
+
+    def __init__(self, overrides: dict | None = None, args: dict | None = None):
+        self.overrides = dict(overrides or {})
+        self.args = args if args is not None else None
+        self.per_class: dict[str, tuple[float, float]] = {}
+        self.predictions: list[dict] = []
+        self.save_dir: Path | None = None
+        self.speed_ms = 0.0
+
+    # ------------------------------------------------------------------ standalone
+    def __call__(self, model: DetectionModel | str | None = None) -> dict:
+        user = {k: v for k, v in self.overrides.items() if k != "model"}
+        spec = model if model is not None else self.overrides.get("model")
+        if spec is None:
+            raise SettingsError("val needs model=<checkpoint .pt or model YAML>")
+        args = resolve_settings(user, verb="val")
+        set_verbosity(bool(args["verbose"]))
+        if not args.get("data"):
+            raise SettingsError("val needs data=<dataset YAML>, e.g. data=coco128.yaml")
+        data = loaders.load_data(args["data"])
+        from_yaml = isinstance(spec, str | Path) and not is_checkpoint(spec)
+        model, inherited = load_model_with_args(spec, nc=len(data.names) if from_yaml else None,
+                                                names=data.names if from_yaml else None, scale=args.get("scale"))
+        if model.nc != len(data.names):
+            raise SettingsError(f"the model predicts {model.nc} classes but {args['data']} names {len(data.names)}; "
+                                f"validate on the dataset it was trained for")
+        # default < recipe < the checkpoint's training size and transforms < user
+        args = resolve_settings({**inherited, **user}, family=model.head.family, verb="val")
+        self.args = args
+        device = select_device(args["device"])
+        model = model.to(device)
+        if args["half"] and device.type == "cuda":
+            model = model.half()
+        loader = loaders.val_loader(data, args, int(args["batch"]))
+        self.save_dir = run_dir(args["project"], self.task, args.get("name"), bool(args["exist_ok"]))
+        metrics = self.run(model, loader, save_dir=self.save_dir)
+        self.print_results(metrics, data.names)
+        LOGGER.info(f"Results saved to {self.save_dir}")
+        return metrics
+
+    # ------------------------------------------------------------------ the loop
+    @torch.no_grad()
+    def run(self, model: torch.nn.Module, loader, save_dir: Path | None = None) -> dict:
+        """COCO metrics of ``model`` on ``loader``; writes predictions.json to ``save_dir`` when given."""
+        args = self.args or resolve_settings({})
+        model = de_parallel(model)
+        was_training = model.training
+        model.eval()
+        p = next(model.parameters())
+        device = p.device
+        conf = VAL_CONF if args.get("conf") is None else float(args["conf"])
+        iou, max_det = float(args["iou"]), int(args["max_det"])
+        dataset = loader.dataset
+        names = [model.names.get(k, str(k)) for k in range(model.nc)]
+        evaluator = COCOEvaluator(model.nc, names)
+        index_of = {f: i for i, f in enumerate(getattr(dataset, "im_files", []))}
+        predictions: list[dict] = []
+        seconds, n_images = 0.0, 0
+        pbar = tqdm(loader, desc="val", leave=False, disable=not args.get("verbose", True), dynamic_ncols=True)
+        for batch in pbar:
+            img = batch["img"].to(device, non_blocking=device.type == "cuda")
+            img = img.to(p.dtype)  # fp16 when the model was converted with half=true
+            t0 = time.perf_counter()
+            out = model(img)
+            dets = model.head.postprocess(out, tuple(img.shape[2:]), conf=conf, iou=iou, max_det=max_det)
+            seconds += time.perf_counter() - t0
+            n_images += img.shape[0]
+            for j, det in enumerate(dets):
+                im_file, ori_shape = batch["im_file"][j], tuple(batch["ori_shape"][j])
+                ratio_pad = batch["ratio_pad"][j]
+                if ratio_pad is None:
+                    raise ValueError(
+                        f"{im_file}: the val transforms lost the mapping to original pixels (ratio_pad is None); "
+                        f"use a val pipeline of LetterBox / Resize only"
+                    )
+                boxes = boxes_to_original(det.boxes.float().cpu(), ratio_pad, ori_shape)
+                gt_cls, gt_boxes = self._ground_truth(dataset, index_of, batch, j, ori_shape)
+                evaluator.add(gt_boxes, gt_cls, boxes, det.scores.float().cpu(), det.labels.cpu(), shape=ori_shape)
+                predictions += coco_predictions(image_id_of(im_file, len(evaluator)), boxes, det.scores.float().cpu(),
+                                                det.labels.cpu())
+        model.train(was_training)
+        metrics = evaluator.compute()
+        self.per_class = metrics.per_class(names)
+        self.predictions = predictions
+        self.speed_ms = 1000 * seconds / max(n_images, 1)
+        if save_dir is not None:
+            save_predictions_json(Path(save_dir) / "predictions.json", predictions)
+        return metrics.as_dict()
+
+    @staticmethod
+    def _ground_truth(dataset, index_of: dict, batch: dict, j: int, ori_shape: tuple[int, int]):
+        """Image j's labels in original pixels: the dataset's own (exact), else mapped back from the batch."""
+        i = index_of.get(batch["im_file"][j])
+        if i is not None and hasattr(dataset, "ground_truth"):
+            cls_, boxes = dataset.ground_truth(i)
+            return cls_, boxes
+        sel = batch["batch_idx"] == j
+        h, w = batch["img"].shape[2:]
+        xyxy = cxcywh_to_xyxy(batch["bboxes"][sel].cpu()) * torch.tensor([w, h, w, h])
+        return batch["cls"][sel].cpu().numpy(), np.asarray(boxes_to_original(xyxy, batch["ratio_pad"][j], ori_shape))
+
+    # ------------------------------------------------------------------ report
+    def print_results(self, metrics: dict, names: list[str]) -> None:
+        LOGGER.info(f"{'class':>20}{'AP50-95':>10}{'AP50':>10}")
+        LOGGER.info(f"{'all':>20}{metrics['mAP50-95']:>10.4f}{metrics['mAP50']:>10.4f}")
+        for name, (ap, ap50) in self.per_class.items():
+            LOGGER.info(f"{name:>20}{ap:>10.4f}{ap50:>10.4f}")
+        extra = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("mAP75", "mAP_small", "mAP_medium", "mAP_large"))
+        LOGGER.info(f"{extra}; {self.speed_ms:.1f} ms/image (model + postprocess)")

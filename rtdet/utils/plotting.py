@@ -1,0 +1,84 @@
+"""Pictures: detections drawn on images (OpenCV) and training curves from results.csv (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+__all__ = ["class_color", "draw_detections", "plot_results"]
+
+# A 20-colour palette (BGR); class i gets colour i mod 20.
+_PALETTE = [
+    (56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49, 210, 207), (10, 249, 72),
+    (23, 204, 146), (134, 219, 61), (52, 147, 26), (187, 212, 0), (168, 153, 44), (255, 194, 0),
+    (147, 69, 52), (255, 115, 100), (236, 24, 0), (255, 56, 132), (133, 0, 82), (255, 56, 203),
+    (200, 149, 255), (199, 55, 255),
+]
+
+
+def class_color(label: int) -> tuple[int, int, int]:
+    return _PALETTE[int(label) % len(_PALETTE)]
+
+
+def draw_detections(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray | None, labels: np.ndarray,
+                    names: dict[int, str] | None = None, line_width: int | None = None) -> np.ndarray:
+    """A copy of a BGR uint8 image with xyxy pixel boxes, class names and scores drawn on it."""
+    out = np.ascontiguousarray(image.copy())
+    h, w = out.shape[:2]
+    lw = int(line_width or max(round((h + w) / 2 * 0.003), 2))
+    font_scale = max(lw / 3, 0.35)
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    labels = np.asarray(labels).reshape(-1)
+    for i, (box, label) in enumerate(zip(boxes, labels, strict=True)):
+        color = class_color(int(label))
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        cv2.rectangle(out, (x1, y1), (x2, y2), color, lw, cv2.LINE_AA)
+        text = (names or {}).get(int(label), str(int(label)))
+        if scores is not None:
+            text = f"{text} {float(scores[i]):.2f}"
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, max(lw - 1, 1))
+        above = y1 - th - base - 2 >= 0  # label inside the box when there is no room above it
+        ty1 = y1 - th - base - 2 if above else y1
+        cv2.rectangle(out, (x1, ty1), (x1 + tw + 2, ty1 + th + base + 2), color, -1, cv2.LINE_AA)
+        cv2.putText(out, text, (x1 + 1, ty1 + th + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255),
+                    max(lw - 1, 1), cv2.LINE_AA)
+    return out
+
+
+def plot_results(csv_path: str | Path, out_path: str | Path | None = None) -> Path:
+    """One small panel per column of results.csv (losses, metrics, learning rates) against the epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    csv_path = Path(csv_path)
+    with csv_path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise ValueError(f"{csv_path}: no rows to plot")
+    columns = [c for c in rows[0] if c != "epoch"]
+    epochs = [float(r["epoch"]) for r in rows]
+    ncol = min(5, len(columns))
+    nrow = math.ceil(len(columns) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.6 * nrow), squeeze=False)
+    for ax, col in zip(axes.flat, columns):
+        values = [float(r[col]) if r[col] not in ("", "nan") else float("nan") for r in rows]
+        ax.plot(epochs, values, marker="o", markersize=3, linewidth=1.5)
+        ax.set_title(col, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(columns):]:
+        ax.axis("off")
+    fig.tight_layout()
+    out_path = Path(out_path) if out_path else csv_path.with_name("results.png")
+    tmp = out_path.with_name(f".{out_path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(out_path)  # atomic: a reader never sees half a PNG
+    return out_path

@@ -1,0 +1,54 @@
+"""Shared fixtures for the engine tests: a tiny RT-DETR and a tiny synthetic dataset (seconds to train)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+# Two pyramid levels, hidden 32, one decoder layer, 20 queries and 20 denoising queries: a real RT-DETR
+# (AIFI-free) small enough that a training step takes milliseconds.
+TINY_YAML = """\
+nc: 2
+backbone:
+  - [-1, 1, Conv, [8, 3, 2]]    # 0 /2
+  - [-1, 1, Conv, [16, 3, 2]]   # 1 /4
+  - [-1, 1, Conv, [16, 3, 2]]   # 2 /8
+  - [-1, 1, Conv, [32, 3, 2]]   # 3 /16
+head:
+  - [[2, 3], 1, RTDETRDecoder, [nc, 32, 20, 2, 2, 1, 64, 0.0, None, -1, 20]]
+"""
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny models run fastest on one thread: OpenMP start-up dominates their small kernels (and a busy
+    2-core machine makes two threads much slower still)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_yaml(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "rtdetr-tiny.yaml"
+    path.write_text(TINY_YAML)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """8 train / 4 val images of 64x64 with 1-3 large shapes of 2 classes."""
+    from rtdet.data.synthetic import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synthetic")
+    return make_synthetic_dataset(root, n_train=8, n_val=4, imgsz=64, seed=0, n_classes=2, min_objects=1,
+                                  max_objects=3, size_range=(0.3, 0.6))
+
+
+@pytest.fixture
+def tiny_settings(tiny_yaml, tiny_data, tmp_path) -> dict:
+    """Trainer settings for a seconds-long deterministic CPU run into tmp_path."""
+    return {"model": str(tiny_yaml), "data": str(tiny_data), "imgsz": 64, "batch": 4, "epochs": 2, "workers": 0,
+            "device": "cpu", "project": str(tmp_path / "runs"), "val": False, "plots": False, "verbose": False,
+            "train_pipeline": "plain", "lr0": 1e-3, "warmup_iters": 1, "seed": 0, "deterministic": True}

@@ -1,0 +1,137 @@
+"""Predictor: boxes come back in the image's own pixels; every kind of source; saved outputs."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from rtdet.engine.predictor import Predictor, iter_source
+from rtdet.engine.results import Results
+from rtdet.nn.model import build_model
+
+
+def _model_predicting(tiny_yaml, box_xyxy_in: list[float], imgsz: int, score: float = 0.9, cls: int = 1):
+    """A real model whose eval output is fixed: one box (input pixels), the rest of the top-k empty."""
+    model = build_model(str(tiny_yaml), nc=2, names=["a", "b"]).eval()
+    x1, y1, x2, y2 = (v / imgsz for v in box_xyxy_in)
+    row = torch.tensor([[(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1, score, cls]])
+
+    def forward(x, targets=None):
+        return torch.cat([row, torch.zeros(3, 6)])[None].expand(x.shape[0], -1, -1)
+
+    model.forward = forward
+    return model
+
+
+@pytest.mark.parametrize("pipeline", ["plain", "rtdetr"], ids=["letterbox", "stretch"])
+def test_boxes_are_mapped_back_to_original_pixels(tiny_yaml, pipeline):
+    h0, w0, imgsz = 60, 120, 64
+    target = np.array([30.0, 15.0, 90.0, 45.0])  # where the object is in the original image
+    if pipeline == "plain":  # letterbox: scale 64/120, 16 px padding above and below
+        r = imgsz / w0
+        box_in = [target[0] * r, target[1] * r + 16, target[2] * r, target[3] * r + 16]
+    else:  # stretch: x by 64/120, y by 64/60
+        box_in = [target[0] * imgsz / w0, target[1] * imgsz / h0, target[2] * imgsz / w0, target[3] * imgsz / h0]
+    model = _model_predicting(tiny_yaml, box_in, imgsz)
+    image = np.full((h0, w0, 3), 100, np.uint8)
+    results = Predictor({"imgsz": imgsz, "train_pipeline": pipeline, "save": False, "verbose": False},
+                        model=model)(image)
+    assert len(results) == 1 and len(results[0]) == 1
+    r = results[0]
+    assert r.boxes[0].tolist() == pytest.approx(target.tolist(), abs=0.5)
+    assert r.labels.tolist() == [1] and r.scores[0] == pytest.approx(0.9)
+    assert r.orig_shape == (h0, w0)
+    drawn = r.plot()
+    assert drawn.shape == image.shape and (drawn != image).any() and (image == 100).all()  # a copy
+    item = json.loads(r.to_json())[0]
+    assert item["name"] == "b" and item["box"]["x1"] == pytest.approx(30.0, abs=0.5)
+
+
+def test_conf_and_max_det_filter(tiny_yaml):
+    model = _model_predicting(tiny_yaml, [10, 10, 30, 30], 64, score=0.3)
+    image = np.zeros((64, 64, 3), np.uint8)
+    assert len(Predictor({"imgsz": 64, "conf": 0.5, "save": False}, model=model)(image)[0]) == 0
+    assert len(Predictor({"imgsz": 64, "conf": 0.2, "save": False}, model=model)(image)[0]) == 1
+    assert len(Predictor({"imgsz": 64, "conf": 0.2, "max_det": 0, "save": False}, model=model)(image)[0]) == 0
+
+
+@pytest.fixture
+def media(tmp_path):
+    """A folder with two images and a 5-frame video."""
+    folder = tmp_path / "media"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.jpg"), np.full((40, 80, 3), 50, np.uint8))
+    cv2.imwrite(str(folder / "b.png"), np.full((70, 30, 3), 150, np.uint8))
+    writer = cv2.VideoWriter(str(folder / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (48, 32))
+    for k in range(5):
+        writer.write(np.full((32, 48, 3), 40 * k, np.uint8))
+    writer.release()
+    (folder / "notes.txt").write_text("not media")
+    return folder
+
+
+def test_sources(media):
+    def kinds(source):
+        return [(path.split("/")[-1], frame) for _, path, frame, _ in iter_source(source)]
+
+    assert kinds(media) == [("a.jpg", None), ("b.png", None)] + [("clip.mp4", k) for k in range(5)]
+    assert kinds(str(media / "*.jpg")) == [("a.jpg", None)]
+    assert kinds([str(media / "b.png"), np.zeros((8, 8, 3), np.uint8)]) == [("b.png", None), ("image0.jpg", None)]
+    with pytest.raises(FileNotFoundError, match="nope.jpg"):
+        list(iter_source(str(media / "nope.jpg")))
+    with pytest.raises(ValueError, match="unknown file type"):
+        list(iter_source(str(media / "notes.txt")))
+    with pytest.raises(ValueError, match="HWC uint8"):
+        list(iter_source(np.zeros((3, 8, 8), np.float32)))
+
+
+def test_saves_pictures_video_txt_and_json(tiny_yaml, media, tmp_path):
+    model = _model_predicting(tiny_yaml, [8, 8, 40, 40], 64)
+    predictor = Predictor({"imgsz": 64, "save": True, "save_txt": True, "save_json": True, "project": str(tmp_path),
+                           "batch": 3, "verbose": False}, model=model)
+    results = predictor(media)
+    assert len(results) == 7 and all(isinstance(r, Results) for r in results)
+    out = predictor.save_dir
+    assert out == tmp_path / "predict" / "predict"
+    assert (out / "a.jpg").is_file() and (out / "b.png").is_file()
+    cap = cv2.VideoCapture(str(out / "clip.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
+    cap.release()
+    txt = (out / "labels" / "a.txt").read_text().split()
+    assert len(txt) == 6 and txt[0] == "1" and 0 < float(txt[1]) < 1  # class cx cy w h score, normalised
+    assert (out / "labels" / "clip_4.txt").is_file()
+    preds = json.loads((out / "predictions.json").read_text())
+    assert len(preds) == 7 and {"image_id", "category_id", "bbox", "score"} <= set(preds[0])
+
+
+@pytest.mark.slow
+def test_boxes_land_on_the_objects_after_a_short_overfit(tmp_path):
+    """Overfit the demo model on one batch of two synthetic images, then predict on one of them from its
+    file: every labelled shape must be found (same class, IoU >= 0.5) at its place in the original pixels."""
+    from rtdet.data.synthetic import make_synthetic_dataset
+    from rtdet.engine.trainer import Trainer
+    from rtdet.ops.boxes import pairwise_iou
+
+    data = make_synthetic_dataset(tmp_path / "data", n_train=2, n_val=2, imgsz=160, n_classes=2, seed=3,
+                                  min_objects=2, max_objects=3, size_range=(0.25, 0.45))
+    steps = 150
+    trainer = Trainer({"model": "rtdetr-demo.yaml", "data": str(data), "imgsz": 128, "batch": 2, "epochs": steps,
+                       "workers": 0, "lr0": 1e-3, "warmup_iters": 10, "scheduler": "cosine", "lrf": 0.1,
+                       "clip_grad": 1.0, "backbone_lr_ratio": 1.0, "train_pipeline": [{"name": "LetterBox"}],
+                       "project": str(tmp_path / "runs"), "verbose": False})
+    trainer.setup()
+    batch = next(iter(trainer.train_loader))
+    for _ in range(steps):
+        trainer.train_step(batch)
+
+    image = tmp_path / "data" / "images" / "train" / "000000.jpg"
+    rows = np.loadtxt(tmp_path / "data" / "labels" / "train" / "000000.txt", ndmin=2)
+    gt = torch.tensor(np.concatenate([rows[:, 1:3] - rows[:, 3:5] / 2, rows[:, 1:3] + rows[:, 3:5] / 2], 1) * 160,
+                      dtype=torch.float32)  # original pixels (the image is 160 x 160, the network sees 128)
+    r = Predictor({"imgsz": 128, "train_pipeline": "plain", "conf": 0.3, "save": False},
+                  model=trainer.model)(str(image))[0]
+    iou = pairwise_iou(gt, r.boxes)
+    same_class = torch.tensor(rows[:, 0]).long()[:, None] == r.labels[None]
+    assert ((iou >= 0.5) & same_class).any(1).all(), (gt, r.boxes, r.labels, r.scores)

@@ -1,0 +1,50 @@
+"""Settings: default.yaml < family recipe < user arguments; unknown keys fail with suggestions."""
+
+import pytest
+import yaml
+
+from rtdet.engine.settings import (
+    DEFAULT_CFG,
+    RECIPES_DIR,
+    SettingsError,
+    check_keys,
+    default_settings,
+    parse_value,
+    resolve_settings,
+)
+
+
+def test_every_default_key_has_a_comment():
+    lines = [line for line in DEFAULT_CFG.read_text().splitlines() if line and not line.startswith((" ", "#"))]
+    for line in lines:
+        assert "#" in line, f"default.yaml: '{line}' has no one-line description"
+    assert len(lines) == len(default_settings())
+
+
+def test_resolution_order():
+    d = default_settings()
+    assert d["lr0"] == 0.001 and d["optimizer"] == "AdamW"
+    r = resolve_settings({}, family="rtdetr")
+    recipe = yaml.safe_load((RECIPES_DIR / "rtdetr.yaml").read_text())
+    assert r["lr0"] == recipe["lr0"] == 1e-4  # the recipe overrides the default
+    assert r["backbone_lr_ratio"] == 0.1 and r["clip_grad"] == 0.1 and r["ema_tau"] == 2000
+    assert r["loss_giou"] == 2.0  # family keys join the settings
+    assert resolve_settings({"lr0": 3e-4}, family="rtdetr")["lr0"] == 3e-4  # the user overrides the recipe
+    assert r["patience"] == d["patience"]  # untouched keys keep their default
+
+
+def test_unknown_key_suggests_the_closest():
+    with pytest.raises(SettingsError, match=r"'lr_0' is not a valid setting for train.*lr0"):
+        check_keys({"lr_0": 1}, "train")
+    with pytest.raises(SettingsError, match="vfl_alpha"):
+        resolve_settings({"vfl_alpa": 0.5}, family="rtdetr")
+    with pytest.raises(SettingsError, match="no recipe for family 'nope'"):
+        resolve_settings({}, family="nope")
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("3", 3), ("0.5", 0.5), ("1e-4", 1e-4), ("2.5E3", 2500.0), ("true", True), ("False", False), ("", None),
+    ("none", None), ("0,1", "0,1"), ("cpu", "cpu"), ("[1, 2]", [1, 2]), ("runs/x:y", "runs/x:y"),
+])
+def test_parse_value(text, value):
+    assert parse_value(text) == value

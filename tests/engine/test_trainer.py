@@ -1,0 +1,204 @@
+"""Trainer: learning on a fixed batch, run folders, exact resume, Ctrl-C, NaN detection, bad checkpoints."""
+
+import csv
+import os
+import signal
+
+import pytest
+import torch
+import yaml
+
+from rtdet.engine.errors import NonFiniteLossError
+from rtdet.engine.rundir import run_dir
+from rtdet.engine.trainer import Trainer, family_hyperparameters
+from rtdet.utils.checkpoint import CheckpointError, load_checkpoint
+
+
+def _loss_before_after(trainer: Trainer, steps: int) -> tuple[float, float]:
+    """Loss of one batch before and after ``steps`` optimizer steps on it. Both measurements use the same
+    random denoising queries (same seed), so only the weights differ."""
+    batch = next(iter(trainer.train_loader))
+
+    def measure() -> float:
+        torch.manual_seed(123)
+        with torch.no_grad():
+            return float(trainer.criterion(trainer.model(batch["img"], batch), batch)[0])
+
+    before = measure()
+    for _ in range(steps):
+        trainer.train_step(batch)
+    return before, measure()
+
+
+def test_training_steps_lower_the_loss_on_synthetic(tiny_settings):
+    trainer = Trainer({**tiny_settings, "warmup_iters": 0, "clip_grad": 0})
+    trainer.setup()
+    before, after = _loss_before_after(trainer, steps=6)
+    assert after < 0.8 * before, (before, after)
+
+
+def test_training_steps_lower_the_loss_on_coco128(coco128, tiny_yaml, tmp_path):
+    trainer = Trainer({"model": str(tiny_yaml), "data": str(coco128 / "data.yaml"), "imgsz": 96, "batch": 2,
+                       "workers": 0, "device": "cpu", "project": str(tmp_path), "val": False, "verbose": False,
+                       "train_pipeline": "plain", "lr0": 5e-3, "warmup_iters": 0, "clip_grad": 0, "fraction": 0.05})
+    trainer.setup()
+    assert trainer.model.nc == 80  # the head follows the dataset's names
+    before, after = _loss_before_after(trainer, steps=10)
+    assert after < 0.9 * before, (before, after)
+
+
+def test_run_folder_contents(tiny_settings):
+    trainer = Trainer({**tiny_settings, "epochs": 1, "val": True, "plots": True})
+    metrics = trainer.train()
+    d = trainer.save_dir
+    assert d.parent.name == "train" and d.name == "train"
+    for f in ("weights/last.pt", "weights/best.pt", "results.csv", "results.png", "args.yaml"):
+        assert (d / f).is_file(), f
+    assert {"mAP50-95", "mAP50", "mAP75"} <= set(metrics)
+    rows = list(csv.DictReader((d / "results.csv").open()))
+    assert len(rows) == 1 and rows[0]["epoch"] == "1"
+    assert {"train/vfl", "metrics/mAP50", "lr/head"} <= set(rows[0])
+    args = yaml.safe_load((d / "args.yaml").read_text())
+    assert args["epochs"] == 1 and args["lr0"] == 1e-3 and args["loss_giou"] == 2.0  # user + recipe
+    ckpt = torch.load(d / "weights" / "last.pt", weights_only=True)  # plain types and tensors only
+    assert ckpt["epoch"] == 0 and ckpt["args"]["imgsz"] == 64
+    assert set(ckpt) >= {"model", "ema", "optimizer", "scheduler", "epoch", "best_fitness", "rng", "args"}
+    # a second run never overwrites the first
+    again = Trainer({**tiny_settings, "epochs": 1})
+    again.train()
+    assert again.save_dir.name == "train2"
+
+
+def test_run_dir_increments_and_exist_ok(tmp_path):
+    a = run_dir(tmp_path, "train", "exp")
+    b = run_dir(tmp_path, "train", "exp")
+    c = run_dir(tmp_path, "train", "exp")
+    assert [a.name, b.name, c.name] == ["exp", "exp2", "exp3"]
+    assert run_dir(tmp_path, "train", "exp", exist_ok=True) == a
+    assert run_dir(tmp_path, "val").name == "val"
+
+
+def _final_state(path):
+    ckpt = load_checkpoint(path)
+    return ckpt["model"]["state_dict"], ckpt["ema"]["state_dict"], ckpt["optimizer"]["state"], ckpt
+
+
+def _assert_same(a_path, b_path):
+    ma, ea, oa, ca = _final_state(a_path)
+    mb, eb, ob, cb = _final_state(b_path)
+    assert ca["epoch"] == cb["epoch"] and ca["step_in_epoch"] == cb["step_in_epoch"] == 0
+    for k in ma:
+        assert torch.equal(ma[k], mb[k]), f"model {k} differs"
+        assert torch.equal(ea[k], eb[k]), f"EMA {k} differs"
+    for i in oa:
+        for k in oa[i]:
+            assert torch.equal(torch.as_tensor(oa[i][k]), torch.as_tensor(ob[i][k])), f"optimizer state {i}.{k}"
+    assert ca["scheduler"] == cb["scheduler"] and ca["ema_state"] == cb["ema_state"]
+
+
+@pytest.mark.parametrize("stop_at", [(1, 0), (0, 1)], ids=["mid-epoch", "end-of-epoch"])
+def test_ctrl_c_then_resume_reproduces_the_uninterrupted_run(tiny_settings, tmp_path, stop_at):
+    settings = {**tiny_settings, "epochs": 3}
+    reference = Trainer({**settings, "name": "reference"})
+    reference.train()
+
+    interrupted = Trainer({**settings, "name": "interrupted"})
+
+    def ctrl_c(t):  # a real SIGINT, as a terminal sends it
+        if (t.epoch, t.batch_index) == stop_at:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    interrupted.add_callback("on_train_batch_end", ctrl_c)
+    with pytest.raises(KeyboardInterrupt, match="saved"):
+        interrupted.train()
+    last = interrupted.save_dir / "weights" / "last.pt"
+    ckpt = load_checkpoint(last)
+    assert (ckpt["epoch"], ckpt["step_in_epoch"]) == (stop_at[0], stop_at[1] + 1)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+    resumed = Trainer({"resume": str(last)})
+    resumed.train()
+    assert resumed.save_dir == interrupted.save_dir
+    _assert_same(reference.save_dir / "weights" / "last.pt", last)
+    rows = list(csv.DictReader((resumed.save_dir / "results.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+
+
+def test_resume_of_a_finished_run_says_how_to_train_longer(tiny_settings):
+    t = Trainer({**tiny_settings, "epochs": 1})
+    t.train()
+    with pytest.raises(Exception, match="already finished"):
+        Trainer({"resume": str(t.save_dir / "weights" / "last.pt")}).train()
+
+
+def test_corrupted_checkpoint_gives_a_clear_error(tiny_settings, tmp_path):
+    t = Trainer({**tiny_settings, "epochs": 1})
+    t.train()
+    last = t.save_dir / "weights" / "last.pt"
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2])  # truncated, as after a full disk
+    with pytest.raises(CheckpointError, match=r"last\.pt.*(truncated|cannot be read)"):
+        Trainer({"resume": str(last)}).train()
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        Trainer({"resume": str(junk)}).train()
+    from rtdet.api import Detector
+
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        Detector(str(junk))
+
+
+def test_nan_loss_stops_training_with_epoch_step_and_terms(tiny_settings):
+    trainer = Trainer({**tiny_settings, "epochs": 2})
+
+    def poison(t):
+        criterion = t.criterion
+        calls = {"n": 0}
+
+        def nan_on_third_call(outputs, batch):
+            calls["n"] += 1
+            total, terms = criterion(outputs, batch)
+            if calls["n"] == 3:  # epoch 2, batch 1 (2 batches per epoch)
+                return total * float("nan"), {**terms, "vfl": torch.tensor(float("nan"))}
+            return total, terms
+
+        t.criterion = nan_on_third_call
+
+    trainer.add_callback("on_train_start", poison)
+    with pytest.raises(NonFiniteLossError) as err:
+        trainer.train()
+    msg = str(err.value)
+    assert "epoch 2/2" in msg and "batch 1/2" in msg and "vfl=nan" in msg and "giou=" in msg
+    last = load_checkpoint(trainer.save_dir / "weights" / "last.pt")
+    assert last["epoch"] == 0  # the last good epoch is kept, nothing trained through the NaN
+    for v in last["model"]["state_dict"].values():
+        assert torch.isfinite(v.float()).all()
+
+
+def test_criterion_gets_only_the_family_keys():
+    args = {"lr0": 1.0, "loss_giou": 3.0, "vfl_alpha": 0.5, "epochs": 1, "loss_vfl": 1, "loss_bbox": 5,
+            "vfl_gamma": 2, "cost_class": 2, "cost_bbox": 5, "cost_giou": 2, "matcher_alpha": 0.25,
+            "matcher_gamma": 2, "aux_loss": True}
+    hyp = family_hyperparameters(args, "rtdetr")
+    assert "lr0" not in hyp and "epochs" not in hyp
+    assert hyp["loss_giou"] == 3.0 and hyp["vfl_alpha"] == 0.5
+
+
+@pytest.mark.slow
+def test_ddp_under_torchrun_on_cpu(tiny_settings, tmp_path):
+    """Two processes (Gloo on CPU) run the same trainer code: each reads half of every batch, rank 0 writes."""
+    import subprocess
+    import sys
+
+    args = {**tiny_settings, "epochs": 1, "val": True, "project": str(tmp_path / "ddp")}
+    tokens = [f"{k}={v}" for k, v in args.items()]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "rtdet", "train"]
+    out = subprocess.run([*cmd, *tokens], capture_output=True, text=True, env=env, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "ddp" / "train" / "train"
+    assert (run / "weights" / "last.pt").is_file() and (run / "results.csv").is_file()
+    assert not (tmp_path / "ddp" / "train" / "train2").exists()  # only rank 0 made a run folder
+    ckpt = load_checkpoint(run / "weights" / "last.pt")
+    assert not any(k.startswith("module.") for k in ckpt["model"]["state_dict"])  # unwrapped from DDP

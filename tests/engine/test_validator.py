@@ -1,0 +1,110 @@
+"""Validator: its mAP equals the metrics wrapper's on the same predictions, mapped through the letterbox."""
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from rtdet.engine import loaders
+from rtdet.engine.settings import resolve_settings
+from rtdet.engine.validator import Validator, fitness
+from rtdet.nn.model import build_model
+from rtdet.ops.metrics import evaluate_coco
+
+# Three non-square images (w, h) with their boxes (class, x1, y1, x2, y2 in pixels), so the letterbox pads.
+IMAGES = {
+    "000001": ((120, 60), [(0, 10, 5, 50, 40), (1, 70, 20, 110, 55)]),
+    "000002": ((50, 100), [(1, 5, 10, 45, 60)]),
+    "000003": ((90, 90), [(0, 20, 20, 70, 80), (0, 5, 5, 25, 20)]),
+}
+
+
+@pytest.fixture
+def letterbox_data(tmp_path) -> Path:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    for stem, ((w, h), boxes) in IMAGES.items():
+        cv2.imwrite(str(tmp_path / "images" / f"{stem}.png"), np.full((h, w, 3), 90, np.uint8))
+        rows = [f"{c} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}"
+                for c, x1, y1, x2, y2 in boxes]
+        (tmp_path / "labels" / f"{stem}.txt").write_text("\n".join(rows) + "\n")
+    (tmp_path / "data.yaml").write_text("path: .\ntrain: images\nval: images\nnames: [a, b]\n")
+    return tmp_path / "data.yaml"
+
+
+def _controlled_outputs(loader) -> tuple[list[torch.Tensor], dict[str, list]]:
+    """Per batch, the [B, k, 6] eval output a model 'predicts' (GT boxes, some shifted, one missed, one
+    false positive), and per image the same predictions mapped back to original pixels by hand."""
+    outputs, expected = [], {}
+    for batch in loader:
+        b, _, h, w = batch["img"].shape
+        rows = []
+        for j in range(b):
+            sel = batch["batch_idx"] == j
+            boxes, cls = batch["bboxes"][sel].clone(), batch["cls"][sel].float()
+            boxes[0, 0] += 0.3 * boxes[0, 2]  # first box shifted by 30% of its width: IoU ~0.54
+            scores = torch.linspace(0.9, 0.6, len(cls))
+            if len(cls) > 1:  # the last box is missed, a low-score false positive takes its row
+                boxes[-1], cls[-1], scores[-1] = torch.tensor([0.5, 0.5, 0.1, 0.1]), 1 - cls[-1], 0.05
+            pad = 4 - len(cls)  # fixed k = 4 rows, unused rows score 0 (below conf)
+            out = torch.cat([boxes, scores[:, None], cls[:, None]], 1)
+            out = torch.cat([out, torch.zeros(pad, 6)])
+            rows.append(out)
+            # by hand: normalised cxcywh -> input pixels -> original pixels through ratio_pad
+            (ry, rx), (px, py) = batch["ratio_pad"][j]
+            keep = scores >= 0.001
+            x1 = ((boxes[:, 0] - boxes[:, 2] / 2) * w - px) / rx
+            y1 = ((boxes[:, 1] - boxes[:, 3] / 2) * h - py) / ry
+            x2 = ((boxes[:, 0] + boxes[:, 2] / 2) * w - px) / rx
+            y2 = ((boxes[:, 1] + boxes[:, 3] / 2) * h - py) / ry
+            h0, w0 = batch["ori_shape"][j]
+            xyxy = torch.stack([x1.clamp(0, w0), y1.clamp(0, h0), x2.clamp(0, w0), y2.clamp(0, h0)], 1)
+            expected[Path(batch["im_file"][j]).stem] = [xyxy[keep], scores[keep], cls[keep].long()]
+        outputs.append(torch.stack(rows))
+    return outputs, expected
+
+
+def test_validator_map_equals_the_metrics_wrapper(letterbox_data, tiny_yaml, tmp_path):
+    args = resolve_settings({"imgsz": 64, "workers": 0, "verbose": False, "val_pipeline": "plain"}, "rtdetr")
+    data = loaders.load_data(letterbox_data)
+    loader = loaders.val_loader(data, args, batch_size=2)
+    outputs, expected = _controlled_outputs(loader)
+    pads = {tuple(b) for batch in loader for b in batch["ratio_pad"]}
+    assert any(p[1] != (0.0, 0.0) for p in pads)  # the letterbox really padded
+
+    model = build_model(str(tiny_yaml), nc=2, names=["a", "b"]).eval()
+    model.forward = lambda x, targets=None: outputs.pop(0)
+    metrics = Validator(args=args).run(model, loader, save_dir=tmp_path)
+
+    stems = sorted(IMAGES)
+    gt_boxes = [np.array([b[1:] for b in IMAGES[s][1]], np.float64) for s in stems]
+    gt_cls = [np.array([b[0] for b in IMAGES[s][1]]) for s in stems]
+    ref = evaluate_coco(gt_boxes, gt_cls, [expected[s][0] for s in stems], [expected[s][1] for s in stems],
+                        [expected[s][2] for s in stems], nc=2, names=["a", "b"])
+    assert metrics["mAP50-95"] == pytest.approx(ref.map, abs=1e-6)
+    assert metrics["mAP50"] == pytest.approx(ref.map50, abs=1e-6)
+    assert metrics["mAP75"] == pytest.approx(ref.map75, abs=1e-6)
+    assert 0.2 < metrics["mAP50"] < 1.0  # the shifted / missed boxes cost something
+    assert fitness(metrics) == pytest.approx(0.1 * ref.map50 + 0.9 * ref.map)
+
+    preds = json.loads((tmp_path / "predictions.json").read_text())
+    assert {p["image_id"] for p in preds} == {1, 2, 3}  # numeric stems are COCO image ids
+    first = [p for p in preds if p["image_id"] == 1][0]
+    x1, y1, x2, y2 = expected["000001"][0][0].tolist()
+    assert first["bbox"] == pytest.approx([x1, y1, x2 - x1, y2 - y1], abs=1e-3)  # original pixels, xywh
+
+
+def test_validator_standalone_on_a_checkpoint(tiny_settings, tmp_path):
+    from rtdet.engine.trainer import Trainer
+
+    trainer = Trainer({**tiny_settings, "epochs": 1})
+    trainer.train()
+    v = Validator({"data": tiny_settings["data"], "project": str(tmp_path / "runs"), "verbose": False,
+                   "workers": 0})
+    metrics = v(str(trainer.save_dir / "weights" / "best.pt"))
+    assert v.args["imgsz"] == 64  # inherited from the checkpoint's training settings
+    assert set(metrics) >= {"mAP50-95", "mAP50"} and 0.0 <= metrics["mAP50"] <= 1.0
+    assert (v.save_dir / "predictions.json").is_file() and v.save_dir.parent.name == "val"
