@@ -12,6 +12,7 @@ Annotated images / videos go to ``runs/predict/<name>`` (``save``), with optiona
 
 from __future__ import annotations
 
+import copy
 import glob
 import os
 import time
@@ -123,6 +124,19 @@ def iter_source(source) -> Iterator[tuple[np.ndarray, str, int | None, dict | No
                 cap.release()
 
 
+def prepare_for_inference(model: DetectionModel, fuse: bool, channels_last: bool) -> DetectionModel:
+    """A copy of the model folded for inference (Conv+BN, RepConv) and/or in NHWC layout; the caller's
+    model (perhaps still being trained through the Detector API) is left untouched."""
+    if not (fuse or channels_last):
+        return model
+    model = copy.deepcopy(model)
+    if fuse:
+        model.fuse()
+    if channels_last:  # oneDNN runs (depthwise) convolutions faster on NHWC tensors
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
 def _chunks(it: Iterable, n: int) -> Iterator[list]:
     chunk = []
     for x in it:
@@ -160,7 +174,8 @@ class Predictor:
         set_verbosity(bool(args["verbose"]))
         self.args = args
         self.device = select_device(args["device"])
-        self.model = model.to(self.device).eval()
+        self.model = prepare_for_inference(model.to(self.device).eval(), bool(args["fuse"]),
+                                           bool(args["channels_last"]) and self.device.type == "cpu")
         if args["half"] and self.device.type == "cuda":
             self.model = self.model.half()
         spec = load_pipeline_spec(args.get("val_pipeline") or args.get("train_pipeline") or None)

@@ -135,3 +135,15 @@ def test_boxes_land_on_the_objects_after_a_short_overfit(tmp_path):
     iou = pairwise_iou(gt, r.boxes)
     same_class = torch.tensor(rows[:, 0]).long()[:, None] == r.labels[None]
     assert ((iou >= 0.5) & same_class).any(1).all(), (gt, r.boxes, r.labels, r.scores)
+
+
+def test_fused_channels_last_prediction_matches_and_leaves_the_callers_model_alone(tiny_yaml):
+    torch.manual_seed(0)
+    model = build_model(str(tiny_yaml), nc=2, names=["a", "b"]).eval()
+    image = np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8)
+    settings = {"imgsz": 64, "conf": 0.0, "max_det": 20, "save": False, "verbose": False}
+    plain = Predictor({**settings, "fuse": False, "channels_last": False}, model=model)(image)[0]
+    fast = Predictor({**settings, "fuse": True, "channels_last": True}, model=model)(image)[0]
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # not fused in place
+    assert next(model.parameters()).is_contiguous()
+    torch.testing.assert_close(fast.scores, plain.scores, rtol=1e-3, atol=1e-4)
