@@ -1,5 +1,5 @@
 """Data-loading throughput: images/s of the family training pipelines at 640 on coco128-train, with 0 and
-2 worker processes, side by side in one run. Writes the table to docs/benchmarks-dataloader.md.
+2 worker processes, side by side in one run. Prints the table recorded in docs/benchmarks.md.
 
     .venv/bin/python benchmarks/dataloader.py [--data ../shared/data/coco128-train/data.yaml] [--passes 2]
 """
@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="measurements per cell; the best is kept (shared CPUs)")
     ap.add_argument("--pipelines", nargs="+", default=["ultralytics", "rtmdet", "rtdetr"])
     ap.add_argument("--workers", nargs="+", type=int, default=[0, 2])
-    ap.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks-dataloader.md")
+    ap.add_argument("--out", type=Path, default=None, help="also write the table (markdown) to this file")
     args = ap.parse_args()
     if not args.data.is_file():
         sys.exit(f"dataset {args.data} not found; pass --data")
@@ -104,8 +104,10 @@ def main() -> None:
                      "worker processes could not add throughput (they compete with those jobs for the same cores); "
                      "rerun on an idle machine for the worker scaling.")
     lines.append("")
-    atomic_write_text(args.out, "\n".join(lines))
-    print(f"table written to {args.out}")
+    print("\n".join(lines))
+    if args.out is not None:
+        atomic_write_text(args.out, "\n".join(lines))
+        print(f"table written to {args.out}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Prints a markdown table (median / min over the timed runs after warm-up) and the
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import statistics
 import time
@@ -18,15 +19,19 @@ import torch
 from rtdet import build_model
 
 
-def time_forward(model: torch.nn.Module, x: torch.Tensor, warmup: int, runs: int) -> list[float]:
+def time_interleaved(models: dict[str, torch.nn.Module], x: torch.Tensor, warmup: int, runs: int) -> dict:
+    """Milliseconds per forward for every model, timed in turn within each round so that drifts of the
+    machine (other jobs, clock changes) hit all of them alike and the ratios stay meaningful."""
+    times: dict[str, list[float]] = {name: [] for name in models}
     with torch.inference_mode():
-        for _ in range(warmup):
-            model(x)
-        times = []
+        for model in models.values():
+            for _ in range(warmup):
+                model(x)
         for _ in range(runs):
-            t0 = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - t0) * 1000)
+            for name, model in models.items():
+                t0 = time.perf_counter()
+                model(x)
+                times[name].append((time.perf_counter() - t0) * 1000)
     return times
 
 
@@ -44,17 +49,18 @@ def main() -> None:
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, args.imgsz, args.imgsz)
     model = build_model(args.model).eval()
-    rows = {"eager": time_forward(model, x, args.warmup, args.runs)}
-    # NHWC lets oneDNN run the (depthwise) convolutions without layout conversions
-    model.to(memory_format=torch.channels_last)
-    rows["eager, channels_last"] = time_forward(model, x, args.warmup, args.runs)
-    model.to(memory_format=torch.contiguous_format).fuse()
-    rows["fused"] = time_forward(model, x, args.warmup, args.runs)
-    model.to(memory_format=torch.channels_last)
-    rows["fused, channels_last"] = time_forward(model, x, args.warmup, args.runs)
+    fused = copy.deepcopy(model).fuse()
+    models = {
+        "eager": model,
+        # NHWC lets oneDNN run the (depthwise) convolutions without layout conversions
+        "eager, channels_last": copy.deepcopy(model).to(memory_format=torch.channels_last),
+        "fused": fused,
+        "fused, channels_last": copy.deepcopy(fused).to(memory_format=torch.channels_last),
+    }
+    rows = time_interleaved(models, x, args.warmup, args.runs)
 
     print(f"{args.model} forward, {args.imgsz}x{args.imgsz}, batch {args.batch}, {args.threads} threads, "
-          f"median of {args.runs} runs after {args.warmup} warm-up; torch {torch.__version__}, "
+          f"median of {args.runs} interleaved rounds after {args.warmup} warm-up; torch {torch.__version__}, "
           f"{platform.processor() or platform.machine()}")
     base = statistics.median(rows["eager"])
     print("| mode | median ms | min ms | vs eager |")

@@ -1,7 +1,7 @@
 """Training-step time: forward + loss + backward + optimizer step (the trainer's own ``train_step``), median
 over several steps, for rtdetr-l at 640 batch 2 and the demo model at 256 batch 8, on the CPU.
 
-    .venv/bin/python benchmarks/train_step.py [--threads 2] [--steps 5] [--out docs/benchmarks-engine.md]
+    .venv/bin/python benchmarks/train_step.py [--threads 2] [--steps 5] [--out table.md]
 
 Inputs are synthetic shapes images (rtdet.data.synthetic) so the loss sees real boxes; the settings are the
 family recipe's (AdamW, EMA, gradient clipping). Prints a markdown table; ``--out`` also writes it.

@@ -1,8 +1,8 @@
 """x2 upsamplers side by side: nearest, bilinear and the four DySample variants (lp / pl x static /
 dynamic scope), at 256 channels on 40x40 and 80x80 maps, batch 1 and 8.
 
-    python benchmarks/upsamplers.py                   # writes docs/benchmarks-upsamplers.md
-    python benchmarks/upsamplers.py --runs 30 --threads 2 --out -   # print only
+    python benchmarks/upsamplers.py                   # prints the table recorded in docs/benchmarks.md
+    python benchmarks/upsamplers.py --runs 30 --threads 2 --out table.md   # also write it to a file
 
 Per row: parameters, FLOPs (torch.utils.flop_counter; it has no formula for interpolation or
 grid_sample, so only the offset layers count), and the median / min CPU latency of the forward pass
@@ -30,7 +30,6 @@ from rtdet.nn.modules.dysample import DySample
 from rtdet.utils.checkpoint import atomic_write_text
 
 CHANNELS = 256
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks-upsamplers.md"
 
 
 class OfficialOrderDySample(nn.Module):
@@ -127,7 +126,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--sizes", type=int, nargs="+", default=[40, 80])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="markdown file to write, '-' to only print")
+    parser.add_argument("--out", default="-", help="also write the markdown to this file ('-': only print)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
