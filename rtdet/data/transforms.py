@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+from abc import ABC, abstractmethod
 from typing import Any
 
 import cv2
@@ -209,7 +210,7 @@ def canvas(h: int, w: int, pad_value: int | float | tuple | list) -> np.ndarray:
     return out
 
 
-class Transform:
+class Transform(ABC):
     """Base class. ``rng`` is the generator random draws come from (a seeded default until the pipeline
     assigns its own)."""
 
@@ -225,8 +226,9 @@ class Transform:
     def rng(self, g: np.random.Generator) -> None:
         self._rng = g
 
+    @abstractmethod
     def __call__(self, sample: dict) -> dict:
-        raise NotImplementedError
+        """Transform one sample dict (img, cls, bboxes xyxy pixels, bookkeeping) and return it."""
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_")
