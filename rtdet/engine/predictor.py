@@ -27,7 +27,7 @@ from rtdet.data import build_pipeline, collate, load_pipeline_spec
 from rtdet.engine.model_io import load_model_with_args
 from rtdet.engine.results import Results
 from rtdet.engine.rundir import run_dir
-from rtdet.engine.settings import SettingsError, resolve_settings
+from rtdet.engine.settings import SettingsError, check_imgsz, resolve_settings
 from rtdet.engine.validator import image_id_of
 from rtdet.nn.model import DetectionModel
 from rtdet.ops.boxes import boxes_to_original
@@ -171,6 +171,7 @@ class Predictor:
         user = {k: v for k, v in self.overrides.items() if k != "source"}
         model, inherited = load_model_with_args(self.model_spec)
         args = resolve_settings({**inherited, **user}, family=model.head.family, verb="predict")
+        check_imgsz(args, model)
         set_verbosity(bool(args["verbose"]))
         self.args = args
         self.device = select_device(args["device"])

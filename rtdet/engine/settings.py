@@ -135,3 +135,18 @@ def resolve_settings(overrides: dict | None = None, family: str | None = None, v
         if isinstance(v, str) and _EXP_NUMBER.match(v.strip()):
             args[k] = float(v)
     return args
+
+
+def check_imgsz(args: dict, model) -> int:
+    """Round ``args["imgsz"]`` up to a multiple of the model's largest stride, with a warning: the neck
+    upsamples one map and concatenates it with the next, so every level must halve evenly (what
+    Ultralytics' check_imgsz does too). Returns the size used."""
+    from rtdet.utils.logging import LOGGER
+
+    stride = max(model.strides)
+    imgsz = int(args["imgsz"])
+    fixed = max(stride, -(-imgsz // stride) * stride)
+    if fixed != imgsz:
+        LOGGER.warning(f"imgsz={imgsz} is not a multiple of the model's largest stride {stride}; using imgsz={fixed}")
+        args["imgsz"] = fixed
+    return fixed

@@ -44,6 +44,7 @@ from rtdet.engine.optim import LRSchedule, build_optimizer, warmup_steps
 from rtdet.engine.rundir import latest_run, run_dir
 from rtdet.engine.settings import (
     SettingsError,
+    check_imgsz,
     check_keys,
     default_settings,
     recipe_settings,
@@ -201,6 +202,7 @@ class Trainer:
             args = resolved
             set_seed(int(args["seed"]) + self.rank, bool(args["deterministic"]))
         self.family = model.head.family
+        check_imgsz(args, model)
         self.args = args
 
         self.device = select_device(args["device"], self.local_rank)

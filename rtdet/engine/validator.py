@@ -21,7 +21,7 @@ from tqdm import tqdm
 from rtdet.engine import loaders
 from rtdet.engine.model_io import is_checkpoint, load_model_with_args
 from rtdet.engine.rundir import run_dir
-from rtdet.engine.settings import SettingsError, resolve_settings
+from rtdet.engine.settings import SettingsError, check_imgsz, resolve_settings
 from rtdet.nn.model import DetectionModel
 from rtdet.ops.boxes import boxes_to_original, cxcywh_to_xyxy
 from rtdet.ops.metrics import COCOEvaluator, coco_predictions, save_predictions_json
@@ -81,6 +81,7 @@ class Validator:
                                 f"validate on the dataset it was trained for")
         # default < recipe < the checkpoint's training size and transforms < user
         args = resolve_settings({**inherited, **user}, family=model.head.family, verb="val")
+        check_imgsz(args, model)
         self.args = args
         device = select_device(args["device"])
         model = model.to(device)

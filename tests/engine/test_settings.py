@@ -48,3 +48,16 @@ def test_unknown_key_suggests_the_closest():
 ])
 def test_parse_value(text, value):
     assert parse_value(text) == value
+
+
+def test_imgsz_is_rounded_up_to_the_largest_stride(tiny_yaml, caplog):
+    from rtdet.engine.settings import check_imgsz
+    from rtdet.nn.model import build_model
+
+    model = build_model(str(tiny_yaml), nc=2)
+    stride = max(model.strides)
+    args = {"imgsz": stride * 3 - 5}
+    with caplog.at_level("WARNING", logger="rtdet"):
+        assert check_imgsz(args, model) == stride * 3
+    assert args["imgsz"] == stride * 3 and f"largest stride {stride}" in caplog.text
+    assert check_imgsz({"imgsz": stride * 2}, model) == stride * 2
