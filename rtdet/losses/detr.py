@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from scipy.optimize import linear_sum_assignment
 
@@ -217,7 +218,7 @@ class RTDETRCriterion(nn.Module):
             enc_bboxes, enc_scores = enc_bboxes.float(), enc_scores.float()
             n_img = dec_bboxes.shape[1]
             targets, gt_cls, gt_boxes = self._targets(batch, n_img, device)
-            norm = self._num_boxes(num_boxes, gt_cls.shape[0])
+            norm = self._num_boxes(num_boxes, gt_cls.shape[0], device)
 
             if dn_meta is not None:
                 num_dn = self._dn_split(dn_meta, dec_bboxes.shape[2])
@@ -376,6 +377,13 @@ class RTDETRCriterion(nn.Module):
         return pad_targets(batch_idx, cls, bboxes, n_img), cls, bboxes
 
     @staticmethod
-    def _num_boxes(num_boxes, n: int) -> float:
-        value = float(n) if num_boxes is None else float(num_boxes)
-        return max(value, 1.0)
+    def _num_boxes(num_boxes, n: int, device: torch.device) -> float:
+        """The normaliser: ``num_boxes`` if given, else this batch's box count, averaged over the processes
+        under DDP (as the official criterion does) so every rank divides by the same number; at least 1."""
+        if num_boxes is not None:
+            return max(float(num_boxes), 1.0)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            count = torch.tensor([float(n)], device=device)
+            dist.all_reduce(count)
+            return max(float(count) / dist.get_world_size(), 1.0)
+        return max(float(n), 1.0)

@@ -292,3 +292,26 @@ def test_errors_are_clear():
         RTDETRCriterion(NC)(tuple(out), batch)
     with pytest.raises(ValueError, match="Is the head in eval mode"):
         RTDETRCriterion(NC)(torch.zeros(2, 300, 6), batch)
+
+
+def _normaliser_in_rank(rank: int, world: int, port: int, out) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        out[rank] = RTDETRCriterion._num_boxes(None, [2, 4][rank], torch.device("cpu"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_box_normaliser_is_averaged_over_ddp_processes():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = mp.Manager().dict()
+    mp.spawn(_normaliser_in_rank, args=(2, port, out), nprocs=2, join=True)
+    assert dict(out) == {0: 3.0, 1: 3.0}  # (2 + 4) / 2 on both ranks
