@@ -210,6 +210,18 @@ def canvas(h: int, w: int, pad_value: int | float | tuple | list) -> np.ndarray:
     return out
 
 
+def _resize_sample(sample: dict, nw: int, nh: int, interpolation: str) -> dict:
+    """Resize the image to nw x nh (no padding), scale its boxes alike and record the map in ratio_pad."""
+    h, w = sample["img"].shape[:2]
+    rx, ry = nw / w, nh / h
+    b = sample["bboxes"]
+    if len(b):
+        b = (b * np.array([rx, ry, rx, ry], np.float32)).astype(np.float32)
+    sample.update(img=_resize(sample["img"], nw, nh, interpolation), bboxes=b,
+                  ratio_pad=_compose_ratio_pad(sample.get("ratio_pad"), ry, rx, 0.0, 0.0))
+    return sample
+
+
 class Transform(ABC):
     """Base class. ``rng`` is the generator random draws come from (a seeded default until the pipeline
     assigns its own)."""
@@ -314,16 +326,8 @@ class Resize(Transform):
         self.interpolation = _check_interp(interpolation)
 
     def __call__(self, sample: dict) -> dict:
-        img = sample["img"]
-        h, w = img.shape[:2]
         th, tw = self.imgsz
-        rx, ry = tw / w, th / h
-        b = sample["bboxes"]
-        if len(b):
-            b = (b * np.array([rx, ry, rx, ry], np.float32)).astype(np.float32)
-        sample.update(img=_resize(img, tw, th, self.interpolation), bboxes=b,
-                      ratio_pad=_compose_ratio_pad(sample.get("ratio_pad"), ry, rx, 0.0, 0.0))
-        return sample
+        return _resize_sample(sample, tw, th, self.interpolation)
 
 
 @register_transform
@@ -456,13 +460,7 @@ class RandomResize(Transform):
             nw, nh = max(int(w * f + 0.5), 1), max(int(h * f + 0.5), 1)
         else:
             nw = nh = max(int(target + 0.5), 1)
-        rx, ry = nw / w, nh / h
-        b = sample["bboxes"]
-        if len(b):
-            b = (b * np.array([rx, ry, rx, ry], np.float32)).astype(np.float32)
-        sample.update(img=_resize(img, nw, nh, self.interpolation), bboxes=b,
-                      ratio_pad=_compose_ratio_pad(sample.get("ratio_pad"), ry, rx, 0.0, 0.0))
-        return sample
+        return _resize_sample(sample, nw, nh, self.interpolation)
 
 
 @register_transform
