@@ -23,3 +23,12 @@ def community_yaml() -> Path:
     if not COMMUNITY_YAML.is_dir():
         pytest.skip(f"{COMMUNITY_YAML} not present")
     return COMMUNITY_YAML
+
+
+@pytest.fixture
+def single_thread():
+    """One torch thread for tests of tiny models, where a second thread only adds overhead."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-import torch
 
 # Two pyramid levels, hidden 32, one decoder layer, 20 queries and 20 denoising queries: a real RT-DETR
 # (AIFI-free) small enough that a training step takes milliseconds.
@@ -20,13 +19,8 @@ head:
 
 
 @pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models run fastest on one thread: OpenMP start-up dominates their small kernels (and a busy
-    2-core machine makes two threads much slower still)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(single_thread):
+    """Tiny models run fastest on one thread: OpenMP start-up dominates their small kernels."""
 
 
 @pytest.fixture(scope="session")
