@@ -46,11 +46,11 @@ from rtdet.engine.settings import (
     SettingsError,
     check_imgsz,
     check_keys,
-    default_settings,
-    recipe_settings,
+    criterion_hyperparameters,
     resolve_settings,
 )
 from rtdet.engine.validator import Validator, fitness
+from rtdet.losses.common import batch_targets
 from rtdet.nn.model import DetectionModel
 from rtdet.utils.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
 from rtdet.utils.logging import LOGGER, set_verbosity
@@ -66,18 +66,12 @@ from rtdet.utils.torch_utils import (
     set_seed,
 )
 
-__all__ = ["Trainer", "family_hyperparameters"]
+__all__ = ["Trainer"]
 
 # Settings a resumed run may change; everything else comes from the checkpoint so the run continues
 # exactly as it started.
 RESUME_OVERRIDABLE = ("device", "workers", "verbose", "plots")
 EVENTS = ("on_train_start", "on_train_epoch_start", "on_train_batch_end", "on_fit_epoch_end", "on_train_end")
-
-
-def family_hyperparameters(args: dict, family: str) -> dict:
-    """The settings a family's criterion takes: the keys its recipe adds beyond default.yaml."""
-    generic = default_settings()
-    return {k: args[k] for k in recipe_settings(family) if k not in generic}
 
 
 def _plain(value: Any) -> Any:
@@ -236,7 +230,7 @@ class Trainer:
 
         # Model, criterion, optimizer, schedule, EMA.
         self.model = model.to(self.device)
-        self.criterion = self.model.head.build_criterion(family_hyperparameters(args, self.family))
+        self.criterion = self.model.head.build_criterion(criterion_hyperparameters(args, self.model.head))
         if hasattr(self.criterion, "to"):
             self.criterion = self.criterion.to(self.device)
         if self.world > 1:
@@ -375,6 +369,7 @@ class Trainer:
         EMA). Returns (loss, {term: value}). A NaN/inf loss raises NonFiniteLossError before any update."""
         self.model.train()
         batch = loaders.to_device(batch, self.device)
+        batch["targets"] = batch_targets(batch, batch["img"].shape[0], de_parallel(self.model).nc)  # once a step
         with torch.autocast("cuda", enabled=self.amp):
             outputs = self.model(batch["img"], batch)
             loss, items = self.criterion(outputs, batch)

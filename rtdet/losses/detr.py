@@ -18,45 +18,13 @@ import torch.distributed as dist
 import torch.nn as nn
 from scipy.optimize import linear_sum_assignment
 
-from rtdet.losses.common import varifocal_loss
+from rtdet.losses.common import PaddedTargets, batch_targets, varifocal_loss
 from rtdet.ops.boxes import cxcywh_to_xyxy, elementwise_iou, pairwise_iou
+from rtdet.utils.schema import Setting
 
-__all__ = ["PaddedTargets", "pad_targets", "HungarianMatcher", "RTDETRCriterion"]
+__all__ = ["HungarianMatcher", "RTDETRCriterion"]
 
 _BIG_COST = 1e6  # replaces NaN / inf costs: such a pair is never preferred, and scipy accepts the matrix
-
-
-class PaddedTargets(NamedTuple):
-    """Ground truth regrouped per image and padded to M = the largest count in the batch.
-
-    cls [B, M] int64, bboxes [B, M, 4] normalised cxcywh, counts [B] int64, rows [B, M] int64 — the row of
-    each box in the Batch arrays (-1 for padding). Image b's boxes fill slots 0..counts[b]-1 in the order
-    they appear in the Batch; "local GT index j of image b" means slot j.
-    """
-
-    cls: torch.Tensor
-    bboxes: torch.Tensor
-    counts: torch.Tensor
-    rows: torch.Tensor
-
-
-def pad_targets(batch_idx: torch.Tensor, cls: torch.Tensor, bboxes: torch.Tensor,
-                batch_size: int) -> PaddedTargets:
-    """Batch arrays (batch_idx [N], cls [N], bboxes [N, 4]) -> PaddedTargets, without a loop over boxes."""
-    device = bboxes.device
-    n = batch_idx.shape[0]
-    counts = torch.bincount(batch_idx, minlength=batch_size) if n else batch_idx.new_zeros(batch_size)
-    m = int(counts.max()) if n else 0
-    order = torch.argsort(batch_idx, stable=True)
-    img = batch_idx[order]
-    slot = torch.arange(n, device=device) - (counts.cumsum(0) - counts)[img]
-    rows = torch.full((batch_size, m), -1, dtype=torch.int64, device=device)
-    rows[img, slot] = order
-    out_cls = torch.zeros((batch_size, m), dtype=torch.int64, device=device)
-    out_cls[img, slot] = cls[order]
-    out_boxes = torch.zeros((batch_size, m, 4), dtype=bboxes.dtype, device=device)
-    out_boxes[img, slot] = bboxes[order]
-    return PaddedTargets(out_cls, out_boxes, counts, rows)
 
 
 class HungarianMatcher(nn.Module):
@@ -147,10 +115,11 @@ class _Pairs(NamedTuple):
 class RTDETRCriterion(nn.Module):
     """RT-DETR training loss: ``criterion(outputs, batch, num_boxes=None) -> (total, logs)``.
 
-    outputs: the head's training tuple ``(dec_bboxes [L, B, Q, 4], dec_scores [L, B, Q, C], enc_bboxes
-    [B, nq, 4], enc_scores [B, nq, C], dn_meta)``; with ``dn_meta`` the first ``dn_num_split[0]`` queries are
-    denoising queries. batch: the Batch dict (``batch_idx`` [N], ``cls`` [N], ``bboxes`` [N, 4] normalised
-    cxcywh). ``num_boxes``: the normaliser (default N; in DDP pass the all-reduced mean count), clamped ≥ 1.
+    outputs: the head's training output :class:`~rtdet.nn.heads.rtdetr.RTDETRTrainOutput` ``(dec_bboxes
+    [L, B, Q, 4], dec_scores [L, B, Q, C], enc_bboxes [B, nq, 4], enc_scores [B, nq, C], dn_meta)``; with
+    ``dn_meta`` the first ``dn_num_split[0]`` queries are denoising queries. batch: the Batch dict
+    (``batch_idx`` [N], ``cls`` [N], ``bboxes`` [N, 4] normalised cxcywh; ``targets`` when the trainer
+    built them). ``num_boxes``: the normaliser (default N; in DDP pass the all-reduced mean count), clamped ≥ 1.
 
     For each supervised set of predictions: varifocal loss with the detached IoU of matched pairs as soft
     target, summed and divided by num_boxes; L1 and 1 − GIoU over matched pairs divided by num_boxes.
@@ -158,20 +127,29 @@ class RTDETRCriterion(nn.Module):
     encoder top-k = auxiliary). Denoising queries use the fixed assignment of dn_meta (positive query k of
     image b ↔ its GT, repeated per group), normalised by num_boxes × dn_num_group.
 
-    Hyper-parameters (keywords, defaults = official RT-DETR): ``loss_vfl=1.0, loss_bbox=5.0, loss_giou=2.0,
-    vfl_alpha=0.75, vfl_gamma=2.0, cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, matcher_alpha=0.25,
-    matcher_gamma=2.0, aux_loss=True`` (False: final layer only, for both matching and denoising queries).
-    An unknown keyword is an error.
+    Hyper-parameters: :attr:`SETTINGS` (keywords, defaults = official RT-DETR; ``aux_loss=False``
+    supervises the final layer only, for both matching and denoising queries). An unknown keyword or a
+    value outside its range is an error.
 
     logs: detached weighted terms ``vfl, l1, giou`` (final layer), ``aux`` and ``dn`` (sums of the
     auxiliary / denoising terms); they add up to ``total``. ``terms()`` gives every term per layer.
     """
 
-    DEFAULTS: dict[str, Any] = {
-        "loss_vfl": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0, "vfl_alpha": 0.75, "vfl_gamma": 2.0,
-        "cost_class": 2.0, "cost_bbox": 5.0, "cost_giou": 2.0, "matcher_alpha": 0.25, "matcher_gamma": 2.0,
-        "aux_loss": True,
-    }
+    SETTINGS: tuple[Setting, ...] = (
+        Setting("loss_vfl", 1.0, float, "varifocal classification loss weight", low=0.0),
+        Setting("loss_bbox", 5.0, float, "L1 box loss weight", low=0.0),
+        Setting("loss_giou", 2.0, float, "GIoU box loss weight", low=0.0),
+        Setting("vfl_alpha", 0.75, float, "varifocal alpha (official RT-DETR; Ultralytics uses 0.25)", low=0.0,
+                high=1.0),
+        Setting("vfl_gamma", 2.0, float, "varifocal gamma (official RT-DETR; Ultralytics uses 1.5)", low=0.0),
+        Setting("cost_class", 2.0, float, "Hungarian matching cost weight of the focal class term", low=0.0),
+        Setting("cost_bbox", 5.0, float, "Hungarian matching cost weight of the L1 box term", low=0.0),
+        Setting("cost_giou", 2.0, float, "Hungarian matching cost weight of the GIoU term", low=0.0),
+        Setting("matcher_alpha", 0.25, float, "focal alpha of the matcher's class cost", low=0.0, high=1.0),
+        Setting("matcher_gamma", 2.0, float, "focal gamma of the matcher's class cost", low=0.0),
+        Setting("aux_loss", True, bool, "supervise every decoder layer and the encoder's top-k proposals"),
+    )
+    DEFAULTS: dict[str, Any] = {st.name: st.default for st in SETTINGS}
 
     def __init__(self, nc: int, **hyp: Any):
         super().__init__()
@@ -181,6 +159,7 @@ class RTDETRCriterion(nn.Module):
                 f"RTDETRCriterion: unknown hyper-parameter(s) {unknown}; accepted keys and defaults: "
                 + ", ".join(f"{k}={v}" for k, v in self.DEFAULTS.items())
             )
+        hyp = {st.name: st.check(hyp[st.name]) for st in self.SETTINGS if st.name in hyp}
         h = {**self.DEFAULTS, **hyp}
         self.nc = int(nc)
         self.hyp = h
@@ -356,25 +335,11 @@ class RTDETRCriterion(nn.Module):
         return num_dn
 
     def _targets(self, batch: dict, n_img: int, device: torch.device):
-        missing = [k for k in ("batch_idx", "cls", "bboxes") if k not in batch]
-        if missing:
-            raise KeyError(f"RTDETRCriterion: batch lacks {missing}; a Batch has batch_idx [N], cls [N], bboxes [N, 4]")
-        batch_idx = batch["batch_idx"].to(device=device, dtype=torch.int64).reshape(-1)
+        """The step's padded targets (shared with the head's denoising) and the flat Batch arrays."""
+        targets = batch_targets(batch, n_img, self.nc)
         cls = batch["cls"].to(device=device, dtype=torch.int64).reshape(-1)  # [N] or Ultralytics' [N, 1]
         bboxes = batch["bboxes"].to(device=device, dtype=torch.float32)
-        n = batch_idx.shape[0]
-        if cls.shape[0] != n or bboxes.shape != (n, 4):
-            raise ValueError(f"RTDETRCriterion: batch has batch_idx [{n}], cls {tuple(batch['cls'].shape)}, bboxes "
-                             f"{tuple(batch['bboxes'].shape)}; expected [N], [N], [N, 4]")
-        if n:
-            lo, hi = int(cls.min()), int(cls.max())
-            if lo < 0 or hi >= self.nc:
-                raise ValueError(f"RTDETRCriterion: class id {lo if lo < 0 else hi} in batch['cls'] is outside "
-                                 f"[0, {self.nc - 1}] (nc={self.nc}); check the dataset's names / nc")
-            if int(batch_idx.min()) < 0 or int(batch_idx.max()) >= n_img:
-                raise ValueError(f"RTDETRCriterion: batch['batch_idx'] must lie in [0, {n_img - 1}] for the "
-                                 f"{n_img} images the head saw, got [{int(batch_idx.min())}, {int(batch_idx.max())}]")
-        return pad_targets(batch_idx, cls, bboxes, n_img), cls, bboxes
+        return targets, cls, bboxes
 
     @staticmethod
     def _num_boxes(num_boxes, n: int, device: torch.device) -> float:

@@ -17,11 +17,16 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from rtdet.nn.builder import BuiltLayer, load_model_yaml, parse_model
+from rtdet.nn.builder import BuiltLayer, ModelConfigError, load_model_yaml, parse_model
 
 __all__ = ["DetectionModel", "build_model", "count_parameters"]
 
-BN_EPS, BN_MOMENTUM = 1e-3, 0.03  # what the references set on every BatchNorm2d
+BN_EPS, BN_MOMENTUM = 1e-3, 0.03  # what Ultralytics and YOLOv9 set on every BatchNorm2d
+PROBE_SIZE = 128  # side of the zero image whose forward tells the head's input strides (up to 128)
+
+
+class _HeadReached(Exception):
+    """Raised by a pre-hook to stop a forward pass at the head (its inputs are all we need)."""
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -48,8 +53,14 @@ class DetectionModel(nn.Module):
         self.saved_slots = sorted(save)
         self.nc = d["nc"]
         self.names = _names_dict(names, self.nc)
-        set_batchnorm_defaults(self)
-        self._strides: list[int] | None = None
+        eps, momentum = _batchnorm_settings(d)
+        set_batchnorm_defaults(self, eps, momentum)
+        self.head_index = _head_row(built, layers, d.get("yaml_file", "<dict>"))
+        # The strides of the head's inputs, learnt once here (one small forward that stops at the head)
+        # and handed to the head: bias priors, anchor grids and assigners read them from there.
+        self.strides: list[int] = self._probe_strides() if self.head_index is not None else []
+        if self.head_index is not None and hasattr(self.head, "setup"):
+            self.head.setup(self.strides)
 
     # ------------------------------------------------------------------ running
     @property
@@ -82,28 +93,57 @@ class DetectionModel(nn.Module):
         return x
 
     def head_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The feature maps the head receives for input x (used for strides and diagnostics)."""
+        """The feature maps the head receives for input x (the head itself does not run)."""
+        if self.head_index is None:
+            raise ValueError(f"{self.name} has no head row")
         captured: list[torch.Tensor] = []
-        handle = self.head.register_forward_pre_hook(lambda mod, args: captured.extend(args[0]) or None)
+
+        def stop(module: nn.Module, args: tuple) -> None:
+            captured.extend(args[0])
+            raise _HeadReached
+
+        handle = self.head.register_forward_pre_hook(stop)
         try:
             with torch.no_grad():
                 self.forward(x)
+        except _HeadReached:
+            pass
         finally:
             handle.remove()
         return captured
 
-    @property
-    def strides(self) -> list[int]:
-        """Stride of every map the head reads (e.g. [8, 16, 32])."""
-        if self._strides is None:
-            was_training = self.training
-            self.eval()
-            size = 256
-            p = next(self.parameters())
-            feats = self.head_inputs(torch.zeros(1, self.yaml.get("ch", 3), size, size, device=p.device, dtype=p.dtype))
+    def _probe_strides(self, size: int = PROBE_SIZE) -> list[int]:
+        """Stride of every head input, from one eval-mode forward of a zero image that stops at the head.
+
+        A model that cannot run on the probe raises ModelConfigError naming the row that failed."""
+        was_training = self.training
+        self.eval()
+        row = {"i": 0}
+        hooks = [m.register_forward_pre_hook(lambda mod, args, k=k: row.update(i=k)) for k, m in enumerate(self.model)]
+        x = torch.zeros(1, int(self.yaml.get("ch", 3)), size, size)
+        where = self.yaml.get("yaml_file", "<dict>")
+        try:
+            feats = self.head_inputs(x)
+        except ModelConfigError:
+            raise
+        except Exception as e:  # any failure of a module on real tensors: name its row
+            b = self.layers_info[row["i"]]
+            raise ModelConfigError(
+                f"{where}: row {b.row} ({b.name}): fails on a {tuple(x.shape)} input: {type(e).__name__}: "
+                f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            ) from None
+        finally:
+            for h in hooks:
+                h.remove()
             self.train(was_training)
-            self._strides = [size // f.shape[-1] for f in feats]
-        return self._strides
+        strides = []
+        for f in feats:
+            h = int(f.shape[-2])
+            if f.dim() != 4 or h < 1 or size % h:
+                raise ModelConfigError(f"{where}: the head's input of shape {tuple(f.shape)} does not divide the "
+                                       f"{size}x{size} probe image evenly; its stride is undefined")
+            strides.append(size // h)
+        return strides
 
     # ------------------------------------------------------------------ inspection
     def flops(self, imgsz: int | tuple[int, int] = 640) -> float:
@@ -220,6 +260,32 @@ def set_batchnorm_defaults(model: nn.Module, eps: float = BN_EPS, momentum: floa
             visit(child)
 
     visit(model)
+
+
+def _batchnorm_settings(d: dict) -> tuple[float, float]:
+    """(eps, momentum) for every BatchNorm2d: the YAML's ``batchnorm: {eps, momentum}`` (RTMDet keeps
+    PyTorch's 1e-5 / 0.1, as mmdetection builds it) or the YOLO / RT-DETR references' 1e-3 / 0.03."""
+    where = d.get("yaml_file", "<dict>")
+    spec = d.get("batchnorm") or {}
+    if not isinstance(spec, dict) or set(spec) - {"eps", "momentum"}:
+        raise ModelConfigError(f"{where}: 'batchnorm' must be a mapping with keys eps and momentum, got {spec!r}")
+    eps, momentum = spec.get("eps", BN_EPS), spec.get("momentum", BN_MOMENTUM)
+    for key, value in (("eps", eps), ("momentum", momentum)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+            raise ModelConfigError(f"{where}: batchnorm.{key} must be a number in (0, 1), got {value!r}")
+    return float(eps), float(momentum)
+
+
+def _head_row(built: list[BuiltLayer], layers: list[nn.Module], where: str) -> int | None:
+    """Index of the head row (the one place that records it): the last row when it is a head, None when
+    the model has no head (a bare backbone). A head anywhere but last is an error."""
+    heads = [k for k, m in enumerate(layers) if getattr(m, "is_head", False)]
+    if not heads:
+        return None
+    if heads != [len(layers) - 1]:
+        rows = ", ".join(f"{built[k].row} ({built[k].name})" for k in heads)
+        raise ModelConfigError(f"{where}: a model has one head, in its last row; head modules found in rows {rows}")
+    return heads[0]
 
 
 def _names_dict(names: list[str] | dict | None, nc: int) -> dict[int, str]:

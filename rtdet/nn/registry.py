@@ -33,6 +33,7 @@ __all__ = [
     "register",
     "lookup",
     "registered_names",
+    "head_classes",
     "make_divisible",
     "RULES",
     "scaled",
@@ -116,12 +117,28 @@ def _backbone(args: list, row: RowContext) -> tuple[list, str, int]:
     return [row.c1, *args], BACKBONE, row.n
 
 
+def _head(args: list, row: RowContext) -> tuple[list, None, int]:
+    """``[[p3, p4, p5], 1, Head, [nc, ...]]`` -> Head(nc, [c3, c4, c5], ...): a family head receives the
+    class count and the channels of every map it reads; it produces no map for later rows."""
+    if not args:
+        raise ValueError("expects the number of classes as its first argument, e.g. [nc]")
+    nc = args[0]
+    if isinstance(nc, bool) or not isinstance(nc, int) or nc < 1:
+        raise ValueError(f"the number of classes must be a positive integer, got {nc!r}")
+    if any(isinstance(c, list) for c in row.c_in):
+        raise ValueError("reads a multi-output layer directly; pick its maps with Index rows first")
+    if row.n != 1:
+        raise ValueError(f"a head cannot be repeated (repeats = {row.n}); write 1")
+    return [nc, [int(c) for c in row.c_in], *args[1:]], None, 1
+
+
 RULES: dict[str, ChannelRule] = {
     "scaled": scaled(),
     "same": _same,
     "passthrough": _passthrough,
     "concat": _concat,
     "backbone": _backbone,
+    "head": _head,
 }
 
 
@@ -149,10 +166,11 @@ def register(
 ):
     """Register an ``nn.Module`` class under its name (or ``name``) with a channel rule.
 
-    ``channels`` is one of "scaled", "same", "passthrough", "concat", "backbone", or a callable
-    ``rule(args, row) -> (args, c2, n)``. ``head=True`` marks the detection head of a family (the
-    model gives it the training targets). Usable bare (``@register``) or with arguments
-    (``@register(channels="same")``, ``@register("Alias")``).
+    ``channels`` is one of "scaled", "same", "passthrough", "concat", "backbone", "head", or a callable
+    ``rule(args, row) -> (args, c2, n)``. ``channels="head"`` (or ``head=True`` with a rule of its own)
+    marks the detection head of a family: the last row of a model, given ``nc`` and its inputs' channels,
+    the strides of its inputs once built (``setup``) and the training targets. Usable bare
+    (``@register``) or with arguments (``@register(channels="same")``, ``@register("Alias")``).
     """
     if isinstance(obj, str):  # @register("Name", ...)
         return register(channels=channels, name=obj, head=head, replace=replace)
@@ -175,7 +193,7 @@ def register(
                 f"a module named {key!r} is already registered ({old.cls.__module__}.{old.cls.__qualname__}); "
                 f"pass name='...' for another name or replace=True to override it"
             )
-        _REGISTRY[key] = ModuleEntry(key, cls, rule, head)
+        _REGISTRY[key] = ModuleEntry(key, cls, rule, head or channels == "head")
         return cls
 
     if obj is None:
@@ -191,6 +209,12 @@ def unregister(name: str) -> None:
 def registered_names() -> list[str]:
     _ensure_builtins()
     return sorted(_REGISTRY)
+
+
+def head_classes() -> list[type[nn.Module]]:
+    """Every registered head class (built-in and user-registered), in registration order."""
+    _ensure_builtins()
+    return [e.cls for e in _REGISTRY.values() if e.is_head]
 
 
 # torch.nn modules usable as `nn.X`: how their channels follow. Anything else under nn.* passes through.

@@ -23,7 +23,7 @@ from rtdet.ops.metrics import (
     load_predictions_json,
     save_predictions_json,
 )
-from rtdet.ops.nms import batched_nms, batched_nms_torch, nms, nms_torch
+from rtdet.ops.nms import batched_nms, batched_nms_torch, dense_nms, nms, nms_torch
 
 __all__ = [
     "box_area",
@@ -47,6 +47,7 @@ __all__ = [
     "save_predictions_json",
     "batched_nms",
     "batched_nms_torch",
+    "dense_nms",
     "nms",
     "nms_torch",
 ]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["nms", "batched_nms", "nms_torch", "batched_nms_torch", "HAS_TORCHVISION"]
+__all__ = ["nms", "batched_nms", "dense_nms", "nms_torch", "batched_nms_torch", "HAS_TORCHVISION"]
 
 try:  # optional: not installable next to every torch build
     from torchvision.ops import batched_nms as _tv_batched_nms
@@ -127,3 +127,49 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor,
     if HAS_TORCHVISION:
         return _tv_batched_nms(boxes, scores, idxs, float(iou_threshold))
     return batched_nms_torch(boxes, scores, idxs, iou_threshold)
+
+
+def dense_nms(boxes: torch.Tensor, scores: torch.Tensor, conf: float = 0.25, iou: float = 0.7, max_det: int = 300,
+              multi_label: bool = False, max_candidates: int = 30000,
+              agnostic: bool = False) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Post-processing of dense detectors (YOLO, RTMDet) for a whole batch in one NMS call.
+
+    boxes [B, N, 4] xyxy, scores [B, N, C] probabilities -> per image (boxes [k, 4], scores [k], labels
+    [k] int64), best first, k <= max_det. A candidate is a (box, class) pair scoring above ``conf``:
+    the best class of each box, or every class above ``conf`` with ``multi_label``. Each image keeps its
+    ``max_candidates`` best candidates, then class-aware NMS at IoU ``iou`` (class-agnostic with
+    ``agnostic``) runs over all images at once, images never suppressing each other.
+    """
+    if boxes.dim() != 3 or boxes.shape[-1] != 4 or scores.dim() != 3 or scores.shape[:2] != boxes.shape[:2]:
+        raise ValueError(f"dense_nms: expected boxes [B, N, 4] and scores [B, N, C], got {tuple(boxes.shape)} and "
+                         f"{tuple(scores.shape)}")
+    b, n, c = scores.shape
+    if multi_label:
+        img, anchor, label = (scores > conf).nonzero(as_tuple=True)
+        score = scores[img, anchor, label]
+    else:
+        best, best_label = scores.max(-1)
+        img, anchor = (best > conf).nonzero(as_tuple=True)
+        score, label = best[img, anchor], best_label[img, anchor]
+    # at most max_candidates per image: rank candidates by score inside their image
+    order = torch.sort(score, descending=True, stable=True).indices
+    order = order[torch.sort(img[order], stable=True).indices]
+    img, anchor, label, score = img[order], anchor[order], label[order], score[order]
+    rank = _rank_in_group(img, b)
+    chosen = rank < max_candidates
+    img, anchor, label, score = img[chosen], anchor[chosen], label[chosen], score[chosen]
+    cand = boxes[img, anchor]
+    group = img if agnostic else img * c + label
+    keep = batched_nms(cand.float(), score.float(), group, iou)
+    keep = keep[torch.sort(img[keep], stable=True).indices]  # by image, best first inside each image
+    keep = keep[_rank_in_group(img[keep], b) < max_det]
+    counts = torch.bincount(img[keep], minlength=b).tolist()
+    out_boxes, out_scores, out_labels = (t[keep].split(counts) for t in (cand, score, label))
+    return list(zip(out_boxes, out_scores, out_labels))
+
+
+def _rank_in_group(group: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Position of each entry among the entries of its group, for entries already sorted by group."""
+    counts = torch.bincount(group, minlength=n_groups)
+    starts = counts.cumsum(0) - counts
+    return torch.arange(group.numel(), device=group.device) - starts[group]

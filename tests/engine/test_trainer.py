@@ -10,7 +10,8 @@ import yaml
 
 from rtdet.engine.errors import NonFiniteLossError
 from rtdet.engine.rundir import run_dir
-from rtdet.engine.trainer import Trainer, family_hyperparameters
+from rtdet.engine.settings import criterion_hyperparameters, resolve_settings
+from rtdet.engine.trainer import Trainer
 from rtdet.utils.checkpoint import CheckpointError, load_checkpoint
 
 
@@ -177,12 +178,13 @@ def test_nan_loss_stops_training_with_epoch_step_and_terms(tiny_settings):
 
 
 def test_criterion_gets_only_the_family_keys():
-    args = {"lr0": 1.0, "loss_giou": 3.0, "vfl_alpha": 0.5, "epochs": 1, "loss_vfl": 1, "loss_bbox": 5,
-            "vfl_gamma": 2, "cost_class": 2, "cost_bbox": 5, "cost_giou": 2, "matcher_alpha": 0.25,
-            "matcher_gamma": 2, "aux_loss": True}
-    hyp = family_hyperparameters(args, "rtdetr")
+    from rtdet.nn.heads.rtdetr import RTDETRDecoder
+
+    args = resolve_settings({"lr0": 1.0, "loss_giou": 3.0, "vfl_alpha": 0.5}, family="rtdetr")
+    hyp = criterion_hyperparameters(args, RTDETRDecoder)
     assert "lr0" not in hyp and "epochs" not in hyp
-    assert hyp["loss_giou"] == 3.0 and hyp["vfl_alpha"] == 0.5
+    assert hyp["loss_giou"] == 3.0 and hyp["vfl_alpha"] == 0.5 and hyp["aux_loss"] is True
+    assert set(hyp) == {st.name for st in RTDETRDecoder.criterion_settings()}
 
 
 @pytest.mark.slow

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from rtdet.losses.common import quality_focal_loss, sigmoid_focal_loss, varifocal_loss
-from rtdet.losses.detr import HungarianMatcher, RTDETRCriterion, pad_targets
+from rtdet.losses.common import pad_targets, quality_focal_loss, sigmoid_focal_loss, varifocal_loss
+from rtdet.losses.detr import HungarianMatcher, RTDETRCriterion
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -103,17 +103,7 @@ def test_matcher_with_no_ground_truth_in_the_batch():
     assert [(len(p), len(g)) for p, g in out] == [(0, 0), (0, 0)]
 
 
-def test_pad_targets_groups_boxes_per_image_in_batch_order():
-    batch_idx = torch.tensor([1, 0, 1, 1])
-    cls = torch.tensor([5, 6, 7, 8])
-    t = pad_targets(batch_idx, cls, torch.arange(16.0).view(4, 4), 3)
-    assert t.counts.tolist() == [1, 3, 0]
-    assert t.rows.tolist() == [[1, -1, -1], [0, 2, 3], [-1, -1, -1]]
-    assert t.cls[1].tolist() == [5, 7, 8] and t.bboxes[0, 0].tolist() == [4.0, 5.0, 6.0, 7.0]
-
-
 # ------------------------------------------------------------------------------------------------ elementwise losses
-
 
 def test_varifocal_loss_hand_values():
     # positive: logit 0 (p = .5), IoU target .5 -> weight .5 · BCE(0, .5) = .5 · ln 2 = 0.3465736

@@ -106,3 +106,50 @@ def test_pure_path_equals_torchvision():
     assert batched_nms_torch(b, s, c, 0.5).tolist() == torchvision.ops.batched_nms(b, s, c, 0.5).tolist()
     assert batched_nms(b, s, c, 0.5).tolist() == batched_nms_torch(b, s, c, 0.5).tolist()
     assert nms(b, s, 0.5).tolist() == nms_torch(b, s, 0.5).tolist()
+
+
+def dense_reference(boxes, scores, conf, thr, max_det, multi_label):
+    """One image at a time, one candidate at a time: threshold, greedy class-aware NMS, top max_det."""
+    out = []
+    for bx, sc in zip(boxes.numpy(), scores.numpy()):
+        if multi_label:
+            anchor, label = np.nonzero(sc > conf)
+            score = sc[anchor, label]
+        else:
+            label, score = sc.argmax(-1), sc.max(-1)
+            anchor = np.nonzero(score > conf)[0]
+            label, score = label[anchor], score[anchor]
+        kept = greedy_reference(bx[anchor], score, label, thr)[:max_det]
+        out.append((bx[anchor][kept], score[kept], label[kept]))
+    return out
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_dense_nms_equals_one_image_at_a_time(multi_label):
+    from rtdet.ops.nms import dense_nms
+
+    g = torch.Generator().manual_seed(3)
+    b, n, c = 3, 200, 4
+    boxes_np, _, _ = clustered_boxes(b * n, 1, seed=5)
+    boxes = torch.from_numpy(boxes_np).view(b, n, 4)
+    scores = torch.rand(b, n, c, generator=g) ** 3
+    scores[1] = 0.0  # an image with no candidate
+    got = dense_nms(boxes, scores, conf=0.2, iou=0.5, max_det=25, multi_label=multi_label)
+    want = dense_reference(boxes, scores, 0.2, 0.5, 25, multi_label)
+    assert len(got) == b and len(got[1][0]) == 0
+    for (gb, gs, gl), (wb, ws, wl) in zip(got, want):
+        assert gl.dtype == torch.int64 and len(gs) <= 25
+        np.testing.assert_array_equal(gs.numpy(), ws)
+        np.testing.assert_array_equal(gl.numpy(), wl)
+        np.testing.assert_array_equal(gb.numpy(), wb)
+
+
+def test_dense_nms_caps_candidates_per_image_and_rejects_bad_shapes():
+    from rtdet.ops.nms import dense_nms
+
+    boxes = torch.tensor([[[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]]], dtype=torch.float32)
+    scores = torch.tensor([[[0.9], [0.8], [0.7]]])
+    (kb, ks, kl), = dense_nms(boxes, scores, conf=0.1, max_candidates=2)
+    assert ks.tolist() == pytest.approx([0.9, 0.8])
+    with pytest.raises(ValueError, match=r"expected boxes \[B, N, 4\]"):
+        dense_nms(boxes[0], scores)

@@ -1,4 +1,20 @@
-"""The small interface every family head offers to the family-agnostic engine."""
+"""The small interface every family head offers to the family-agnostic engine.
+
+A head is the last row of a model YAML, registered with ``@register(channels="head")``: it is built as
+``Head(nc, [c_in of each input map], *args)``. What the engine may use, and nothing else:
+
+* ``family`` -- names the recipe ``cfg/recipes/<family>.yaml``;
+* ``setup(strides)`` -- called once by :class:`~rtdet.nn.model.DetectionModel` when it is built, with the
+  stride of every input map (bias priors, anchor grids and assigners read ``self.strides``);
+* ``criterion_settings()`` -- the loss settings this family accepts (name, default, type, doc), declared
+  once by the criterion class; ``build_criterion(hyp)`` builds the loss from their values;
+* ``forward(feats, targets)`` -- in train mode a ``NamedTuple`` with named fields (read only by this
+  family's criterion); in eval mode an output that **nothing but this head's own** ``postprocess``
+  reads (its layout is the head's business: [B, k, 6] for RT-DETR, decoded dense predictions for the
+  NMS families);
+* ``postprocess(outputs, img_shape, conf, iou, max_det)`` -- per-image :class:`Detections` in input
+  pixels.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+
+from rtdet.utils.schema import Setting
 
 __all__ = ["Detections", "DetectionHead"]
 
@@ -24,14 +42,26 @@ class Detections:
 
 
 class DetectionHead(nn.Module, ABC):
-    """Base of family heads. ``family`` names the recipe file ``cfg/recipes/<family>.yaml``.
+    """Base of family heads (see the module docstring for the contract).
 
-    forward(feats, targets=None): training output (raw, for the criterion) in train mode, inference
-    output in eval mode. ``targets`` is the batch dict (``batch_idx`` [N], ``cls`` [N], ``bboxes`` [N, 4]
-    normalised cx cy w h) and is only read by heads that need it in training (RT-DETR denoising).
+    forward(feats, targets=None): training output (a NamedTuple, for the criterion) in train mode,
+    inference output in eval mode. ``targets`` is the batch dict (``batch_idx`` [N], ``cls`` [N],
+    ``bboxes`` [N, 4] normalised cx cy w h, and ``targets``: the padded per-image
+    :class:`~rtdet.losses.common.PaddedTargets` built once per step) and is only read by heads that
+    need it in training (RT-DETR denoising).
     """
 
     family: str = ""
+    strides: list[int]
+
+    def setup(self, strides: list[int]) -> None:
+        """Receive the stride of every input map, once, when the model is built (and rebuilt)."""
+        self.strides = [int(s) for s in strides]
+
+    @classmethod
+    def criterion_settings(cls) -> tuple[Setting, ...]:
+        """The settings this family's criterion accepts (its ``SETTINGS``); () when it takes none."""
+        return ()
 
     @abstractmethod
     def build_criterion(self, hyp: dict) -> nn.Module:

@@ -21,6 +21,9 @@ from typing import Any
 
 import torch
 
+from rtdet.losses.common import batch_targets
+from rtdet.ops.boxes import cxcywh_to_xyxy, xyxy_to_cxcywh
+
 __all__ = ["DenoisingQueries", "build_denoising_queries", "denoising_attn_mask"]
 
 
@@ -46,15 +49,6 @@ def denoising_attn_mask(num_dn: int, group_size: int, num_queries: int, device=N
     return mask
 
 
-def _cxcywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:
-    xy, half = b[..., :2], b[..., 2:] / 2
-    return torch.cat([xy - half, xy + half], -1)
-
-
-def _xyxy_to_cxcywh(b: torch.Tensor) -> torch.Tensor:
-    return torch.cat([(b[..., :2] + b[..., 2:]) / 2, b[..., 2:] - b[..., :2]], -1)
-
-
 def _ranks(batch_idx: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Position of each entry among the entries of its image, for entries already grouped by image."""
     starts = counts.cumsum(0) - counts
@@ -72,7 +66,8 @@ def build_denoising_queries(
 ) -> DenoisingQueries | None:
     """Denoising queries for a batch, or None when there is nothing to denoise.
 
-    targets: ``batch_idx`` [N], ``cls`` [N] (or [N, 1]), ``bboxes`` [N, 4] normalised cx cy w h.
+    targets: the batch dict, ``batch_idx`` [N], ``cls`` [N] (or [N, 1]), ``bboxes`` [N, 4] normalised cx cy w
+    h; checked by :func:`~rtdet.losses.common.batch_targets` (its ``targets`` entry when the trainer built it).
     class_embed: [nc, hd] embedding table (gradients flow into the rows used).
     meta: ``dn_pos_idx`` (per image, slots of its positive queries, group-major), ``dn_gt_idx`` (per
     image, the batch indices of the GTs those queries reconstruct, in the same order within a group),
@@ -80,9 +75,8 @@ def build_denoising_queries(
     """
     if num_dn <= 0:
         return None
-    for key in ("batch_idx", "cls", "bboxes"):
-        if key not in targets:
-            raise KeyError(f"denoising needs the batch key {key!r} (batch_idx, cls, bboxes); got {sorted(targets)}")
+    nc = class_embed.shape[0]
+    padded = batch_targets(targets, batch_size, nc)  # checked once per step, shared with the criterion
     device = class_embed.device
     bboxes = targets["bboxes"].reshape(-1, 4).to(device=device, dtype=torch.float32)
     n = bboxes.shape[0]
@@ -90,20 +84,8 @@ def build_denoising_queries(
         return None
     batch_idx = targets["batch_idx"].reshape(-1).to(device=device, dtype=torch.long)
     cls = targets["cls"].reshape(-1).to(device=device, dtype=torch.long)
-    if batch_idx.numel() != n or cls.numel() != n:
-        raise ValueError(f"batch has {n} boxes but {batch_idx.numel()} batch_idx and {cls.numel()} cls entries")
-    nc = class_embed.shape[0]
-
-    # One host sync for everything whose value decides shapes (and for input validation).
-    counts = torch.bincount(batch_idx.clamp(0, batch_size - 1), minlength=batch_size)
-    stats = torch.cat([counts, torch.stack([batch_idx.min(), batch_idx.max(), cls.min(), cls.max()])]).tolist()
-    counts_list, (b_min, b_max, c_min, c_max) = stats[:batch_size], stats[batch_size:]
-    if b_min < 0 or b_max >= batch_size:
-        raise ValueError(f"batch_idx values must lie in [0, {batch_size - 1}] for a batch of {batch_size} images, "
-                         f"got [{b_min}, {b_max}]")
-    if c_min < 0 or c_max >= nc:
-        raise ValueError(f"class ids must lie in [0, {nc - 1}] (the head has nc={nc}), got [{c_min}, {c_max}]; "
-                         f"check the dataset's names and the model's nc")
+    counts = padded.counts.to(device)
+    counts_list = counts.tolist()  # one host sync: the counts decide the query shapes
     max_gt = max(counts_list)
     m = min(max_gt, num_dn)  # slots per copy
     num_group = num_dn // m
@@ -131,11 +113,11 @@ def build_denoising_queries(
         flip = torch.rand(dn_cls.shape, device=device) < label_noise_ratio * 0.5
         dn_cls = torch.where(flip, torch.randint_like(dn_cls, 0, nc), dn_cls)
     if box_noise_scale > 0:
-        xyxy = _cxcywh_to_xyxy(dn_box)
+        xyxy = cxcywh_to_xyxy(dn_box)
         half_wh = (dn_box[:, 2:] * 0.5).repeat(1, 2) * box_noise_scale
         sign = torch.randint_like(dn_box, 0, 2) * 2.0 - 1.0
         magnitude = torch.rand_like(dn_box) + (copy_id >= num_group).to(dn_box.dtype)[:, None]
-        dn_box = _xyxy_to_cxcywh((xyxy + sign * magnitude * half_wh).clamp(0.0, 1.0))
+        dn_box = xyxy_to_cxcywh((xyxy + sign * magnitude * half_wh).clamp(0.0, 1.0))
     dn_logit = torch.logit(dn_box, eps=1e-6)
 
     num_dn_total = m * copies

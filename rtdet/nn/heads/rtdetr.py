@@ -8,14 +8,15 @@ noised copies of the GT boxes (denoising queries) are decoded alongside.
 Outputs follow the rtdet contract:
 - eval: [B, k, 6] = (cx, cy, w, h normalised, score, class), the top k = nq over queries x classes
   (sigmoid scores, no NMS);
-- train: ``(dec_bboxes [L, B, Q, 4], dec_scores [L, B, Q, nc], enc_bboxes [B, nq, 4],
-  enc_scores [B, nq, nc], dn_meta)`` with Q = num_dn + nq, denoising queries first.
+- train: :class:`RTDETRTrainOutput` ``(dec_bboxes [L, B, Q, 4], dec_scores [L, B, Q, nc], enc_bboxes
+  [B, nq, 4], enc_scores [B, nq, nc], dn_meta)`` with Q = num_dn + nq, denoising queries first.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -29,9 +30,10 @@ from rtdet.nn.modules.transformer import (
     DeformableTransformerDecoderLayer,
     is_tracing,
 )
-from rtdet.nn.registry import RowContext, register
+from rtdet.nn.registry import register
+from rtdet.utils.schema import Setting
 
-__all__ = ["RTDETRDecoder", "make_anchors"]
+__all__ = ["RTDETRDecoder", "RTDETRTrainOutput", "make_anchors"]
 
 
 def make_anchors(
@@ -62,18 +64,20 @@ def make_anchors(
     return anchors.to(dtype), valid
 
 
-def _decoder_channels(args: list, row: RowContext) -> tuple[list, None, int]:
-    """YAML ``[[p3, p4, p5], 1, RTDETRDecoder, [nc, ...]]`` -> RTDETRDecoder(nc, [c3, c4, c5], ...)."""
-    if not args:
-        raise ValueError("expects the number of classes as its first argument, e.g. [nc]")
-    if any(isinstance(c, list) for c in row.c_in):
-        raise ValueError("reads a multi-output layer directly; pick its maps with Index rows first")
-    if row.n != 1:
-        raise ValueError(f"a head cannot be repeated (repeats = {row.n}); write 1")
-    return [args[0], [int(c) for c in row.c_in], *args[1:]], None, 1
+class RTDETRTrainOutput(NamedTuple):
+    """What the decoder returns in training (read by :class:`~rtdet.losses.detr.RTDETRCriterion`).
+
+    Q = num_dn + nq queries, denoising queries first; boxes are sigmoid cx cy w h (normalised).
+    """
+
+    dec_bboxes: torch.Tensor  # [L, B, Q, 4] every decoder layer's boxes
+    dec_scores: torch.Tensor  # [L, B, Q, nc] every decoder layer's class logits
+    enc_bboxes: torch.Tensor  # [B, nq, 4] the encoder's top-k proposals
+    enc_scores: torch.Tensor  # [B, nq, nc] their logits
+    dn_meta: dict | None  # denoising layout (None without ground truth)
 
 
-@register(head=True, channels=_decoder_channels)
+@register(channels="head")
 class RTDETRDecoder(DetectionHead):
     """RT-DETR head: input projection, encoder query selection, deformable decoder, denoising.
 
@@ -239,7 +243,7 @@ class RTDETRDecoder(DetectionHead):
             embed = embed + 0.0 * self.denoising_class_embed.weight.sum()
         dec_bboxes, dec_scores = self.decoder(embed, refer_bbox, memory, shapes, self.dec_bbox_head,
                                               self.dec_score_head, self.query_pos_head, attn_mask=attn_mask)
-        return dec_bboxes, dec_scores, enc_bboxes, enc_scores, dn_meta
+        return RTDETRTrainOutput(dec_bboxes, dec_scores, enc_bboxes, enc_scores, dn_meta)
 
     # ------------------------------------------------------------------ interface
     def postprocess(self, outputs, img_shape: tuple[int, int], conf: float = 0.25, iou: float = 0.7,
@@ -262,6 +266,12 @@ class RTDETRDecoder(DetectionHead):
             order = order[sc[order] >= conf][:max_det]
             results.append(Detections(bx[order], sc[order], lb[order]))
         return results
+
+    @classmethod
+    def criterion_settings(cls) -> tuple[Setting, ...]:
+        from rtdet.losses.detr import RTDETRCriterion
+
+        return RTDETRCriterion.SETTINGS
 
     def build_criterion(self, hyp: dict | None = None) -> nn.Module:
         from rtdet.losses.detr import RTDETRCriterion
