@@ -226,7 +226,8 @@ class Predictor:
         t0 = time.perf_counter()
         out = self.model(x)
         dets = self.model.head.postprocess(out, tuple(x.shape[2:]), conf=self.conf, iou=float(self.args["iou"]),
-                                           max_det=int(self.args["max_det"]))
+                                           max_det=int(self.args["max_det"]),
+                                           multi_label=bool(self.args.get("multi_label") or False))
         ms = 1000 * (time.perf_counter() - t0) / len(chunk)
         results = []
         for (img, path, frame, _), det, rp in zip(chunk, dets, batch["ratio_pad"]):

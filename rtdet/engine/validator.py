@@ -106,6 +106,7 @@ class Validator:
         device = p.device
         conf = VAL_CONF if args.get("conf") is None else float(args["conf"])
         iou, max_det = float(args["iou"]), int(args["max_det"])
+        multi_label = True if args.get("multi_label") is None else bool(args["multi_label"])  # as COCO val does
         dataset = loader.dataset
         names = [model.names.get(k, str(k)) for k in range(model.nc)]
         evaluator = COCOEvaluator(model.nc, names)
@@ -118,7 +119,8 @@ class Validator:
             img = img.to(p.dtype)  # fp16 when the model was converted with half=true
             t0 = time.perf_counter()
             out = model(img)
-            dets = model.head.postprocess(out, tuple(img.shape[2:]), conf=conf, iou=iou, max_det=max_det)
+            dets = model.head.postprocess(out, tuple(img.shape[2:]), conf=conf, iou=iou, max_det=max_det,
+                                          multi_label=multi_label)
             seconds += time.perf_counter() - t0
             n_images += img.shape[0]
             for j, det in enumerate(dets):

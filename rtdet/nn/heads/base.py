@@ -12,21 +12,28 @@ A head is the last row of a model YAML, registered with ``@register(channels="he
   family's criterion); in eval mode an output that **nothing but this head's own** ``postprocess``
   reads (its layout is the head's business: [B, k, 6] for RT-DETR, decoded dense predictions for the
   NMS families);
-* ``postprocess(outputs, img_shape, conf, iou, max_det)`` -- per-image :class:`Detections` in input
-  pixels.
+* ``decode(outputs, img_shape)`` -- the eval output as :class:`Decoded` tensors: boxes xyxy in input
+  pixels and class probabilities (dense, ``needs_nms = True``: YOLO, RTMDet) or the final top-k with
+  labels (``needs_nms = False``: DETR). Tensor code only, so it is traced into ONNX exports;
+* ``postprocess(outputs, img_shape, conf, iou, max_det, multi_label)`` -- per-image
+  :class:`Detections` in input pixels: ``decode`` then :func:`finalize` (score threshold, NMS where the
+  family needs it, ``max_det``). An ONNX Runtime session's decoded outputs go through the same
+  ``finalize``, so both backends give the same detections.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 
+from rtdet.ops.nms import dense_nms
 from rtdet.utils.schema import Setting
 
-__all__ = ["Detections", "DetectionHead"]
+__all__ = ["Decoded", "Detections", "DetectionHead", "finalize"]
 
 
 @dataclass
@@ -41,6 +48,34 @@ class Detections:
         return int(self.scores.shape[0])
 
 
+class Decoded(NamedTuple):
+    """A head's eval output in a family-neutral form (what ONNX exports output, too).
+
+    dense (``labels`` None): boxes [B, N, 4] xyxy input pixels, scores [B, N, C] probabilities -- NMS
+    follows; final (``labels`` given): boxes [B, k, 4], scores [B, k], labels [B, k] -- no NMS.
+    """
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor | None = None
+
+
+def finalize(decoded: Decoded, conf: float = 0.25, iou: float = 0.7, max_det: int = 300,
+             multi_label: bool = False) -> list[Detections]:
+    """Decoded outputs -> per-image Detections, best first: dense outputs through class-aware
+    :func:`~rtdet.ops.nms.dense_nms`, final ones through the score threshold (``score >= conf``) and
+    ``max_det``."""
+    if decoded.labels is None:
+        return [Detections(b, s, l) for b, s, l in dense_nms(decoded.boxes, decoded.scores, conf, iou, max_det,
+                                                               multi_label)]
+    out = []
+    for boxes, scores, labels in zip(decoded.boxes, decoded.scores, decoded.labels):
+        order = scores.argsort(descending=True, stable=True)
+        order = order[scores[order] >= conf][:max_det]
+        out.append(Detections(boxes[order], scores[order], labels[order].long()))
+    return out
+
+
 class DetectionHead(nn.Module, ABC):
     """Base of family heads (see the module docstring for the contract).
 
@@ -52,6 +87,7 @@ class DetectionHead(nn.Module, ABC):
     """
 
     family: str = ""
+    needs_nms: bool = True  # whether decode() gives dense predictions that NMS must thin out
     strides: list[int]
 
     def setup(self, strides: list[int]) -> None:
@@ -68,6 +104,10 @@ class DetectionHead(nn.Module, ABC):
         """The loss for this head: ``criterion(outputs, batch) -> (total, {name: detached value})``."""
 
     @abstractmethod
+    def decode(self, outputs, img_shape: tuple[int, int]) -> Decoded:
+        """Eval output -> :class:`Decoded` (boxes xyxy in pixels of the (h, w) input). Traceable."""
+
     def postprocess(self, outputs, img_shape: tuple[int, int], conf: float = 0.25, iou: float = 0.7,
-                    max_det: int = 300) -> list[Detections]:
+                    max_det: int = 300, multi_label: bool = False) -> list[Detections]:
         """Inference outputs -> per-image Detections in input pixels (NMS where the family needs it)."""
+        return finalize(self.decode(outputs, img_shape), conf, iou, max_det, multi_label)

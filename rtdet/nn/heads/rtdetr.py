@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from rtdet.nn.heads.base import DetectionHead, Detections
+from rtdet.nn.heads.base import Decoded, DetectionHead
 from rtdet.nn.heads.denoising import build_denoising_queries
 from rtdet.nn.modules.common import fuse_conv_bn
 from rtdet.nn.modules.transformer import (
@@ -31,6 +31,7 @@ from rtdet.nn.modules.transformer import (
     is_tracing,
 )
 from rtdet.nn.registry import register
+from rtdet.ops.boxes import cxcywh_to_xyxy
 from rtdet.utils.schema import Setting
 
 __all__ = ["RTDETRDecoder", "RTDETRTrainOutput", "make_anchors"]
@@ -88,6 +89,7 @@ class RTDETRDecoder(DetectionHead):
     """
 
     family = "rtdetr"
+    needs_nms = False  # one query per object: the top-k is final
     dynamic = False  # True: rebuild anchors on every call (dynamic-shape export)
 
     def __init__(
@@ -246,26 +248,17 @@ class RTDETRDecoder(DetectionHead):
         return RTDETRTrainOutput(dec_bboxes, dec_scores, enc_bboxes, enc_scores, dn_meta)
 
     # ------------------------------------------------------------------ interface
-    def postprocess(self, outputs, img_shape: tuple[int, int], conf: float = 0.25, iou: float = 0.7,
-                    max_det: int = 300) -> list[Detections]:
-        """Eval output [B, k, 6] -> per-image Detections: xyxy boxes in input pixels (clipped to the
-        image), scores >= conf, best first, at most max_det. No NMS (``iou`` is unused)."""
+    def decode(self, outputs: torch.Tensor, img_shape: tuple[int, int]) -> Decoded:
+        """Eval output [B, k, 6] -> final Decoded: xyxy boxes in input pixels (clipped to the image),
+        sigmoid scores and class labels. No NMS follows (``needs_nms = False``)."""
         if not (isinstance(outputs, torch.Tensor) and outputs.ndim == 3 and outputs.shape[-1] == 6):
             got = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
-            raise TypeError(f"RTDETRDecoder.postprocess expects the eval output [B, k, 6], got {got}; "
+            raise TypeError(f"RTDETRDecoder.decode expects the eval output [B, k, 6], got {got}; "
                             f"run the model in eval mode")
         h, w = img_shape
-        xy, half = outputs[..., :2], outputs[..., 2:4] / 2
         scale = outputs.new_tensor([w, h, w, h])
-        boxes = torch.cat([xy - half, xy + half], -1) * scale
-        boxes = torch.minimum(boxes.clamp(min=0), scale)
-        scores, labels = outputs[..., 4], outputs[..., 5].round().long()
-        results = []
-        for bx, sc, lb in zip(boxes, scores, labels):
-            order = sc.argsort(descending=True)
-            order = order[sc[order] >= conf][:max_det]
-            results.append(Detections(bx[order], sc[order], lb[order]))
-        return results
+        boxes = torch.minimum(cxcywh_to_xyxy(outputs[..., :4]).clamp(min=0) * scale, scale)
+        return Decoded(boxes, outputs[..., 4], outputs[..., 5].round().long())
 
     @classmethod
     def criterion_settings(cls) -> tuple[Setting, ...]:

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from rtdet import ModelConfigError, build_model
 from rtdet.engine.settings import SettingsError, check_keys, resolve_settings
-from rtdet.nn.heads.base import DetectionHead, Detections
+from rtdet.nn.heads.base import Decoded, DetectionHead, finalize
 from rtdet.nn.registry import lookup, register, unregister
 from rtdet.utils.schema import Setting
 
@@ -48,8 +48,10 @@ class ToyHead(DetectionHead):
     def build_criterion(self, hyp):
         return ToyCriterion(**hyp)
 
-    def postprocess(self, outputs, img_shape, conf=0.25, iou=0.7, max_det=300):
-        return [Detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long))] * len(outputs)
+    def decode(self, outputs, img_shape):
+        scores = outputs.sigmoid().transpose(1, 2)  # [B, N, nc]
+        boxes = torch.tensor([0.0, 0.0, 8.0, 8.0]).expand(*scores.shape[:2], 4)
+        return Decoded(boxes, scores)
 
 
 YAML = {
@@ -134,3 +136,24 @@ def test_rtdetr_training_output_has_named_fields():
     from rtdet.nn.heads.rtdetr import RTDETRTrainOutput
 
     assert RTDETRTrainOutput._fields == ("dec_bboxes", "dec_scores", "enc_bboxes", "enc_scores", "dn_meta")
+
+
+def test_finalize_thins_dense_outputs_with_nms_and_keeps_final_ones():
+    boxes = torch.tensor([[[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]]])
+    scores = torch.tensor([[[0.9, 0.1], [0.8, 0.7], [0.05, 0.6]]])
+    dense = finalize(Decoded(boxes, scores), conf=0.5, iou=0.5)[0]
+    assert dense.scores.tolist() == pytest.approx([0.9, 0.6]) and dense.labels.tolist() == [0, 1]
+    multi = finalize(Decoded(boxes, scores), conf=0.5, iou=0.5, multi_label=True)[0]
+    assert multi.labels.tolist() == [0, 1, 1]  # box 1's class 1 survives: NMS is per class
+    final = finalize(Decoded(boxes, scores[..., 0], torch.tensor([[3, 1, 2]])), conf=0.5, max_det=1)[0]
+    assert final.labels.tolist() == [3] and final.boxes.tolist() == [[0.0, 0.0, 10.0, 10.0]]
+
+
+def test_the_default_postprocess_is_decode_then_finalize(toy_head):
+    model = build_model(YAML).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(2, 3, 64, 64))
+    dets = model.head.postprocess(out, (64, 64), conf=0.4, iou=0.5)
+    assert len(dets) == 2
+    for d in dets:  # identical boxes: at most one per class survives class-aware NMS
+        assert 1 <= len(d) <= 3 and len(set(d.labels.tolist())) == len(d)
