@@ -1,3 +1,13 @@
 """Built-in modules, by origin. Importing this package registers them all."""
 
-from rtdet.nn.modules import common, convnextv2, dysample, hgnet, resnet, shvit, transformer  # noqa: F401
+from rtdet.nn.modules import (  # noqa: F401
+    common,
+    convnextv2,
+    cspnext,
+    dysample,
+    hgnet,
+    preprocess,
+    resnet,
+    shvit,
+    transformer,
+)
