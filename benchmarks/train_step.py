@@ -1,7 +1,9 @@
 """Training-step time: forward + loss + backward + optimizer step (the trainer's own ``train_step``), median
-over several steps, for rtdetr-l at 640 batch 2 and the demo model at 256 batch 8, on the CPU.
+over several steps, for rtdetr-l and rtmdet-tiny at 640 batch 2 and the demo model at 256 batch 8, on the CPU.
 
     .venv/bin/python benchmarks/train_step.py [--threads 2] [--steps 5] [--out table.md]
+    .venv/bin/python benchmarks/train_step.py --models rtmdet-tiny.yaml   # some of the cases
+    .venv/bin/python benchmarks/train_step.py --quick                     # every case, 2 steps at 128 px
 
 Inputs are synthetic shapes images (rtdet.data.synthetic) so the loss sees real boxes; the settings are the
 family recipe's (AdamW, EMA, gradient clipping). Prints a markdown table; ``--out`` also writes it.
@@ -28,8 +30,10 @@ from rtdet.engine.trainer import Trainer  # noqa: E402
 
 CASES = [  # (model, imgsz, batch)
     ("rtdetr-l.yaml", 640, 2),
+    ("rtmdet-tiny.yaml", 640, 2),
     ("rtdetr-demo.yaml", 256, 8),
 ]
+LOSSES = {"rtdetr": "Hungarian matching, denoising", "rtmdet": "dynamic soft-label assignment, QFL, GIoU"}
 
 
 def measure(model: str, imgsz: int, batch: int, steps: int, data: Path, project: str) -> dict:
@@ -37,6 +41,7 @@ def measure(model: str, imgsz: int, batch: int, steps: int, data: Path, project:
                        "device": "cpu", "project": project, "val": False, "verbose": False, "plots": False,
                        "train_pipeline": "plain"})
     trainer.setup()
+    family = trainer.family
     batches = iter(trainer.train_loader)
     b = next(batches)
     trainer.train_step(b)  # warm-up: allocator, anchors, first-call overheads
@@ -48,7 +53,7 @@ def measure(model: str, imgsz: int, batch: int, steps: int, data: Path, project:
     params = sum(p.numel() for p in trainer.model.parameters())
     med = statistics.median(times)
     return {"model": Path(model).stem, "imgsz": imgsz, "batch": batch, "params": params, "median_s": med,
-            "min_s": min(times), "img_s": batch / med}
+            "min_s": min(times), "img_s": batch / med, "family": family}
 
 
 def main() -> None:
@@ -56,11 +61,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--out", type=Path, default=None, help="write the table (markdown) to this file")
+    ap.add_argument("--models", nargs="+", default=None, help="only these cases (model YAML names)")
+    ap.add_argument("--quick", action="store_true", help="2 steps at 128 px: checks that every case runs")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    cases = [c for c in CASES if args.models is None or c[0] in args.models]
+    if args.quick:
+        cases, args.steps = [(m, 128, b) for m, _, b in cases], 2
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
-        for model, imgsz, batch in CASES:
+        for model, imgsz, batch in cases:
             data = make_synthetic_dataset(Path(tmp) / f"data{imgsz}", n_train=max(batch, 8), n_val=2, imgsz=imgsz,
                                           n_classes=4, min_objects=3, max_objects=6)
             rows.append(measure(model, imgsz, batch, args.steps, data, str(Path(tmp) / "runs")))
@@ -72,8 +82,9 @@ def main() -> None:
         *(f"| {r['model']} | {r['imgsz']} | {r['batch']} | {r['params']:,} | {r['median_s']:.2f} s | "
           f"{r['min_s']:.2f} s | {r['img_s']:.1f} |" for r in rows),
         "",
-        f"{args.threads} threads, median of {args.steps} steps after one warm-up step; forward + RT-DETR loss "
-        f"(Hungarian matching, denoising) + backward + AdamW step + gradient clipping + EMA update. "
+        f"{args.threads} threads, median of {args.steps} steps after one warm-up step; forward + the family's loss "
+        f"({'; '.join(f'{f}: {LOSSES.get(f, f)}' for f in dict.fromkeys(r['family'] for r in rows))}) + backward "
+        f"+ the recipe's optimizer step (AdamW; gradient clipping where the recipe clips) + EMA update. "
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores (load average {load:.1f} when measured), "
         f"Python {platform.python_version()}, torch {torch.__version__}.",
     ]

@@ -164,3 +164,37 @@ def test_state_dict_maps_one_to_one_onto_mmdetection(scale):
     main = ours[to_ours("backbone.stage2.1.main_conv.conv.weight")]
     assert main.shape == (int(int(256 * w) * 0.5), int(256 * w), 1, 1)
     assert ours[to_ours("bbox_head.rtm_cls.2.weight")].shape == (80, int(256 * w), 1, 1)
+
+
+def test_onnx_export_carries_the_input_normalisation_and_decodes_alike(tmp_path):
+    """An ONNX export of model + decode takes rtdet's RGB [0, 1] image, like the PyTorch model: the BGR
+    mean / std step is inside the graph, and ONNX Runtime gives the same boxes and scores."""
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+    import onnxruntime as ort
+
+    from tests.engine.conftest import RTMDET_TINY_YAML
+
+    path = tmp_path / "micro.yaml"
+    path.write_text(RTMDET_TINY_YAML)
+    torch.manual_seed(0)
+    model = build_model(str(path)).eval()
+
+    class WithDecode(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            boxes, scores, _ = self.m.head.decode(self.m(x), tuple(x.shape[2:]))
+            return boxes, scores
+
+    x = torch.rand(1, 3, 64, 96)
+    onnx_file = tmp_path / "micro.onnx"
+    exported = WithDecode(model).eval()
+    torch.onnx.export(exported, (x,), str(onnx_file), opset_version=17, dynamo=False,
+                      input_names=["images"], output_names=["boxes", "scores"])
+    boxes, scores = ort.InferenceSession(str(onnx_file)).run(None, {"images": x.numpy()})
+    with torch.no_grad():
+        ref_boxes, ref_scores = exported(x)
+    assert np.abs(boxes - ref_boxes.numpy()).max() < 1e-3 and np.abs(scores - ref_scores.numpy()).max() < 1e-5
