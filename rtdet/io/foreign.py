@@ -40,8 +40,15 @@ def attribute(obj: Any, name: str, default: Any = None) -> Any:
     return obj.attrs.get(name, default) if isinstance(obj, ForeignObject) else default
 
 
-def module_state_dict(obj: ForeignObject, prefix: str = "", where: str = "checkpoint") -> dict[str, torch.Tensor]:
+MAX_DEPTH = 64  # nested modules; a real network is a dozen deep (pickles may also hold cycles)
+
+
+def module_state_dict(obj: ForeignObject, prefix: str = "", where: str = "checkpoint",
+                      _depth: int = 0) -> dict[str, torch.Tensor]:
     """The ``state_dict()`` the pickled module had: parameters, then persistent buffers, then children."""
+    if _depth > MAX_DEPTH:
+        raise CheckpointError(f"{where}: modules nested more than {MAX_DEPTH} deep at {prefix[:80]}...; "
+                              f"not a network (a cycle?)")
     if not is_module(obj):
         raise CheckpointError(f"{where}: {prefix or 'the model'} is a {class_name(obj)}, not a pickled nn.Module")
     attrs = obj.attrs
@@ -55,7 +62,7 @@ def module_state_dict(obj: ForeignObject, prefix: str = "", where: str = "checkp
             out[prefix + name] = _tensor(value, prefix + name, where)
     for name, child in attrs["_modules"].items():
         if child is not None:
-            out.update(module_state_dict(child, f"{prefix}{name}.", where))
+            out.update(module_state_dict(child, f"{prefix}{name}.", where, _depth + 1))
     return out
 
 

@@ -124,6 +124,10 @@ def _short(value: Any, limit: int = 60) -> str:
 
 
 # --------------------------------------------------------------------------------------- tensors
+_MAX_EXPANDED = 1 << 24  # elements a broadcast (zero-stride) view may claim beyond its storage
+_MAX_PICKLE_BYTES = 1 << 31  # data.pkl holds structure, not tensors: 2 GiB is far beyond any real model
+
+
 class _StorageType:
     """What ``torch.HalfStorage`` & co. resolve to: the element type of a storage record."""
 
@@ -163,9 +167,14 @@ def _tensor_from(storage: Any, offset: Any, size: Any, stride: Any, dtype: torch
     size, stride = _as_int_tuple(size, "size"), _as_int_tuple(stride, "stride")
     dtype = storage.dtype if dtype is None else dtype
     try:
-        return torch.empty((0,), dtype=dtype).set_(storage.untyped, offset, size, stride)
+        tensor = torch.empty((0,), dtype=dtype).set_(storage.untyped, offset, size, stride)
     except RuntimeError as e:  # sizes that run past the storage: a damaged file
         raise CheckpointError(f"a tensor of size {size} does not fit its storage record ({e})") from None
+    stored = storage.untyped.nbytes() // max(tensor.element_size(), 1)
+    if tensor.numel() > max(stored, _MAX_EXPANDED):  # a zero-stride view of a few bytes claiming terabytes
+        raise UnsafePickleError(f"a tensor of {tensor.numel()} elements over a storage of {stored}: refusing "
+                                f"to expand it")
+    return tensor
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride):
@@ -206,6 +215,15 @@ def _latin1_encode(text: Any, encoding: str = "latin1") -> bytes:
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
         raise UnsafePickleError(f"_codecs.encode is only used for latin-1 bytes, got encoding {encoding!r}")
     return text.encode("latin1")
+
+
+def _bytearray(data: Any = b"", encoding: Any = None) -> bytearray:
+    """Protocol-2 bytearrays: ``bytearray(str, 'latin-1')``; never ``bytearray(n)`` (an n-byte allocation)."""
+    if isinstance(data, str) and encoding in ("latin1", "latin-1"):
+        return bytearray(data.encode("latin1"))
+    if isinstance(data, bytes | bytearray) and encoding is None:
+        return bytearray(data)
+    raise UnsafePickleError(f"a bytearray is rebuilt from its bytes only, got {_short(data)}")
 
 
 def _path(*parts: Any) -> str:
@@ -308,7 +326,7 @@ _SAFE: dict[tuple[str, str], Any] = {
     ("builtins", "frozenset"): frozenset,
     ("builtins", "slice"): slice,
     ("builtins", "complex"): complex,
-    ("builtins", "bytearray"): bytearray,
+    ("builtins", "bytearray"): _bytearray,
     ("builtins", "range"): range,
     ("builtins", "object"): object,  # only as copyreg._reconstructor's base
     ("_codecs", "encode"): _latin1_encode,
@@ -427,14 +445,16 @@ class _Archive:
         if key in self.cache:
             return self.cache[key]
         name = f"{self.prefix}/data/{key}"
+        nbytes = numel * torch.empty((), dtype=dtype).element_size()
         try:
-            raw = self.zf.read(name)
+            size = self.zf.getinfo(name).file_size
         except KeyError:
             raise CheckpointError(f"{self.where}: the tensor record {name} is missing (truncated file?)") from None
-        nbytes = numel * torch.empty((), dtype=dtype).element_size()
-        if len(raw) != nbytes:
-            raise CheckpointError(f"{self.where}: the tensor record {name} holds {len(raw)} bytes, expected "
+        # sizes are compared before anything is read, so a compressed record claiming more is never inflated
+        if size != nbytes:
+            raise CheckpointError(f"{self.where}: the tensor record {name} holds {size} bytes, expected "
                                   f"{nbytes} (truncated or damaged file)")
+        raw = self.zf.read(name)
         untyped = (torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8))
         untyped = untyped.untyped_storage()
         if self.swap and dtype.itemsize > 1:
@@ -461,6 +481,8 @@ def read_checkpoint(path: str | Path) -> Any:
     try:
         with zipfile.ZipFile(path) as zf:
             archive = _Archive(zf, str(path))
+            if zf.getinfo(f"{archive.prefix}/data.pkl").file_size > _MAX_PICKLE_BYTES:
+                raise CheckpointError(f"{path}: its pickle record is larger than 2 GiB; not a checkpoint")
             data = io.BytesIO(zf.read(f"{archive.prefix}/data.pkl"))
             return _unpickle(data, archive.storage, str(path))
     except (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile) as e:
@@ -509,6 +531,6 @@ def _unpickle(data: io.BytesIO, storages: Any, where: str) -> Any:
         raise UnsafePickleError(f"{where}: {e}") from None
     except CheckpointError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+    except (Exception, RecursionError) as e:  # the file's own damage (UnpicklingError, EOFError, TypeError ...)
         raise CheckpointError(f"{where}: the pickle inside is damaged or not a checkpoint "
                               f"({type(e).__name__}: {str(e)[:200]})") from None

@@ -9,6 +9,7 @@ import torch
 
 from rtdet import DetectionModel, Detector, build_model
 from rtdet.cli import main
+from rtdet.engine.settings import SettingsError
 from rtdet.engine.trainer import Trainer
 from rtdet.io import convert_file, load_model
 from rtdet.io.load import default_output
@@ -167,3 +168,19 @@ def test_fine_tuning_starts_from_the_converted_weights(tmp_path, foreign, data, 
                      "verbose=false", "train_pipeline=plain"]) == 0
     best = sorted((tmp_path / "cli" / "train").glob("*/weights/best.pt"))
     assert len(best) == 2 and all(load_model(b).model.nc == 2 for b in best)
+
+
+def test_pretrained_takes_a_foreign_file_for_a_yaml_model(tmp_path, foreign, data):
+    path, source = foreign
+    yaml_path = tmp_path / "rtdetr-tiny.yaml"
+    trainer = Trainer({"model": str(yaml_path), "pretrained": str(path), "data": str(data), "imgsz": 64, "batch": 2,
+                       "epochs": 1, "workers": 0, "device": "cpu", "project": str(tmp_path / "runs"), "val": False,
+                       "plots": False, "verbose": False, "train_pipeline": "plain"})
+    trainer.setup()
+    start = trainer.model.state_dict()
+    same = [k for k, v in source.state_dict().items() if start[k].shape == v.shape]
+    assert all(torch.equal(start[k], source.state_dict()[k]) for k in same)
+    assert len(same) < len(start)  # the 2-class head keeps its own initialisation
+    with pytest.raises(SettingsError, match="expected a checkpoint"):
+        Trainer({"model": str(yaml_path), "pretrained": "rtdetr-demo.yaml", "data": str(data), "workers": 0,
+                 "project": str(tmp_path / "runs2"), "verbose": False}).setup()

@@ -182,3 +182,33 @@ def test_plain_state_dicts_take_the_weights_only_path(tmp_path):
     torch.save({"model": nn.Linear(2, 2).state_dict(), "args": argparse.Namespace(lr=1)}, path)
     obj, how = read_torch_file(path)
     assert how == "restricted" and obj["args"].cls_name == "argparse.Namespace"
+
+
+def test_files_that_would_blow_up_memory_are_refused(tmp_path):
+    path = tmp_path / "expanded.pt"
+    torch.save({"w": torch.zeros(1).expand(10**9)}, path)  # 4 bytes on disk, a 4 GB tensor once copied
+    with pytest.raises(UnsafePickleError, match="refusing to expand"):
+        read_checkpoint(path)
+    small = tmp_path / "small.pt"
+    torch.save({"w": torch.zeros(1).expand(8)}, small)  # a small broadcast view is fine
+    assert read_checkpoint(small)["w"].shape == (8,)
+    # a compressed record that claims more bytes than the tensor needs is never inflated
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.zeros(4)}, good)
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, b"\0" * (1 << 22) if "/data/" in info.filename else src.read(info))
+    with pytest.raises(CheckpointError, match="holds 4194304 bytes, expected 16"):
+        read_checkpoint(bomb)
+
+
+def test_a_module_cycle_is_an_error_not_a_crash(tmp_path):
+    path = tmp_path / "cycle.pt"
+    with throwaway_modules("loopy") as mods:
+        node = define_class(mods["loopy"], "Node")()
+        node.lin = nn.Linear(1, 1)
+        node.lin.back = node  # the pickle memo keeps the cycle
+        torch.save({"model": node}, path)
+    with pytest.raises(CheckpointError, match="nested more than"):
+        module_state_dict(read_checkpoint(path)["model"])
