@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from rtdet.engine.results import Results
+from rtdet.engine.settings import check_settings
 from rtdet.io.load import INHERITED_KEYS, LoadedModel, load_model
 from rtdet.nn.builder import ModelConfigError
 from rtdet.nn.model import DetectionModel
@@ -40,6 +41,8 @@ class Detector:
 
     def __init__(self, model: str | Path | DetectionModel = "rtdetr-l.yaml", nc: int | None = None,
                  scale: str | None = None):
+        checked = check_settings({"nc": nc, "scale": scale})  # before anything is built
+        nc, scale = checked["nc"], checked["scale"]
         self.source = model if not isinstance(model, DetectionModel) else None
         self._use(load_model(model, nc=nc, scale=scale))
         self.trainer = None
