@@ -165,6 +165,7 @@ def test_a_damaged_tensor_record_is_named(tmp_path):
         read_checkpoint(bad)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_torchscript_archives_are_refused(tmp_path):
     path = tmp_path / "scripted.pt"
     torch.jit.save(torch.jit.script(nn.Linear(2, 2)), path)
