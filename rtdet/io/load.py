@@ -186,8 +186,11 @@ def _adapt(loaded: LoadedModel, nc: int | None, names: list | dict | None) -> Lo
         # a checkpoint (or a model object) for another class count: a new head on the same trunk
         new = DetectionModel(model.yaml, nc=int(nc), names=names, load_weights=False)
         kept, reinit = transfer_weights(new, model.state_dict(), verbose=False)
+        head = f"model.{new.head_index}."
+        outside = [k for k in reinit if not k.startswith(head)]
+        which = "head tensors" if not outside else f"tensors ({len(outside)} outside the head, whose YAML rows use nc)"
         LOGGER.info(f"{Path(loaded.source).name}: {model.nc} -> {new.nc} classes: kept {kept}/{len(new.state_dict())} "
-                    f"tensors (backbone and neck); re-initialised {len(reinit)} head tensors: {_listing(reinit)}")
+                    f"tensors; re-initialised {len(reinit)} {which} that depend on the class count: {_listing(reinit)}")
         loaded.model, loaded.reinitialised = new, reinit
         model = new
     if names is not None:
@@ -204,9 +207,7 @@ def transfer_weights(model: torch.nn.Module, state_dict: dict, source: str = "we
     matched = {k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape}
     if not matched:
         raise WeightLoadError(f"{source}: none of its {len(state_dict)} tensors match this model's names and shapes")
-    with torch.no_grad():
-        for k, v in matched.items():
-            own[k].copy_(v)
+    model.load_state_dict(matched, strict=False)
     left = [k for k in own if k not in matched and not k.endswith("num_batches_tracked")]
     if verbose:
         LOGGER.info(f"Transferred {len(matched)}/{len(own)} tensors from {source}"

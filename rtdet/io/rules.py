@@ -211,9 +211,7 @@ def load_into(module: nn.Module, mapped: Mapping[str, torch.Tensor], layout: str
             f"{what} ({layout} layout) do not fit {type(module).__name__}: first bad key {report.first_problem()}\n"
             f"{report}\n{hint or 'Check that the checkpoint is the same model variant as the YAML it is loaded into.'}"
         )
-    with torch.no_grad():
-        for key, value in ready.items():  # copy_ casts dtype (fp16 files) and keeps the module's own tensors
-            target[key].copy_(value)
+    module.load_state_dict(ready, strict=False)  # the module's own load hooks run; dtypes are cast
     report.loaded = len(ready)
     return report
 

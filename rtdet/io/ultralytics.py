@@ -79,7 +79,7 @@ def _yaml_of(record: ForeignObject, source: str) -> dict:
     return d
 
 
-def _names(record: ForeignObject, nc: int) -> dict[int, str] | None:
+def _names(record: ForeignObject) -> dict[int, str] | None:
     names = plain(attribute(record, "names"))
     if isinstance(names, dict):
         return {int(k): str(v) for k, v in names.items()}
@@ -114,7 +114,7 @@ def convert_ultralytics(obj: Any, ctx: ConvertContext) -> Converted:
     sd, cast = to_float32(module_state_dict(record, where=ctx.source))
     mapped, dropped = table.apply(sd)
     model = DetectionModel(d, load_weights=False)  # the YAML's own nc; the names come from the checkpoint
-    names = _names(record, model.nc)
+    names = _names(record)
     if names is not None and len(names) == model.nc:
         model.names = names
     report = load_into(model, mapped, table.name, dropped=dropped, dropped_why=[table.why_dropped(k) for k in dropped],
