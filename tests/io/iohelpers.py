@@ -233,3 +233,28 @@ def convnextv2_timm_names(sd: dict, conv_mlp: bool = True) -> dict:
             v = v[:, :, None, None]
         out[k] = v
     return out
+
+
+def shvit_timm_names(sd: dict) -> dict:
+    """Official SHViT keys as timm names them: blocks{i+1}.{0.0, 0.1, 1, 2.0, 2.1} -> stages.i.downsample.0-4,
+    the blocks after them -> stages.i.blocks.(j-3); blocks1.j -> stages.0.blocks.j; head stays head."""
+    import re
+
+    down = {("0", "0"): 0, ("0", "1"): 1, ("2", "0"): 3, ("2", "1"): 4}
+    out = {}
+    for key, v in sd.items():
+        k = key
+        m = re.match(r"^blocks(\d)\.(\d+)\.(.*)$", key)
+        if m:
+            stage, j, rest = int(m[1]) - 1, int(m[2]), m[3]
+            if stage == 0:
+                k = f"stages.0.blocks.{j}.{rest}"
+            elif j == 1:
+                k = f"stages.{stage}.downsample.2.{rest}"
+            elif j in (0, 2):
+                sub, tail = rest.split(".", 1)
+                k = f"stages.{stage}.downsample.{down[(str(j), sub)]}.{tail}"
+            else:
+                k = f"stages.{stage}.blocks.{j - 3}.{rest}"
+        out[k] = v
+    return out

@@ -11,7 +11,13 @@ from rtdet.io import convert_file, load_model
 from rtdet.io.safe_pickle import read_checkpoint
 from rtdet.nn.modules.convnextv2 import ConvNeXtV2Atto
 from rtdet.nn.modules.shvit import SHViTS1
-from tests.io.iohelpers import convnextv2_timm_names, fp16_exact, official_backbone_file, with_classifier
+from tests.io.iohelpers import (
+    convnextv2_timm_names,
+    fp16_exact,
+    official_backbone_file,
+    shvit_timm_names,
+    with_classifier,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -58,8 +64,15 @@ def test_timm_files_are_recognised_and_renamed(tmp_path):
     path = tmp_path / "model.bin"
     torch.save(timm, path)  # timm hub weights: a bare state dict
     loaded = load_model(path)
+    assert loaded.format == "convnextv2" and loaded.description == "timm ConvNeXt V2-atto backbone"
     assert loaded.report.layout == "timm" and loaded.report.ok and len(loaded.report.reshaped) > 0
     assert same_maps(source, loaded.model.model[0])
+    shvit = perturbed(SHViTS1(), 6)
+    torch.save(shvit_timm_names(with_classifier(shvit.state_dict(), 320, "shvit")), path)
+    loaded = load_model(path)
+    assert loaded.format == "shvit" and loaded.report.layout == "timm" and loaded.report.ok
+    assert loaded.report.loaded == len(shvit.state_dict()) and len(loaded.report.dropped) == 6
+    assert same_maps(shvit, loaded.model.model[0], (128, 64))
 
 
 @pytest.mark.parametrize("spelling", ["weights={}", "{{weights: {}}}", "{}"])
