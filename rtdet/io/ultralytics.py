@@ -29,7 +29,7 @@ from rtdet.io.rules import KeyTable, drop, load_into, rename
 from rtdet.io.safe_pickle import ForeignObject
 from rtdet.utils.checkpoint import CheckpointError
 
-__all__ = ["RTDETR_KEYS", "HEAD_TABLES", "is_ultralytics_checkpoint", "convert_ultralytics"]
+__all__ = ["RTDETR_KEYS", "HEAD_TABLES", "register_head", "is_ultralytics_checkpoint", "convert_ultralytics"]
 
 RTDETR_KEYS = KeyTable("Ultralytics RT-DETR", [
     drop(r"^model\.0\.(norm|head)\.",
@@ -42,13 +42,19 @@ RTDETR_KEYS = KeyTable("Ultralytics RT-DETR", [
            "stages)"),
 ])
 
-# YAML name of the head module (last row) -> the key table for that family. The Ultralytics YOLOv9 port
-# adds its Detect table here when the YOLOv9 family lands.
-HEAD_TABLES: dict[str, KeyTable] = {
-    "RTDETRDecoder": RTDETR_KEYS,
-}
+# YAML name of the head module (last row) -> the key table for that family, and the family's name.
+HEAD_TABLES: dict[str, KeyTable] = {}
+_FAMILY: dict[str, str] = {}
 
-_FAMILY = {"RTDETRDecoder": "RT-DETR"}
+
+def register_head(head: str, table: KeyTable, family: str) -> None:
+    """Convert Ultralytics models whose last row is ``head`` with ``table`` (the YOLOv9 port's Detect head
+    joins this way: a module with its key table and ``register_head("Detect", YOLO_KEYS, "YOLO")``, listed
+    in ``rtdet.io.formats.FORMAT_MODULES``)."""
+    HEAD_TABLES[head], _FAMILY[head] = table, family
+
+
+register_head("RTDETRDecoder", RTDETR_KEYS, "RT-DETR")
 
 
 def _model_record(obj: Any, prefer_ema: bool) -> tuple[ForeignObject | None, str]:
