@@ -294,3 +294,19 @@ def test_rtmdet_run_validates_and_records_its_loss_terms(rtmdet_settings):
     assert args["qfl_weight"] == 1.0 and args["dsl_topk"] == 13 and "loss_vfl" not in args
     ckpt = load_checkpoint(trainer.save_dir / "weights" / "last.pt")
     assert ckpt["ema_state"]["schedule"] == "exp-momentum"
+
+
+@pytest.mark.slow
+def test_rtmdet_tiny_learns_the_synthetic_set(tmp_path):
+    """rtmdet-tiny from scratch on synthetic shapes (4 classes, 160 images at 160 px), 10 epochs: val mAP50
+    far above chance (random boxes score ~0). Minutes on 2 CPU cores; 0.7 or more in our runs."""
+    from rtdet.data.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "data", n_train=160, n_val=40, imgsz=160, seed=0, n_classes=4,
+                                  min_objects=1, max_objects=4, size_range=(0.15, 0.45))
+    trainer = Trainer({"model": "rtmdet-tiny.yaml", "data": str(data), "imgsz": 160, "batch": 8, "epochs": 10,
+                       "workers": 0, "device": "cpu", "project": str(tmp_path / "runs"), "verbose": False,
+                       "plots": False, "train_pipeline": "plain", "lr0": 2e-3, "lr_batch": 0, "scheduler": "cosine",
+                       "lrf": 0.05, "warmup_iters": 30, "ema_tau": 100, "ema_decay": 0.999, "ema_schedule": "ramp"})
+    metrics = trainer.train()
+    assert metrics["mAP50"] >= 0.5, metrics
