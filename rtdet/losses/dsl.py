@@ -93,7 +93,9 @@ class DynamicSoftLabelAssigner(nn.Module):
               gt_labels: torch.Tensor, gt_boxes: torch.Tensor) -> torch.Tensor:
         """cost [B, N, M] = soft cls + IoU + centre prior, for every prior and GT slot."""
         centres = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2  # [B, M, 2]
-        distance = (points[None, :, None, :] - centres[:, None, :, :]).pow(2).sum(-1).sqrt() / strides[None, :, None]
+        dx = points[None, :, None, 0] - centres[:, None, :, 0]  # [B, N, M] (no [B, N, M, 2] temporary)
+        dy = points[None, :, None, 1] - centres[:, None, :, 1]
+        distance = (dx * dx + dy * dy).sqrt() / strides[None, :, None]
         centre_prior = torch.pow(10.0, distance - self.soft_center_radius)
         iou_cost = -torch.log(ious + IOU_EPS) * self.iou_weight
         # Soft cls cost summed over classes without a [B, N, M, C] tensor: every class but g's has target 0,
@@ -120,10 +122,9 @@ class DynamicSoftLabelAssigner(nn.Module):
 
 def _points_inside(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """[B, N, M] bool: point n strictly inside box m of image b (points [N, 2], boxes [B, M, 4] xyxy)."""
-    p = points[None, :, None, :]
-    lt = p - boxes[:, None, :, :2]
-    rb = boxes[:, None, :, 2:] - p
-    return torch.cat([lt, rb], -1).amin(-1) > 0
+    x, y = points[None, :, None, 0], points[None, :, None, 1]
+    x1, y1, x2, y2 = (boxes[:, None, :, i] for i in range(4))
+    return (x > x1) & (y > y1) & (x < x2) & (y < y2)  # = min(x - x1, y - y1, x2 - x, y2 - y) > 0
 
 
 class RTMDetCriterion(nn.Module):
