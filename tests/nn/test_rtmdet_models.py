@@ -166,6 +166,7 @@ def test_state_dict_maps_one_to_one_onto_mmdetection(scale):
     assert ours[to_ours("bbox_head.rtm_cls.2.weight")].shape == (80, int(256 * w), 1, 1)
 
 
+@pytest.mark.slow
 def test_onnx_export_carries_the_input_normalisation_and_decodes_alike(tmp_path):
     """An ONNX export of model + decode takes rtdet's RGB [0, 1] image, like the PyTorch model: the BGR
     mean / std step is inside the graph, and ONNX Runtime gives the same boxes and scores."""

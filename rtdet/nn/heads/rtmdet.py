@@ -159,7 +159,7 @@ class RTMDetSepBNHead(DetectionHead):
             for conv in self.reg_convs[level]:
                 reg_feat = conv(reg_feat)
             reg = self.rtm_reg[level](reg_feat)
-            reg = reg.exp() if self.exp_on_reg else reg
+            reg = reg.float().exp() if self.exp_on_reg else reg  # fp32: exp overflows fp16 from 11 on
             cls_out.append(self.rtm_cls[level](cls_feat).flatten(2))
             reg_out.append((reg * self.strides[level]).flatten(2))
         cls_logits = torch.cat(cls_out, 2).transpose(1, 2)  # [B, N, C]
