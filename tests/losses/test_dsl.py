@@ -219,3 +219,17 @@ def test_settings_and_bad_inputs():
         RTMDetCriterion(3)(outputs, batch)
     with pytest.raises(ValueError, match="eval mode"):
         RTMDetCriterion(2)(outputs.cls_logits, batch)
+
+
+def test_quality_focal_loss_hand_values():
+    """QFL = BCE(x, q) * |q - sigmoid(x)|^beta: positives against their IoU, negatives against 0."""
+    from rtdet.losses.common import quality_focal_loss
+
+    x = torch.tensor([0.0, 0.0, 2.0, -4.59512])
+    q = torch.tensor([0.8, 0.0, 0.5, 0.0])
+    expected = [math.log(2) * 0.3**2,  # sigma 0.5 vs 0.8
+                math.log(2) * 0.5**2,  # a negative at sigma 0.5
+                bce(2.0, 0.5) * (1 / (1 + math.exp(-2.0)) - 0.5) ** 2,
+                bce(-4.59512, 0.0) * 0.01**2]  # the initial prior 0.01
+    assert quality_focal_loss(x, q).tolist() == pytest.approx(expected, rel=1e-4)
+    assert quality_focal_loss(x[:1], q[:1], beta=1.0).item() == pytest.approx(math.log(2) * 0.3, rel=1e-5)
