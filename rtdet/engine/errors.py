@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rtdet.data import DataConfigError, PipelineConfigError
+from rtdet.engine.exporter import ExportError
 from rtdet.engine.settings import SettingsError
 from rtdet.nn.builder import ModelConfigError
 from rtdet.utils.checkpoint import CheckpointError
@@ -22,4 +23,5 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     PipelineConfigError,
     FileNotFoundError,
     NonFiniteLossError,
+    ExportError,
 )

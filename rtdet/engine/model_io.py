@@ -56,6 +56,8 @@ def load_model_with_args(spec: str | Path | DetectionModel, nc: int | None = Non
         return model, {}
     if spec is None or str(spec) == "":
         raise ValueError("no model given: pass model=<model YAML or checkpoint .pt>, e.g. model=rtdetr-l.yaml")
+    if str(spec).lower().endswith(".onnx"):
+        return _load_onnx(spec, nc, names)
     if not is_checkpoint(spec):
         return build_model(spec, nc=nc, scale=scale, names=names), {}
     ckpt = load_checkpoint(spec)
@@ -70,6 +72,20 @@ def load_model_with_args(spec: str | Path | DetectionModel, nc: int | None = Non
     model = build_model(entry["yaml"], nc=nc, names=names)
     load_weights_into(model, entry["state_dict"], source=str(spec))
     return model, inherited
+
+
+def _load_onnx(spec: str | Path, nc: int | None, names: list | dict | None):
+    """An rtdet ONNX export as a runtime model (ONNX Runtime) and the settings it was exported with."""
+    from rtdet.engine.onnx_backend import load_onnx_model
+    from rtdet.engine.settings import SettingsError
+
+    model = load_onnx_model(spec)
+    if nc is not None and int(nc) != model.nc:
+        raise SettingsError(f"{spec} predicts {model.nc} classes ({', '.join(list(model.names.values())[:5])}...) but "
+                            f"{nc} were asked for; an export cannot change its class count, use a matching data=")
+    if names is not None:
+        model.names = _names(names)
+    return model, model.inherited_settings()
 
 
 def load_weights_into(model: torch.nn.Module, state_dict: dict, source: str = "weights", verbose: bool = True) -> int:

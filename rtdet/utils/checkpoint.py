@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "atomic_write_text"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "atomic_write_bytes", "atomic_write_text"]
 
 
 class CheckpointError(RuntimeError):
@@ -48,6 +48,11 @@ def save_checkpoint(obj: dict[str, Any], path: str | Path) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write a text file (results, predictions) atomically."""
     return _atomic(Path(path), lambda fh: fh.write(text.encode()))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write a binary file (an ONNX model, a picture) atomically."""
+    return _atomic(Path(path), lambda fh: fh.write(data))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
