@@ -23,6 +23,7 @@ Verbs:
   train     train a model on a dataset                      rtdet train model=rtdetr-l.yaml data=coco128.yaml
   val       COCO mAP of a trained model on a val split      rtdet val model=best.pt data=coco128.yaml
   predict   detect objects in images, folders, videos       rtdet predict model=best.pt source=images/ conf=0.3
+  export    ONNX export (fused, decoded), checked with ONNX Runtime  rtdet export model=best.pt imgsz=640
   demo      synthetic data -> train a small RT-DETR -> val -> predict, on the CPU in minutes
   data      dataset tools: `rtdet data check data=x.yaml` draws samples with boxes, reports label problems
   help      this message
@@ -32,6 +33,7 @@ Examples:
   rtdet train model=rtdetr-l.yaml data=coco128.yaml epochs=3 imgsz=320 batch=4 device=cpu
   rtdet train resume=true
   rtdet predict model=best.pt source=bus.jpg save_txt=true
+  rtdet export model=best.pt dynamic=true && rtdet val model=runs/export/export/best.onnx data=coco128.yaml
 """
 
 
@@ -93,6 +95,13 @@ def cmd_predict(args: dict) -> None:
     print(f"{n_images} image(s) processed, {n_boxes} detections")
 
 
+def cmd_export(args: dict) -> None:
+    from rtdet.engine.exporter import Exporter
+
+    model = args.pop("model", None) or _need("model", "export", "runs/train/train/weights/best.pt")
+    Exporter(args)(model)
+
+
 def cmd_demo(args: dict) -> None:
     from rtdet.engine.demo import run_demo
 
@@ -124,6 +133,7 @@ VERBS: dict[str, Callable[[dict], None]] = {
     "val": cmd_val,
     "predict": cmd_predict,
     "demo": cmd_demo,
+    "export": cmd_export,
 }
 
 

@@ -28,7 +28,7 @@ from rtdet.engine.model_io import load_model_with_args
 from rtdet.engine.results import Results
 from rtdet.engine.rundir import run_dir
 from rtdet.engine.settings import SettingsError, check_imgsz, resolve_settings
-from rtdet.engine.validator import image_id_of
+from rtdet.engine.validator import image_id_of, input_spec
 from rtdet.nn.model import DetectionModel
 from rtdet.ops.boxes import boxes_to_original
 from rtdet.ops.metrics import coco_predictions, save_predictions_json
@@ -222,7 +222,7 @@ class Predictor:
             samples.append(self.preprocess_pipeline(sample))
         batch = collate(samples)
         x = batch["img"].to(self.device)
-        x = x.to(next(self.model.parameters()).dtype)  # fp16 when the model was converted with half=true
+        x = x.to(input_spec(self.model)[1])  # fp16 when the model was converted with half=true
         t0 = time.perf_counter()
         out = self.model(x)
         dets = self.model.head.postprocess(out, tuple(x.shape[2:]), conf=self.conf, iou=float(self.args["iou"]),

@@ -28,9 +28,18 @@ from rtdet.ops.metrics import COCOEvaluator, coco_predictions, save_predictions_
 from rtdet.utils.logging import LOGGER, set_verbosity
 from rtdet.utils.torch_utils import de_parallel, select_device
 
-__all__ = ["Validator", "fitness", "image_id_of"]
+__all__ = ["Validator", "fitness", "image_id_of", "input_spec"]
 
 VAL_CONF = 0.001  # score threshold for mAP: keep (almost) everything, COCO ranks by score
+
+
+def input_spec(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and dtype of the images a model takes: its parameters' (fp16 after ``half()``), or what a
+    runtime model (an ONNX Runtime session) declares."""
+    if hasattr(model, "input_dtype"):
+        return model.device, model.input_dtype
+    p = next(model.parameters())
+    return p.device, p.dtype
 
 
 def fitness(metrics: dict) -> float:
@@ -102,8 +111,7 @@ class Validator:
         model = de_parallel(model)
         was_training = model.training
         model.eval()
-        p = next(model.parameters())
-        device = p.device
+        device, dtype = input_spec(model)
         conf = VAL_CONF if args.get("conf") is None else float(args["conf"])
         iou, max_det = float(args["iou"]), int(args["max_det"])
         multi_label = True if args.get("multi_label") is None else bool(args["multi_label"])  # as COCO val does
@@ -116,7 +124,7 @@ class Validator:
         pbar = tqdm(loader, desc="val", leave=False, disable=not args.get("verbose", True), dynamic_ncols=True)
         for batch in pbar:
             img = batch["img"].to(device, non_blocking=device.type == "cuda")
-            img = img.to(p.dtype)  # fp16 when the model was converted with half=true
+            img = img.to(dtype)  # fp16 when the model was converted with half=true
             t0 = time.perf_counter()
             out = model(img)
             dets = model.head.postprocess(out, tuple(img.shape[2:]), conf=conf, iou=iou, max_det=max_det,

@@ -1,0 +1,111 @@
+"""The ONNX Runtime backend: an export is a model for predict / val with the same Results and metrics."""
+
+import pytest
+import torch
+
+from rtdet.engine.exporter import Exporter, ExportError, check_image, export_onnx
+from rtdet.engine.model_io import load_model_with_args
+from rtdet.engine.onnx_backend import load_onnx_model
+from rtdet.engine.predictor import Predictor
+from rtdet.engine.settings import SettingsError
+from rtdet.engine.trainer import Trainer
+from rtdet.engine.validator import Validator
+from tests.engine.export_helpers import sample_image
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_yaml, tiny_data):
+    """A tiny RT-DETR trained for two epochs, its checkpoint and a static (batch 2) export of it."""
+    root = tmp_path_factory.mktemp("onnx-backend")
+    torch.set_num_threads(1)
+    settings = {"model": str(tiny_yaml), "data": str(tiny_data), "imgsz": 64, "batch": 4, "epochs": 2, "workers": 0,
+                "device": "cpu", "project": str(root / "runs"), "val": False, "plots": False, "verbose": False,
+                "train_pipeline": "plain", "lr0": 1e-3, "warmup_iters": 1, "seed": 0}
+    trainer = Trainer(settings)
+    trainer.train()
+    onnx = Exporter({"model": str(trainer.last), "batch": 2, "project": str(root), "verbose": False})()
+    return {"pt": trainer.last, "onnx": onnx, "data": tiny_data, "root": root}
+
+
+def _settings(trained, **kw):
+    return {"data": str(trained["data"]), "device": "cpu", "verbose": False, "project": str(trained["root"]),
+            "workers": 0, "batch": 3, **kw}
+
+
+def test_val_on_onnx_gives_the_same_metrics(trained):
+    ours = Validator(_settings(trained, name="pt"))(str(trained["pt"]))
+    theirs = Validator(_settings(trained, name="onnx"))(str(trained["onnx"]))  # batch 3 -> chunks of 2
+    for key in ("mAP50-95", "mAP50", "mAP75"):
+        assert theirs[key] == pytest.approx(ours[key], abs=1e-6)
+
+
+def test_predict_on_onnx_gives_the_same_results(trained, tiny_data):
+    images = sorted((tiny_data.parent / "images" / "val").glob("*.jpg"))
+    assert images
+    kw = {"save": False, "device": "cpu", "verbose": False, "conf": 0.01}
+    ours = Predictor(kw, model=str(trained["pt"]))([str(p) for p in images])
+    theirs = Predictor(kw, model=str(trained["onnx"]))([str(p) for p in images])
+    for a, b in zip(ours, theirs, strict=True):
+        assert len(a) == len(b) > 0 and a.path == b.path
+        assert torch.equal(a.labels, b.labels)
+        assert torch.allclose(a.boxes, b.boxes, atol=1e-2) and torch.allclose(a.scores, b.scores, atol=1e-5)
+
+
+def test_runtime_model_reads_its_metadata(trained):
+    model, inherited = load_model_with_args(str(trained["onnx"]))
+    assert model.names == {0: "circle", 1: "square"} and model.nc == 2 and model.strides == [8, 16]
+    assert model.head.family == "rtdetr" and not model.head.needs_nms
+    assert inherited["imgsz"] == 64 and inherited["train_pipeline"] == "plain"
+    with pytest.raises(SettingsError, match="predicts 2 classes .* but 3 were asked for"):
+        load_model_with_args(str(trained["onnx"]), nc=3)
+
+
+def test_static_export_runs_any_batch(trained):
+    model = load_onnx_model(trained["onnx"])
+    x = check_image(sample_image(), (64, 64), 1)
+    batch = torch.cat([x, x.flip(-1), x.flip(-2)])  # 3 images through a batch-2 graph: 2 + (1 + padding)
+    together = model(batch)
+    alone = [model(batch[i:i + 1]) for i in range(3)]
+    for k in range(3):
+        assert torch.equal(together[k], torch.cat([a[k] for a in alone]))
+    with pytest.raises(ExportError, match=r"exported for 64x64 inputs \(static shapes\), got 96x96; use imgsz=64"):
+        model(torch.zeros(1, 3, 96, 96))
+
+
+def test_val_with_another_size_than_a_static_export_is_explained(trained):
+    with pytest.raises(ExportError, match="re-export with dynamic=true"):
+        Validator(_settings(trained, name="bad", imgsz=96))(str(trained["onnx"]))
+
+
+def test_threads_and_optimisation_level_reach_the_session(trained):
+    model = load_onnx_model(trained["onnx"], threads=1, opt_level="basic")
+    opts = model.session.get_session_options()
+    assert opts.intra_op_num_threads == 1
+    assert str(opts.graph_optimization_level).endswith("ORT_ENABLE_BASIC")
+    with pytest.raises(ValueError, match="ort_opt_level='fast': expected one of disable, basic, extended, all"):
+        load_onnx_model(trained["onnx"], opt_level="fast")
+
+
+def test_nms_export_through_the_backend(tmp_path, tiny_data):
+    """Flat NMS outputs split back into per-image Detections, images without detections included."""
+    from rtdet import build_model, register
+    from rtdet.nn.registry import unregister
+    from tests.engine.export_helpers import TOY_DENSE_YAML, ToyDenseHead
+
+    register(channels="head")(ToyDenseHead)
+    try:
+        (tmp_path / "dense.yaml").write_text(TOY_DENSE_YAML)
+        torch.manual_seed(0)
+        model = build_model(tmp_path / "dense.yaml")
+        file = export_onnx(model, tmp_path / "n.onnx", imgsz=64, batch=2, nms=True, conf=0.45, count_flops=False)
+        runtime = load_onnx_model(file)
+        x = torch.cat([check_image(sample_image(), (64, 64), 1), torch.zeros(2, 3, 64, 64)])
+        dets = runtime.head.postprocess(runtime(x), (64, 64), conf=0.45, iou=0.7, max_det=300)
+        assert len(dets) == 3
+        with torch.no_grad():
+            ref = model.eval().head.postprocess(model(x), (64, 64), conf=0.45, iou=0.7, max_det=300)
+        assert [len(d) for d in dets] == [len(d) for d in ref]
+    finally:
+        unregister("ToyDenseHead")
