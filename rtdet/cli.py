@@ -24,6 +24,7 @@ Verbs:
   val       COCO mAP of a trained model on a val split      rtdet val model=best.pt data=coco128.yaml
   predict   detect objects in images, folders, videos       rtdet predict model=best.pt source=images/ conf=0.3
   export    ONNX export (fused, decoded), checked with ONNX Runtime  rtdet export model=best.pt imgsz=640
+  benchmark params, GFLOPs, latency, memory, mAP side by side   rtdet benchmark model=a.yaml,b.yaml formats=pytorch,onnx
   demo      synthetic data -> train a small RT-DETR -> val -> predict, on the CPU in minutes
   data      dataset tools: `rtdet data check data=x.yaml` draws samples with boxes, reports label problems
   help      this message
@@ -102,6 +103,14 @@ def cmd_export(args: dict) -> None:
     Exporter(args)(model)
 
 
+def cmd_benchmark(args: dict) -> None:
+    from rtdet.engine.benchmark import Benchmark
+
+    if not (args.get("model") or args.get("models")):
+        _need("model", "benchmark", "rtdetr-l.yaml,rtdetr-l-dysample.yaml")
+    Benchmark(args)()
+
+
 def cmd_demo(args: dict) -> None:
     from rtdet.engine.demo import run_demo
 
@@ -134,6 +143,7 @@ VERBS: dict[str, Callable[[dict], None]] = {
     "predict": cmd_predict,
     "demo": cmd_demo,
     "export": cmd_export,
+    "benchmark": cmd_benchmark,
 }
 
 
