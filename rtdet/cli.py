@@ -23,8 +23,9 @@ Verbs:
   train     train a model on a dataset                      rtdet train model=rtdetr-l.yaml data=coco128.yaml
   val       COCO mAP of a trained model on a val split      rtdet val model=best.pt data=coco128.yaml
   predict   detect objects in images, folders, videos       rtdet predict model=best.pt source=images/ conf=0.3
-  export    ONNX export (fused, decoded), checked with ONNX Runtime  rtdet export model=best.pt imgsz=640
-  benchmark params, GFLOPs, latency, memory, mAP side by side   rtdet benchmark model=a.yaml,b.yaml formats=pytorch,onnx
+  export    ONNX export, checked with ONNX Runtime          rtdet export model=best.pt dynamic=true
+  benchmark params, GFLOPs, latency, memory, mAP            rtdet benchmark model=a.yaml,b.yaml formats=pytorch,onnx
+  compare   train variants over seeds, test differences     rtdet compare models=a.yaml,b.yaml data=d.yaml seeds=3
   demo      synthetic data -> train a small RT-DETR -> val -> predict, on the CPU in minutes
   data      dataset tools: `rtdet data check data=x.yaml` draws samples with boxes, reports label problems
   help      this message
@@ -111,6 +112,19 @@ def cmd_benchmark(args: dict) -> None:
     Benchmark(args)()
 
 
+def cmd_compare(args: dict) -> None:
+    from rtdet.engine.compare import Compare
+
+    if not (args.get("model") or args.get("models")):
+        _need("models", "compare", "rtdetr-l.yaml,rtdetr-l-dysample.yaml data=coco128.yaml")
+    try:
+        Compare(args)()
+    except KeyboardInterrupt:
+        print("rtdet compare: interrupted; run the same command again to resume (finished runs are kept)",
+              file=sys.stderr)
+        raise
+
+
 def cmd_demo(args: dict) -> None:
     from rtdet.engine.demo import run_demo
 
@@ -144,6 +158,7 @@ VERBS: dict[str, Callable[[dict], None]] = {
     "demo": cmd_demo,
     "export": cmd_export,
     "benchmark": cmd_benchmark,
+    "compare": cmd_compare,
 }
 
 

@@ -117,9 +117,10 @@ class Benchmark:
 
     task = "benchmark"
 
-    def __init__(self, overrides: dict | None = None, memory: bool = True):
+    def __init__(self, overrides: dict | None = None, memory: bool = True, labels: list[str] | None = None):
         self.overrides = dict(overrides or {})
         self.memory = memory
+        self.labels = labels  # row names per model (default: the file name)
         self.rows: list[BenchmarkRow] = []
         self.save_dir: Path | None = None
         self.header: dict = {}
@@ -182,8 +183,8 @@ class Benchmark:
         x = check_image(_check_source(args.get("source"), args.get("data")), (self.imgsz, self.imgsz), self.batch)
         threads = int(args["threads"]) if args.get("threads") else None
         entries = []
-        for spec in specs:
-            label = Path(spec).name
+        for i, spec in enumerate(specs):
+            label = self.labels[i] if self.labels else Path(spec).name
             if is_onnx(spec):
                 model = load_onnx_model(spec, self.device, threads, args["ort_opt_level"])
                 row = BenchmarkRow(label, "onnx", int(model.meta.get("params") or 0), model.meta.get("gflops"))
@@ -282,8 +283,9 @@ class Benchmark:
 
         atomic_write_text(self.save_dir / "benchmark.md", f"{table}\n\n{note}\n")
         atomic_write_text(self.save_dir / "benchmark.json", json.dumps({"header": h, "rows": rows}, indent=1))
-        print(table)
-        print(note)
+        if self.args.get("verbose", True):
+            print(table)
+            print(note)
         LOGGER.info(f"Benchmark saved to {self.save_dir} (benchmark.csv, benchmark.md)")
 
 
