@@ -133,7 +133,7 @@ class Compare:
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> None:
         from rtdet.engine.benchmark import split_models
-        from rtdet.engine.settings import SettingsError, check_keys, resolve_settings
+        from rtdet.engine.settings import SettingsError, check_device, check_keys, resolve_settings
         from rtdet.utils.logging import set_verbosity
 
         user = dict(self.overrides)
@@ -148,7 +148,10 @@ class Compare:
             raise SettingsError("compare needs data=<dataset YAML>: every variant is trained and validated on it")
         self.args = args
         self.seeds = parse_seeds(args.get("seeds") if args.get("seeds") is not None else 3)
-        self.devices = split_models(args.get("devices")) or [str(args.get("device") or "")]
+        try:
+            self.devices = [check_device(d) for d in split_models(args.get("devices"))] or [args.get("device") or ""]
+        except ValueError as e:
+            raise SettingsError(f"devices={args.get('devices')!r}: {e}") from None
         self.train_args = {k: v for k, v in user.items() if k not in COMPARE_KEYS and k != "seed"}
         root = Path(args["project"] or "runs") / self.task / (args.get("name") or self.task)
         self.save_dir = root
