@@ -1,9 +1,15 @@
-"""Forward latency of a model at one image size: eager and fused, NCHW and channels_last, side by side.
+"""Forward latency of a model at one image size: eager and fused, NCHW and channels_last, side by side;
+then fused PyTorch against its ONNX export in ONNX Runtime for several models.
 
     python benchmarks/latency.py                       # rtdetr-l, 640, batch 1, 2 threads
     python benchmarks/latency.py --model rtdetr-x.yaml --imgsz 640 --runs 20
+    python benchmarks/latency.py --ort-models rtdetr-l.yaml,yolov9-c.yaml --ort-opt all
+    python benchmarks/latency.py --quick               # tiny run: checks that the script works
 
-Prints a markdown table (median / min over the timed runs after warm-up) and the fused/eager ratio.
+Prints markdown tables (median / min over the timed runs after warm-up) and the ratios. The ORT table
+times, per model, the fused channels_last PyTorch model (what ``rtdet predict`` runs) and its static
+export in ONNX Runtime in the same interleaved rounds, and records the threads and the graph
+optimisation level. Models that this checkout does not have are skipped with a message.
 """
 
 from __future__ import annotations
@@ -12,11 +18,15 @@ import argparse
 import copy
 import platform
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from rtdet import build_model
+
+ORT_MODELS = "rtdetr-l.yaml,rtdetr-l-dysample.yaml,yolov9-c.yaml,yolov9t.yaml,rtmdet-s.yaml"
 
 
 def time_interleaved(models: dict[str, torch.nn.Module], x: torch.Tensor, warmup: int, runs: int) -> dict:
@@ -35,6 +45,67 @@ def time_interleaved(models: dict[str, torch.nn.Module], x: torch.Tensor, warmup
     return times
 
 
+class OrtForward(torch.nn.Module):
+    """An ONNX Runtime session called like a model (numpy in, numpy out; no conversion timed beyond it)."""
+
+    def __init__(self, path: Path, threads: int, opt_level: str):
+        super().__init__()
+        from rtdet.engine.onnx_backend import make_session
+
+        self.session = make_session(path, "cpu", threads, opt_level)
+        self.input = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor):
+        return self.session.run(None, {self.input: x.numpy()})
+
+
+def ort_rows(names: list[str], x: torch.Tensor, threads: int, opt_level: str, warmup: int, runs: int) -> None:
+    """Fused channels_last PyTorch vs its static ONNX export in ONNX Runtime, model by model."""
+    from rtdet.engine.exporter import export_onnx
+    from rtdet.utils.logging import set_verbosity
+
+    set_verbosity(False)  # keep the export log out of the table
+
+    print(f"\nfused PyTorch (channels_last) vs ONNX Runtime {_ort_version()} (static export, graph optimisation "
+          f"{opt_level}, {threads} intra-op threads), {x.shape[2]}x{x.shape[3]}, batch {x.shape[0]}; model forward "
+          f"and the head's decode in both (the exported graph holds decode)")
+    print("| model | fused PyTorch ms | ONNX Runtime ms | ORT / PyTorch |")
+    print("|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            try:
+                model = build_model(name).eval()
+            except Exception as e:  # a family that is not in this checkout yet
+                print(f"| {name} | skipped: {type(e).__name__}: {str(e).splitlines()[0][:90]} | | |")
+                continue
+            path = export_onnx(model, Path(tmp) / f"{Path(name).stem}.onnx", imgsz=tuple(x.shape[2:]),
+                               batch=x.shape[0], count_flops=False)
+            fused = copy.deepcopy(model).fuse().to(memory_format=torch.channels_last)
+            shape = tuple(x.shape[2:])
+            pytorch = _Decoded(fused, shape)
+            times = time_interleaved({"pytorch": pytorch, "ort": OrtForward(path, threads, opt_level)}, x, warmup,
+                                     runs)
+            pt, ort = statistics.median(times["pytorch"]), statistics.median(times["ort"])
+            print(f"| {name} | {pt:.1f} | {ort:.1f} | {ort / pt:.2f} |")
+
+
+class _Decoded(torch.nn.Module):
+    """model + head.decode: the same work as the exported graph."""
+
+    def __init__(self, model, shape):
+        super().__init__()
+        self.model, self.shape = model, shape
+
+    def forward(self, x):
+        return self.model.head.decode(self.model(x), self.shape)
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="rtdetr-l.yaml")
@@ -43,7 +114,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--ort-models", default=ORT_MODELS, help="comma-separated models for the ORT table ('' = none)")
+    parser.add_argument("--ort-opt", default="all", choices=("disable", "basic", "extended", "all"))
+    parser.add_argument("--quick", action="store_true", help="imgsz 128, 1 warm-up, 2 runs: a check that it works")
     args = parser.parse_args()
+    if args.quick:
+        args.imgsz, args.warmup, args.runs = 128, 1, 2
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -67,6 +143,8 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, t in rows.items():
         print(f"| {name} | {statistics.median(t):.1f} | {min(t):.1f} | {statistics.median(t) / base:.2f} |")
+    if args.ort_models:
+        ort_rows([m for m in args.ort_models.split(",") if m], x, args.threads, args.ort_opt, args.warmup, args.runs)
 
 
 if __name__ == "__main__":
