@@ -224,7 +224,7 @@ def test_exporter_writes_checks_and_reports(tiny_yaml, tiny_data, tmp_path):
 # ---------------------------------------------------------------------------------- other families
 # One model of each NMS family (YOLOv9 official dual / Ultralytics port, RTMDet). Their families live on
 # other branches until merged: a model this checkout does not have is skipped, not failed.
-FAMILY_YAMLS = ["yolov9-t.yaml", "yolov9t.yaml", "rtmdet-tiny.yaml"]
+FAMILY_YAMLS = ["yolov9-t.yaml", pytest.param("yolov9t.yaml", marks=pytest.mark.slow), "rtmdet-tiny.yaml"]
 
 
 def _built_in(name: str):
@@ -258,4 +258,5 @@ def test_family_export_matches_pytorch(name, tmp_path):
         report = check_export(nms_file, model, x)
         assert report.ok and report.matched == report.n_torch == report.n_onnx
     meta = read_metadata(file)
-    assert meta["params_deploy"] <= meta["params"]  # YOLOv9 dual models drop their auxiliary branch
+    if name == "yolov9-t.yaml":  # the deploy form of a dual (PGI) model drops its auxiliary branch
+        assert meta["params_deploy"] < meta["params"]
