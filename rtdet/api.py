@@ -9,6 +9,8 @@
     metrics = det.val(data="coco128.yaml")             # {"mAP50-95": ..., "mAP50": ..., ...}
     for r in det.predict("images/", conf=0.3):          # list[Results]
         print(r.path, r.boxes, r.scores, r.labels)
+    onnx = det.export(dynamic=True)                    # runs/export/<name>/<model>.onnx, checked in ONNX Runtime
+    Detector(onnx).val(data="coco128.yaml")            # the same metrics through ONNX Runtime
 
 Keyword arguments are the settings of ``rtdet/cfg/default.yaml`` (plus the family recipe's keys).
 """
@@ -92,6 +94,17 @@ class Detector:
         predictor = Predictor(self._with_inherited(overrides), model=self.model)
         self.predictor = predictor
         return predictor.stream(source) if stream else predictor(source)
+
+    def export(self, **overrides) -> Path:
+        """ONNX export of the deploy form, checked against ONNX Runtime; returns the file's path.
+
+        Keyword arguments are the export settings (``imgsz``, ``batch``, ``dynamic``, ``half``, ``opset``,
+        ``nms``, ``simplify``, ``project``, ``name``, ...); see docs/deploy.md."""
+        from rtdet.engine.exporter import Exporter
+
+        exporter = Exporter(self._with_inherited(overrides))
+        self.exporter = exporter
+        return exporter(self.model)
 
     def _with_inherited(self, overrides: dict) -> dict:
         """The training input size / transforms of a loaded checkpoint, unless given."""

@@ -511,13 +511,14 @@ class Exporter:
 
         device = select_device(args["device"])
         out_dir = run_dir(args["project"], self.task, args.get("name"), bool(args["exist_ok"]))
-        self.file = out_dir / f"{Path(str(spec)).stem if not isinstance(spec, nn.Module) else loaded.name}.onnx"
+        source = str(spec) if isinstance(spec, str | Path) else loaded.name
+        self.file = out_dir / f"{Path(source).stem if isinstance(spec, str | Path) else source}.onnx"
         conf = 0.25 if args.get("conf") is None else float(args["conf"])
         multi_label = bool(args.get("multi_label") or False)
         inherited_args = {k: args.get(k) for k in ("train_pipeline", "val_pipeline") if args.get(k)}
         export_onnx(loaded, self.file, shape, batch, bool(args["dynamic"]), bool(args["half"]), int(args["opset"]),
                     bool(args["nms"]), conf, float(args["iou"]), int(args["max_det"]), multi_label,
-                    bool(args["simplify"]), device, {"args": inherited_args, "source": str(spec)})
+                    bool(args["simplify"]), device, {"args": inherited_args, "source": source})
         if bool(args.get("check", True)) and not args["half"]:
             image = _check_source(user.get("source"), args.get("data"))
             x = check_image(image, shape, batch)

@@ -54,6 +54,8 @@ def load_model_with_args(spec: str | Path | DetectionModel, nc: int | None = Non
         model = build_model(spec.yaml, nc=nc, names=names)  # a new class count: new head, same trunk
         load_weights_into(model, spec.state_dict(), source=f"{spec.name} (nc={spec.nc})")
         return model, {}
+    if getattr(spec, "is_onnx", False):  # an already loaded ONNX Runtime model (Detector("x.onnx"))
+        return _load_onnx(spec, nc, names)
     if spec is None or str(spec) == "":
         raise ValueError("no model given: pass model=<model YAML or checkpoint .pt>, e.g. model=rtdetr-l.yaml")
     if str(spec).lower().endswith(".onnx"):
@@ -79,7 +81,7 @@ def _load_onnx(spec: str | Path, nc: int | None, names: list | dict | None):
     from rtdet.engine.onnx_backend import load_onnx_model
     from rtdet.engine.settings import SettingsError
 
-    model = load_onnx_model(spec)
+    model = spec if getattr(spec, "is_onnx", False) else load_onnx_model(spec)
     if nc is not None and int(nc) != model.nc:
         raise SettingsError(f"{spec} predicts {model.nc} classes ({', '.join(list(model.names.values())[:5])}...) but "
                             f"{nc} were asked for; an export cannot change its class count, use a matching data=")

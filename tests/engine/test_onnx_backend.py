@@ -109,3 +109,21 @@ def test_nms_export_through_the_backend(tmp_path, tiny_data):
         assert [len(d) for d in dets] == [len(d) for d in ref]
     finally:
         unregister("ToyDenseHead")
+
+
+def test_detector_exports_and_loads_an_onnx_file(trained, tmp_path):
+    from rtdet import Detector
+
+    det = Detector(str(trained["pt"]))
+    file = det.export(project=str(tmp_path), dynamic=True, verbose=False)
+    assert file.suffix == ".onnx" and det.exporter.report.ok
+    onnx = Detector(str(file))
+    assert onnx.names == {0: "circle", 1: "square"} and "rtdetr" in repr(onnx)
+    image = sample_image()
+    ours = det.predict(image, conf=0.01, imgsz=64)[0]
+    theirs = onnx.predict(image, conf=0.01, imgsz=64)[0]
+    assert len(ours) == len(theirs) > 0 and torch.equal(ours.labels, theirs.labels)
+    assert torch.allclose(ours.boxes, theirs.boxes, atol=0.05)
+    metrics = onnx.val(data=str(trained["data"]), workers=0, project=str(tmp_path), verbose=False)
+    assert metrics["mAP50-95"] == pytest.approx(det.val(data=str(trained["data"]), workers=0, project=str(tmp_path),
+                                                        verbose=False)["mAP50-95"], abs=1e-6)
