@@ -155,3 +155,18 @@ def test_compare_takes_finished_checkpoints(variants, tiny_data, tmp_path):
     summary = cmp()
     assert cmp.trained == [] and [r["variant"] for r in summary["variants"]] == ["v0", "v1"]
     assert summary["variants"][1]["verdict_mAP50-95"] == "n/a (1 seed)"
+
+
+@pytest.mark.slow
+def test_compare_trains_one_run_per_device_at_once(variants, tiny_data, tmp_path):
+    """devices=cpu,cpu: two `rtdet train` processes at a time; each run is an ordinary train run."""
+    settings = {**_settings(variants, tiny_data, tmp_path), "devices": "cpu,cpu"}
+    cmp = Compare(settings)
+    summary = cmp()
+    assert sorted(cmp.trained) == ["rtdetr-tiny-s0", "rtdetr-tiny-s1", "rtdetr-tiny-wide-s0", "rtdetr-tiny-wide-s1"]
+    root = tmp_path / "runs" / "compare" / "compare" / "train"
+    for name in cmp.trained:
+        assert (root / name / "weights" / "last.pt").is_file() and (root / name / "done.json").is_file()
+        assert (root / f"{name}.log").is_file()
+    assert len(summary["variants"]) == 2
+    assert Compare(settings)().get("trained") == []
