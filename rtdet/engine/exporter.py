@@ -27,10 +27,13 @@ for the model: names, strides, input size, family, output layout, rtdet version,
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
+import os
 import re
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -210,8 +213,10 @@ def export_onnx(model: nn.Module, file: str | Path, imgsz: int | tuple[int, int]
     buf = io.BytesIO()
     t0 = time.perf_counter()
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore")  # the exporter's deprecation and tracer notes
+        # the exporter's deprecation and tracer notes, and the IR dump it prints when it fails, are noise:
+        # a failure is explained below in one line naming the operation and the row
+        with torch.no_grad(), warnings.catch_warnings(), _silenced_stdout():
+            warnings.filterwarnings("ignore")
             torch.onnx.export(deploy, (x,), buf, dynamo=False, opset_version=int(opset), input_names=[INPUT_NAME],
                               output_names=names, dynamic_axes=axes, do_constant_folding=True)
     except Exception as e:
@@ -232,6 +237,23 @@ def export_onnx(model: nn.Module, file: str | Path, imgsz: int | tuple[int, int]
                 f"{opset}, {'dynamic' if dynamic else f'static {batch}x3x{h}x{w}'}, outputs {deploy.layout}) in "
                 f"{time.perf_counter() - t0:.1f} s")
     return path
+
+
+@contextlib.contextmanager
+def _silenced_stdout():
+    """Standard output (the file descriptor, so C++ writes too) sent to /dev/null: the TorchScript exporter
+    always logs its whole IR graph there when it fails (torch 2.13 enables its ONNX log unconditionally)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _ort_basic_optimize(proto):
