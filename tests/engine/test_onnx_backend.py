@@ -127,3 +127,11 @@ def test_detector_exports_and_loads_an_onnx_file(trained, tmp_path):
     metrics = onnx.val(data=str(trained["data"]), workers=0, project=str(tmp_path), verbose=False)
     assert metrics["mAP50-95"] == pytest.approx(det.val(data=str(trained["data"]), workers=0, project=str(tmp_path),
                                                         verbose=False)["mAP50-95"], abs=1e-6)
+
+
+def test_an_export_cannot_be_trained_or_exported_again(trained, tiny_data, tmp_path):
+    from rtdet.cli import main
+
+    common = [f"data={tiny_data}", f"project={tmp_path}", "workers=0", "verbose=false"]
+    assert main(["train", f"model={trained['onnx']}", "epochs=1", *common]) == 2
+    assert main(["export", f"model={trained['onnx']}", *common]) == 2
