@@ -1,5 +1,6 @@
 """The ONNX Runtime backend: an export is a model for predict / val with the same Results and metrics."""
 
+import onnx
 import pytest
 import torch
 
@@ -117,14 +118,14 @@ def test_detector_exports_and_loads_an_onnx_file(trained, tmp_path):
     det = Detector(str(trained["pt"]))
     file = det.export(project=str(tmp_path), dynamic=True, verbose=False)
     assert file.suffix == ".onnx" and det.exporter.report.ok
-    onnx = Detector(str(file))
-    assert onnx.names == {0: "circle", 1: "square"} and "rtdetr" in repr(onnx)
+    runtime = Detector(str(file))
+    assert runtime.names == {0: "circle", 1: "square"} and "rtdetr" in repr(runtime)
     image = sample_image()
     ours = det.predict(image, conf=0.01, imgsz=64)[0]
-    theirs = onnx.predict(image, conf=0.01, imgsz=64)[0]
+    theirs = runtime.predict(image, conf=0.01, imgsz=64)[0]
     assert len(ours) == len(theirs) > 0 and torch.equal(ours.labels, theirs.labels)
     assert torch.allclose(ours.boxes, theirs.boxes, atol=0.05)
-    metrics = onnx.val(data=str(trained["data"]), workers=0, project=str(tmp_path), verbose=False)
+    metrics = runtime.val(data=str(trained["data"]), workers=0, project=str(tmp_path), verbose=False)
     assert metrics["mAP50-95"] == pytest.approx(det.val(data=str(trained["data"]), workers=0, project=str(tmp_path),
                                                         verbose=False)["mAP50-95"], abs=1e-6)
 
@@ -135,3 +136,22 @@ def test_an_export_cannot_be_trained_or_exported_again(trained, tiny_data, tmp_p
     common = [f"data={tiny_data}", f"project={tmp_path}", "workers=0", "verbose=false"]
     assert main(["train", f"model={trained['onnx']}", "epochs=1", *common]) == 2
     assert main(["export", f"model={trained['onnx']}", *common]) == 2
+
+
+def test_int8_export_reports_map_and_speed(trained, tmp_path):
+    from rtdet.engine.exporter import read_metadata
+
+    exporter = Exporter({"model": str(trained["pt"]), "data": str(trained["data"]), "int8": True,
+                         "project": str(tmp_path), "verbose": False, "workers": 0})
+    exporter()
+    meta = read_metadata(exporter.int8_file)
+    assert exporter.int8_file.name == "last-int8.onnx" and meta["int8"]["calibration_images"] == 4
+    assert meta["names"] == {"0": "circle", "1": "square"}  # still a model for predict / val
+    graph_ops = {n.op_type for n in onnx.load(str(exporter.int8_file)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= graph_ops
+    report = exporter.int8_report
+    fp32 = Validator(_settings(trained, name="fp32", batch=1))(str(exporter.file))["mAP50-95"]
+    assert report.map_fp32 == pytest.approx(fp32, abs=1e-6) and 0 <= report.map_int8 <= 1
+    assert report.ms_fp32 > 0 and report.ms_int8 > 0 and "faster" in str(report)
+    with pytest.raises(SettingsError, match="int8=true calibrates on real images: give data="):
+        Exporter({"model": str(trained["pt"]), "int8": True, "project": str(tmp_path), "verbose": False})()
