@@ -20,6 +20,20 @@ from rtdet.nn.heads.base import Decoded, DetectionHead
 DECODER = "RTDETRDecoder, [nc, 32, 20, 2, 2, 1, 64, 0.0, None, -1, 20]"
 
 PLUGIN_YAMLS = {
+    # RT-DETR-L's backbone blocks: the HGNet stem (its 2x2 max-pool is a MaxPool node in exports), HG blocks
+    # with plain and light convolutions, the depthwise downsampler, RepC3 with RepConv
+    "hgnet": f"""
+        nc: 3
+        backbone:
+          - [-1, 1, HGStem, [8, 16]]
+          - [-1, 2, HGBlock, [8, 32, 3]]
+          - [-1, 1, DWConv, [32, 3, 2, 1, False]]
+          - [-1, 2, HGBlock, [16, 32, 5, True, True]]
+          - [-1, 1, DWConv, [32, 3, 2, 1, False]]
+          - [-1, 1, RepC3, [32]]
+        head:
+          - [[3, 5], 1, {DECODER}]
+    """,
     # MSDeformAttn (the decoder's cross-attention) and AIFI on P4
     "aifi-msdeformattn": f"""
         nc: 3

@@ -42,7 +42,7 @@ def test_tiny_rtdetr_export_matches_pytorch(tiny_yaml, tmp_path):
     assert onnx.load(str(file)).opset_import[0].version == 17
 
 
-@pytest.mark.parametrize("key, size", [("aifi-msdeformattn", 64), ("dysample", 64), ("shsa", 64),
+@pytest.mark.parametrize("key, size", [("hgnet", 64), ("aifi-msdeformattn", 64), ("dysample", 64), ("shsa", 64),
                                        ("convnextv2", 64), ("shvit", 128)])
 def test_plugin_modules_export(key, size, tmp_path):
     torch.manual_seed(0)
