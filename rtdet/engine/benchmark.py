@@ -168,8 +168,8 @@ class Benchmark:
     # ------------------------------------------------------------------ building the rows
     def _entries(self, specs: list[str], formats: list[str]) -> list[_Entry]:
         from rtdet.engine.exporter import _check_source, check_image, export_onnx
-        from rtdet.engine.model_io import load_model_with_args
         from rtdet.engine.onnx_backend import is_onnx, load_onnx_model
+        from rtdet.io.load import load_model
         from rtdet.nn.model import count_parameters
 
         args = self.args
@@ -192,8 +192,8 @@ class Benchmark:
                                       {"onnx": str(spec)}))
                 continue
             from_yaml = not str(spec).lower().endswith((".pt", ".pth"))
-            model, _ = load_model_with_args(spec, nc=len(names) if names and from_yaml else None,
-                                            names=names if from_yaml else None, scale=args.get("scale"))
+            model = load_model(spec, nc=len(names) if names and from_yaml else None,
+                               names=names if from_yaml else None, scale=args.get("scale")).model
             params, gflops = count_parameters(model), float(model.flops(self.imgsz))
             for fmt in formats:
                 if fmt == "pytorch":
@@ -306,8 +306,8 @@ def peak_rss_growth_mb(job: dict) -> float | None:
     if job.get("threads"):
         torch.set_num_threads(int(job["threads"]))
     from rtdet.engine.exporter import check_image
-    from rtdet.engine.model_io import load_model
     from rtdet.engine.onnx_backend import load_onnx_model
+    from rtdet.io.load import load_model
 
     x = check_image(None, (job["imgsz"], job["imgsz"]), job["batch"])
     try:
@@ -319,7 +319,7 @@ def peak_rss_growth_mb(job: dict) -> float | None:
     if job.get("onnx"):
         model = load_onnx_model(job["onnx"], "cpu", job.get("threads"), job["opt_level"])
     else:
-        model = _pytorch_for_inference(load_model(job["model"], nc=job.get("nc")), torch.device("cpu"), False)
+        model = _pytorch_for_inference(load_model(job["model"], nc=job.get("nc")).model, torch.device("cpu"), False)
     run = _runner(model, x, 0.25, 0.7, 300)
     for _ in range(job["runs"]):
         run()

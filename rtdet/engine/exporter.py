@@ -507,9 +507,9 @@ class Exporter:
         self.report: ParityReport | None = None
 
     def __call__(self, model=None) -> Path:
-        from rtdet.engine.model_io import load_model_with_args
         from rtdet.engine.rundir import run_dir
         from rtdet.engine.settings import SettingsError, resolve_settings
+        from rtdet.io.load import load_model
         from rtdet.utils.logging import set_verbosity
 
         user = {k: v for k, v in self.overrides.items() if k != "model"}
@@ -517,8 +517,9 @@ class Exporter:
         if spec is None:
             raise SettingsError("export needs model=<model YAML or checkpoint .pt>, e.g. model=rtdetr-l.yaml")
         names = _data_names(user.get("data"))
-        loaded, inherited = load_model_with_args(spec, nc=user.get("nc") or (len(names) if names else None),
-                                                 names=names, scale=user.get("scale"))
+        result = load_model(spec, nc=user.get("nc") or (len(names) if names else None), names=names,
+                            scale=user.get("scale"))
+        loaded, inherited = result.model, result.inherited
         if not isinstance(loaded, nn.Module) or not hasattr(loaded, "fuse") or getattr(loaded, "is_onnx", False):
             raise SettingsError(f"export needs a PyTorch model (YAML or .pt); {spec} is already an export")
         args = resolve_settings({**inherited, **user}, family=loaded.head.family, verb="export")

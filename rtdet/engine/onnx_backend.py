@@ -117,6 +117,7 @@ class OnnxDetectionModel(nn.Module):
 
     is_onnx = True
     is_fused = True
+    head_index = -1  # the graph ends in its head (there is no row table to index)
 
     def __init__(self, path: str | Path, device: str | torch.device = "cpu", threads: int | None = None,
                  opt_level: str = "all"):

@@ -5,12 +5,13 @@ import pytest
 import torch
 
 from rtdet.engine.exporter import Exporter, ExportError, check_image, export_onnx
-from rtdet.engine.model_io import load_model_with_args
 from rtdet.engine.onnx_backend import load_onnx_model
 from rtdet.engine.predictor import Predictor
 from rtdet.engine.settings import SettingsError
 from rtdet.engine.trainer import Trainer
 from rtdet.engine.validator import Validator
+from rtdet.io.load import load_model
+from rtdet.utils.checkpoint import CheckpointError
 from tests.engine.export_helpers import sample_image
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -55,12 +56,14 @@ def test_predict_on_onnx_gives_the_same_results(trained, tiny_data):
 
 
 def test_runtime_model_reads_its_metadata(trained):
-    model, inherited = load_model_with_args(str(trained["onnx"]))
+    loaded = load_model(str(trained["onnx"]))
+    model, inherited = loaded.model, loaded.inherited
+    assert loaded.format == "onnx" and loaded.path == trained["onnx"] and not loaded.foreign
     assert model.names == {0: "circle", 1: "square"} and model.nc == 2 and model.strides == [8, 16]
     assert model.head.family == "rtdetr" and not model.head.needs_nms
     assert inherited["imgsz"] == 64 and inherited["train_pipeline"] == "plain"
-    with pytest.raises(SettingsError, match="predicts 2 classes .* but 3 were asked for"):
-        load_model_with_args(str(trained["onnx"]), nc=3)
+    with pytest.raises(CheckpointError, match="predicts 2 classes .* but 3 were asked for"):
+        load_model(str(trained["onnx"]), nc=3)
 
 
 def test_static_export_runs_any_batch(trained):
