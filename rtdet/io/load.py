@@ -183,6 +183,8 @@ def _from_onnx(source, nc: int | None, names: list | dict | None) -> LoadedModel
     carries are those it was exported with."""
     from rtdet.engine.onnx_backend import load_onnx_model
 
+    if not getattr(source, "is_onnx", False) and not Path(source).is_file():
+        raise CheckpointError(f"{source}: ONNX file not found")
     model = source if getattr(source, "is_onnx", False) else load_onnx_model(source)
     if nc is not None and int(nc) != model.nc:
         raise CheckpointError(f"{model.path} predicts {model.nc} classes ({', '.join(list(model.names.values())[:5])}"
