@@ -39,7 +39,7 @@ def fmt(value, column: str = "") -> str:
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):
-        if column.startswith(("mAP", "AP", "delta", "ci", "std", "mean")) or "mAP" in column:
+        if column.startswith(("delta", "ci", "std", "mean")) or "AP" in column:
             return f"{value:.4f}"
         if column in ("p", "p_value"):
             return f"{value:.3g}"

@@ -54,3 +54,7 @@ def test_report_opens_in_headless_chromium_without_console_errors(tmp_path):
     assert console == []  # no script error, no picture that failed to decode
     assert 'data-images="2/2"' in proc.stdout  # the page's own check ran: both pictures decoded
     assert "<table>" in proc.stdout and "dysample" in proc.stdout
+
+
+def test_ap_columns_have_four_decimals():
+    assert fmt(0.000394, "rtdetr-l AP50-95") == "0.0004" and fmt(-0.0124, "delta rtdetr-l-dysample") == "-0.0124"
