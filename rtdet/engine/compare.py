@@ -376,7 +376,8 @@ class Compare:
         s, root = self.summary, self.save_dir
         rows = s["variants"]
         table_rows = [_display_row(r, i == 0) for i, r in enumerate(rows)]
-        columns = ["variant", "params", "GFLOPs", f"latency ms ({self.latency_format})", "mAP50-95", "mAP50",
+        formats = list(self.variants[0].bench)
+        columns = ["variant", "params", "GFLOPs", *[f"latency ms ({f})" for f in formats], "mAP50-95", "mAP50",
                    "delta mAP50-95 [95% CI]", "p", "verdict", "delta mAP50", "verdict mAP50"]
         csv_columns = ["variant", "model", "seeds", "params", "gflops", "latency_ms", "latency_format",
                        *[f"latency_ms_{f}" for f in self.variants[0].bench], "mAP50-95", "mAP50-95_std", "mAP50",
@@ -443,7 +444,8 @@ def _pm(mean: float, std: float) -> str:
 
 def _display_row(r: dict, baseline: bool) -> dict:
     out = {"variant": r["variant"] + (" (baseline)" if baseline else ""), "params": r["params"],
-           "GFLOPs": r["gflops"], f"latency ms ({r['latency_format']})": r["latency_ms"],
+           "GFLOPs": r["gflops"],
+           **{f"latency ms ({k[len('latency_ms_'):]})": v for k, v in r.items() if k.startswith("latency_ms_")},
            "mAP50-95": _pm(r["mAP50-95"], r["mAP50-95_std"]), "mAP50": _pm(r["mAP50"], r["mAP50_std"])}
     if not baseline:
         d, lo, hi = r["delta_mAP50-95"], r["ci_low_mAP50-95"], r["ci_high_mAP50-95"]
