@@ -179,6 +179,8 @@ class DetectionDataset(Dataset):
         self.labels = open_split(self.config, split, cache_dir, allow_empty=allow_empty, verbose=verbose)
         if fraction < 1.0:
             n = max(1, round(len(self.labels) * fraction))
+            if verbose:
+                log.info("%s: fraction=%g uses the first %d of %d images", split, fraction, n, len(self.labels))
             self.labels = _head(self.labels, n)
         self.spec = load_pipeline_spec(pipeline)
         self.load_size = self.imgsz if (self.augment and self.spec.load_size) else None

@@ -519,12 +519,12 @@ def list_source_images(source: Source) -> tuple[list[str], list[Problem]]:
 
 def walk_images(root: str | Path) -> tuple[list[str], list[Problem]]:
     """Image files under ``root`` (symlinks followed), each real file once: a folder is read once by its real
-    path, so a link pointing back up (``images/selfdir -> .``) cannot loop, and a file reached a second time
-    through a link is reported as a duplicate. The walk is sorted, so the path kept is always the same."""
-    files: list[str] = []
+    path, so a link pointing back up (``images/selfdir -> .``) cannot loop, and a file reached under several
+    names is kept under the one that is no symlink (whose label file is the real one), the others reported
+    as duplicates. The walk is sorted, so the result never depends on the file system's order."""
     problems: list[Problem] = []
     seen_dirs: dict[str, str] = {}
-    seen_files: dict[str, str] = {}
+    names_of: dict[str, list[str]] = {}  # real file -> the paths it was reached by, in walk order
     for dirpath, dirnames, names in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen_dirs:
@@ -535,16 +535,15 @@ def walk_images(root: str | Path) -> tuple[list[str], list[Problem]]:
         seen_dirs[real] = dirpath
         dirnames.sort()
         for name in sorted(names):
-            if os.path.splitext(name)[1].lower() not in IMG_FORMATS:
-                continue
-            path = os.path.join(dirpath, name)
-            real_file = os.path.realpath(path)
-            if real_file in seen_files:
-                problems.append(Problem("image_duplicate", path, f"is the same file as {seen_files[real_file]}",
-                                        ACTIONS["image_duplicate"]))
-                continue
-            seen_files[real_file] = path
-            files.append(path)
+            if os.path.splitext(name)[1].lower() in IMG_FORMATS:
+                path = os.path.join(dirpath, name)
+                names_of.setdefault(os.path.realpath(path), []).append(path)
+    files = []
+    for paths in names_of.values():
+        keep = min(paths, key=lambda p: (os.path.islink(p), len(p), p))
+        files.append(keep)
+        problems += [Problem("image_duplicate", p, f"is the same file as {keep}", ACTIONS["image_duplicate"])
+                     for p in paths if p != keep]
     return files, problems
 
 

@@ -17,6 +17,7 @@ epoch: ``loader.set_epoch(e)`` switches the pipeline stage and reshuffles, with 
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from collections.abc import Iterator
@@ -148,7 +149,11 @@ def build_dataloader(dataset, batch_size: int = 16, workers: int = 0, shuffle: b
     ``batch_size`` is per process. With ``world_size > 1`` each rank reads its own share (DistributedSampler).
     Worker global seeds derive from (seed, epoch, rank, worker id); augmentation draws from (seed, epoch,
     index). Call ``loader.set_epoch(epoch)`` before each epoch."""
-    workers = max(0, min(int(workers), os.cpu_count() or 1))
+    cpus = os.cpu_count() or 1
+    if int(workers) > cpus:
+        logging.getLogger("rtdet.data").info("workers=%d: this machine has %d CPUs; using %d loader workers",
+                                             int(workers), cpus, cpus)
+    workers = max(0, min(int(workers), cpus))
     if hasattr(dataset, "rank"):
         dataset.rank = rank
     sampler = EpochSampler(dataset, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
