@@ -331,12 +331,17 @@ def _instantiate(cls: type[nn.Module], args: list, n: int, where: str) -> nn.Mod
     return module
 
 
-def parse_model(d: dict, ch: int = 3, verbose: bool = False) -> tuple[list[nn.Module], list[BuiltLayer], set[int]]:
+def parse_model(d: dict, ch: int = 3, verbose: bool = False,
+                load_weights: bool = True) -> tuple[list[nn.Module], list[BuiltLayer], set[int]]:
     """Build every row of a model dict. Returns the modules, their bookkeeping and the saved slots.
 
     Every problem raises ModelConfigError naming the file, the row and the value: a malformed row, an
     unknown module, arguments that do not fit, a limit exceeded (rows are refused before their weights
-    are allocated), or anything a module's constructor raises."""
+    are allocated), or anything a module's constructor raises.
+
+    A row may name pretrained weights for its module (``weights=path`` among its args, see
+    :func:`rtdet.io.rows.split_weights`); they are loaded right after the module is built unless ``load_weights`` is
+    False (rebuilding a model whose weights come from a checkpoint)."""
     from rtdet.nn.modules.common import Conv
 
     where = d.get("yaml_file", "<dict>")
@@ -363,12 +368,13 @@ def parse_model(d: dict, ch: int = 3, verbose: bool = False) -> tuple[list[nn.Mo
         except ValueError as e:
             raise ModelConfigError(f"{where}: {e}") from None
 
-    graph = _Graph(ch_by_slot={-1: d["ch"]}, mode=mode)
+    graph = _Graph(ch_by_slot={-1: d["ch"]}, mode=mode, yaml_file=where)
     try:
         for i, (row, entry) in enumerate(zip(rows, entries, strict=True)):
             row_where = f"{where}: row {i} ({row[2]})"
             try:
-                module, info = _build_row(i, row, entry, graph, namespace, (depth, width, max_channels), row_where)
+                module, info = _build_row(i, row, entry, graph, namespace, (depth, width, max_channels), row_where,
+                                          load_weights)
             except ModelConfigError:
                 raise
             except Exception as e:  # anything unforeseen still names the file and the row
@@ -405,6 +411,7 @@ class _Graph:
 
     ch_by_slot: dict[int, Any]
     mode: str
+    yaml_file: str = "<dict>"
     layers: list = field(default_factory=list)
     built: list = field(default_factory=list)
     save: set = field(default_factory=set)
@@ -434,11 +441,14 @@ def _resolve_from(i: int, f: int | list[int], slot: int, graph: _Graph, row_wher
 
 
 def _build_row(i: int, row: list, entry, graph: _Graph, namespace: dict, scaling: tuple[float, float, float],
-               row_where: str) -> tuple[nn.Module, BuiltLayer]:
+               row_where: str, load_weights: bool = True) -> tuple[nn.Module, BuiltLayer]:
+    from rtdet.io.rows import load_row_weights, split_weights
+
     f, n, m, args = row
     depth, width, max_channels = scaling
     slot = i + graph.slot_offset
     abs_f = _resolve_from(i, f, slot, graph, row_where)
+    args, weights = split_weights(list(args), entry, row_where)  # a row's own pretrained weights
     args = [_resolve_arg(a, namespace) for a in args]
     _check_numbers(args, row_where)
     n_scaled = max(round(n * depth), 1) if n > 1 else n
@@ -460,6 +470,8 @@ def _build_row(i: int, row: list, entry, graph: _Graph, namespace: dict, scaling
         raise ModelConfigError(f"{row_where}: would bring the model to about {graph.parameters + estimate:,} "
                                f"parameters, more than the limit of {MAX_PARAMETERS:,}; check its arguments {args}")
     module = _instantiate(entry.cls, args, n_build, row_where)
+    if weights is not None and load_weights:
+        load_row_weights(module, weights, graph.yaml_file, row_where)
     if c2 == BACKBONE:
         c2 = list(getattr(module, "out_channels", []))
         if not c2:

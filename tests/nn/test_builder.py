@@ -272,7 +272,7 @@ def test_parameter_estimate_equals_the_built_model():
 
 @pytest.mark.parametrize("cfg", [None, 123, 4.5, True, ["a"]])
 def test_build_model_of_something_that_is_no_model_is_a_type_error(cfg):
-    with pytest.raises(TypeError, match=r"a model is a model YAML path, a built-in name .* or a dict"):
+    with pytest.raises(TypeError, match=r"a model is a model YAML \(a path or a built-in name .* or a Detection"):
         build_model(cfg)
 
 
