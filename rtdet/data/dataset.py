@@ -10,6 +10,7 @@ worker process produced it (cached transforms aside: their caches are per proces
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ from rtdet.data.formats import (
     DataConfig,
     DataConfigError,
     LabelSet,
+    Problem,
     Source,
     _label_candidates,
     coco_image_files,
@@ -116,6 +118,26 @@ def _summary_line(split: str, s: dict, hits: list[bool | None]) -> str:
     return "; ".join(p for p in parts if p)
 
 
+def _once_per_file(labels: LabelSet) -> LabelSet:
+    """A split made of several sources holds each real image file once (two sources may overlap, e.g. a
+    folder and one of its subfolders); later copies are dropped and reported."""
+    first: dict[str, int] = {}
+    keep, problems = [], []
+    for i, f in enumerate(labels.im_files):
+        real = os.path.realpath(f)
+        if real in first:
+            problems.append(Problem("image_duplicate", f, f"is the same file as {labels.im_files[first[real]]} "
+                                    f"(another source of this split)", ACTIONS["image_duplicate"]))
+            continue
+        first[real] = i
+        keep.append(i)
+    if not problems:
+        return labels
+    out = labels.select(keep)
+    out.problems = labels.problems + problems
+    return out
+
+
 def open_split(config: DataConfig, split: str, cache_dir: str | Path | None | bool = None,
                allow_empty: bool = False, verbose: bool = True) -> LabelSet:
     """Read (or load from cache) every source of a split, report each problem once and a summary."""
@@ -127,7 +149,7 @@ def open_split(config: DataConfig, split: str, cache_dir: str | Path | None | bo
         labels, hit = read_source(src, config.names, cache_dir)
         parts.append(labels)
         hits.append(hit)
-    labels = LabelSet.concat(parts)
+    labels = _once_per_file(LabelSet.concat(parts)) if len(parts) > 1 else parts[0]
     s = summarize(labels, config.nc)
     if verbose:
         for p in labels.problems:
@@ -326,10 +348,7 @@ class DetectionDataset(Dataset):
 
 
 def _head(labels: LabelSet, n: int) -> LabelSet:
-    end = int(labels.offsets[n])
-    return LabelSet(im_files=labels.im_files[:n], label_files=labels.label_files[:n], shapes=labels.shapes[:n],
-                    offsets=labels.offsets[:n + 1], cls=labels.cls[:end], boxes=labels.boxes[:end],
-                    problems=labels.problems, facts=labels.facts)
+    return labels.select(list(range(n)))
 
 
 def build_dataset(data: str | Path | dict | DataConfig, split: str = "train", imgsz: int = 640,

@@ -179,6 +179,18 @@ class LabelSet:
             facts=facts,
         )
 
+    def select(self, keep: list[int]) -> LabelSet:
+        """The images ``keep`` (indices, in that order) with their labels; problems and facts are kept."""
+        idx = np.asarray(keep, dtype=np.int64)
+        counts = np.diff(self.offsets)[idx] if len(idx) else np.zeros(0, np.int64)
+        offsets = np.zeros(len(idx) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        rows = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in idx]) if len(idx) else \
+            np.zeros(0, np.int64)
+        return LabelSet(im_files=[self.im_files[i] for i in idx], label_files=[self.label_files[i] for i in idx],
+                        shapes=self.shapes[idx].reshape(-1, 2), offsets=offsets, cls=self.cls[rows],
+                        boxes=self.boxes[rows].reshape(-1, 4), problems=self.problems, facts=self.facts)
+
     def labels(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         a, b = self.offsets[i], self.offsets[i + 1]
         return self.cls[a:b], self.boxes[a:b]

@@ -146,22 +146,26 @@ class Trainer:
         if len(devices) > 1 and world == 1:
             return self._launch_ddp(devices)
         self.rank, self.local_rank, self.world = rank, local_rank, world
-        clean = False
+        together = False  # every rank ends here at the same step: a clean finish, or a stop they agreed on
         try:
             self.setup()
             with StopSignals(self):
                 metrics = self._fit()
-            clean = True
+            together = True
             return metrics
+        except (Interrupted, NonFiniteLossError):  # decided by all ranks at once (_sync_flags)
+            together = True
+            raise
         finally:
-            self._teardown(clean)
+            self._teardown(together)
 
-    def _teardown(self, clean: bool) -> None:
-        """Leave DDP the same way on every rank: all ranks meet at a barrier (after a clean finish; after an
-        error a peer may never arrive), the DDP wrapper is released, then the process group is destroyed.
-        Destroying it while a peer still talks to it, or while a DDP wrapper holds it, hangs at exit."""
+    def _teardown(self, together: bool) -> None:
+        """Leave DDP the same way on every rank: all ranks meet at a barrier (when they all stop together;
+        after an error of one rank the others may never arrive), the DDP wrapper is released, then the
+        process group is destroyed. Destroying it while a peer still talks to it, or while a DDP wrapper
+        holds it, hung at exit in about one run of four."""
         if self.world > 1 and dist.is_available() and dist.is_initialized():
-            if clean:
+            if together:
                 dist.barrier()
             if hasattr(self, "model"):
                 self.model = de_parallel(self.model)

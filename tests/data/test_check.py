@@ -4,6 +4,7 @@ samples, all written as files."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -95,3 +96,16 @@ def test_a_folder_symlink_back_up_is_read_once(tmp_path, monkeypatch):
     assert train["problems"] == {"folder_repeat": 1, "image_duplicate": 1}
     dup = next(p for p in train["problem_list"] if p["kind"] == "image_duplicate")
     assert dup["file"].endswith("again.jpg") and "im3.jpg" in dup["message"]
+
+
+def test_two_sources_of_a_split_that_overlap_hold_each_image_once(tmp_path, monkeypatch):
+    from rtdet.data.dataset import DetectionDataset
+
+    monkeypatch.setenv("RTDET_CACHE_DIR", str(tmp_path / "cache"))
+    make_yolo_dataset(tmp_path / "ds", {"a": "0 0.5 0.5 0.2 0.2\n", "b": "1 0.5 0.5 0.4 0.4\n"})
+    y = tmp_path / "ds" / "two.yaml"
+    y.write_text("path: .\ntrain: [images/train, images/train/b.jpg]\nval: images/train\nnames: [a, b, c]\n")
+    ds = DetectionDataset(y, "train", 64, "plain", verbose=False)
+    assert sorted(Path(f).name for f in ds.im_files) == ["a.jpg", "b.jpg"]
+    assert [p.kind for p in ds.labels.problems] == ["image_duplicate"]
+    assert [ds.labels.labels(i)[0].tolist() for i in range(2)] == [[0], [1]]  # labels follow their images
