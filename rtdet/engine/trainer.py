@@ -363,7 +363,7 @@ class Trainer:
                 self._save(epoch, best=improved)
                 self._write_csv()
             self._run_callbacks("on_fit_epoch_end")
-            if self._sync_flags(False)[0]:  # a signal came during validation or saving: stop here
+            if self._sync_flags(False)[0] and epoch + 1 < self.epochs:  # a signal during validation or saving
                 self._on_interrupt(epoch, None)
             if stop:
                 LOGGER.info(f"Stopping early: no improvement for {self.args['patience']} epochs "

@@ -274,3 +274,14 @@ def test_sigint_delivered_twice_at_once_still_saves(tiny_settings):
         trainer.train()
     assert err.value.signum == signal.SIGINT
     assert load_checkpoint(trainer.last)["step_in_epoch"] == 1
+
+
+def test_a_signal_during_validation_or_saving_stops_after_that_epoch(tiny_settings):
+    trainer = Trainer({**tiny_settings, "epochs": 3, "name": "late"})
+    trainer.add_callback("on_fit_epoch_end",
+                         lambda t: os.kill(os.getpid(), signal.SIGTERM) if t.epoch == 0 else None)
+    with pytest.raises(KeyboardInterrupt, match="at the end of epoch 1; saved"):
+        trainer.train()
+    ckpt = load_checkpoint(trainer.last)
+    assert (ckpt["epoch"], ckpt["step_in_epoch"]) == (0, 0)  # a complete epoch: resume starts the next one
+    _resume_completes(trainer.last, epochs=3)
