@@ -43,6 +43,9 @@ class Detector:
 
     def __init__(self, model: str | Path | DetectionModel = "rtdetr-l.yaml", nc: int | None = None,
                  scale: str | None = None):
+        if isinstance(model, bool) or not isinstance(model, str | Path | DetectionModel) or str(model) == "":
+            raise TypeError(f"Detector(model): expected a model YAML (e.g. 'rtdetr-l.yaml'), a checkpoint path or a "
+                            f"DetectionModel; got {type(model).__name__} {model!r}")
         checked = check_settings({"nc": nc, "scale": scale})  # before anything is built
         nc, scale = checked["nc"], checked["scale"]
         self.source = model if not isinstance(model, DetectionModel) else None

@@ -91,8 +91,7 @@ def run_demo(**overrides) -> dict:
     LOGGER.info("\n" + "=" * 80)
     LOGGER.info(f"rtdet demo finished in {seconds:.0f} s (dataset {t_data:.0f} s, training + validation "
                 f"{t_train:.0f} s, prediction {seconds - t_data - t_train:.0f} s)")
-    LOGGER.info(f"  val mAP50 {metrics.get('mAP50', float('nan')):.3f}   mAP50-95 "
-                f"{metrics.get('mAP50-95', float('nan')):.3f}")
+    LOGGER.info(f"  val mAP50 {_fmt(metrics.get('mAP50'))}   mAP50-95 {_fmt(metrics.get('mAP50-95'))}")
     LOGGER.info(f"  training run:       {train_dir}  (results.csv, results.png, weights/best.pt)")
     LOGGER.info(f"  annotated pictures: {predict_dir}  ({len(results)} val images, "
                 f"{sum(len(r) for r in results)} detections)")
@@ -100,3 +99,7 @@ def run_demo(**overrides) -> dict:
     LOGGER.info("=" * 80)
     return {"metrics": metrics, "seconds": seconds, "train_dir": train_dir, "predict_dir": predict_dir,
             "data": data_yaml}
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"

@@ -131,8 +131,10 @@ def load_model(source: str | Path | dict | DetectionModel, nc: int | None = None
         loaded = LoadedModel(source, "<model>", "module", dict(source.names), description="model object")
     elif isinstance(source, dict):
         loaded = _from_dict(source, nc, scale, names, prefer_ema, verbose, name)
-    elif source is None or str(source) == "":
-        raise ValueError("no model given: pass model=<model YAML or checkpoint>, e.g. model=rtdetr-l.yaml")
+    elif isinstance(source, bool) or not isinstance(source, str | Path) or str(source) == "":
+        raise TypeError(f"no model given: a model is a model YAML (a path or a built-in name such as "
+                        f"'rtdetr-l.yaml'), a checkpoint, a dict of a YAML's contents or a DetectionModel; got "
+                        f"{type(source).__name__} {source!r}")
     else:
         path = Path(source)
         if path.suffix.lower() in YAML_SUFFIXES or not path.exists():

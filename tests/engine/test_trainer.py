@@ -189,18 +189,26 @@ def test_criterion_gets_only_the_family_keys():
 
 @pytest.mark.slow
 def test_ddp_under_torchrun_on_cpu(tiny_settings, tmp_path):
-    """Two processes (Gloo on CPU) run the same trainer code: each reads half of every batch, rank 0 writes."""
+    """Two processes (Gloo on CPU) run the same trainer code: each reads half of every batch, rank 0 validates
+    and writes. Launched four times in a row: teardown used to hang in about one run of four (a rank blocked
+    in process-group / DDP destruction after the other had exited), which a single run cannot catch.
+    patience=1 makes the early-stopping decision matter: rank 0 decides it and broadcasts it, since only
+    rank 0 validates and ranks that decided alone would stop at different epochs and deadlock."""
     import subprocess
     import sys
 
-    args = {**tiny_settings, "epochs": 1, "val": True, "project": str(tmp_path / "ddp")}
-    tokens = [f"{k}={v}" for k, v in args.items()]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "rtdet", "train"]
-    out = subprocess.run([*cmd, *tokens], capture_output=True, text=True, env=env, timeout=180)
-    assert out.returncode == 0, out.stderr[-3000:]
-    run = tmp_path / "ddp" / "train" / "train"
-    assert (run / "weights" / "last.pt").is_file() and (run / "results.csv").is_file()
-    assert not (tmp_path / "ddp" / "train" / "train2").exists()  # only rank 0 made a run folder
-    ckpt = load_checkpoint(run / "weights" / "last.pt")
-    assert not any(k.startswith("module.") for k in ckpt["model"]["state_dict"])  # unwrapped from DDP
+    for attempt in range(4):
+        project = tmp_path / f"ddp{attempt}"
+        args = {**tiny_settings, "epochs": 3, "patience": 1, "val": True, "project": str(project)}
+        out = subprocess.run([*cmd, *(f"{k}={v}" for k, v in args.items())], capture_output=True, text=True,
+                             env=env, timeout=180)
+        assert out.returncode == 0, f"run {attempt + 1}: {out.stderr[-3000:]}"
+        run = project / "train" / "train"
+        assert (run / "weights" / "last.pt").is_file() and (run / "results.csv").is_file()
+        assert not (project / "train" / "train2").exists()  # only rank 0 made a run folder
+        ckpt = load_checkpoint(run / "weights" / "last.pt")
+        assert not any(k.startswith("module.") for k in ckpt["model"]["state_dict"])  # unwrapped from DDP
+        rows = list(csv.DictReader((run / "results.csv").open()))
+        assert len(rows) == ckpt["epoch"] + 1  # every completed epoch, early stop or not

@@ -108,3 +108,33 @@ def test_validator_standalone_on_a_checkpoint(tiny_settings, tmp_path):
     assert v.args["imgsz"] == 64  # inherited from the checkpoint's training settings
     assert set(metrics) >= {"mAP50-95", "mAP50"} and 0.0 <= metrics["mAP50"] <= 1.0
     assert (v.save_dir / "predictions.json").is_file() and v.save_dir.parent.name == "val"
+
+
+def test_unreadable_image_is_left_out_never_replaced_and_no_labels_means_unavailable(letterbox_data, tiny_yaml,
+                                                                                    tmp_path, caplog):
+    """Validation never scores another image in the place of one it cannot decode (issue 8: one image was
+    counted twice); and a split without labels reports mAP as unavailable (None), not COCO's -1."""
+    from rtdet.data.dataset import DetectionDataset
+    from rtdet.data.loader import build_dataloader
+
+    args = resolve_settings({"imgsz": 64, "workers": 0, "verbose": False, "val_pipeline": "plain"}, "rtdetr")
+    data = loaders.load_data(letterbox_data)
+    loader = loaders.val_loader(data, args, batch_size=2)
+    outputs, _ = _controlled_outputs(loader)
+    (letterbox_data.parent / "images" / "000002.png").write_bytes(b"overwritten since the check")
+    model = build_model(str(tiny_yaml), nc=2, names=["a", "b"]).eval()
+    model.forward = lambda x, targets=None: outputs.pop(0)
+    v = Validator(args=args)
+    metrics = v.run(model, loader)
+    assert [Path(f).name for f in v.skipped] == ["000002.png"]
+    assert "left out of the metrics: " in caplog.text and "000002.png" in caplog.text
+    assert {p["image_id"] for p in v.predictions} == {1, 3}  # image 2 was not replaced by 1 or 3
+    assert metrics["mAP50"] is not None
+
+    for f in (letterbox_data.parent / "labels").iterdir():
+        f.unlink()
+    bare = DetectionDataset(data, "val", 64, "plain", augment=False, cache_dir=False, verbose=False)
+    model.forward = lambda x, targets=None: torch.zeros(x.shape[0], 5, 6)
+    metrics = Validator(args=args).run(model, build_dataloader(bare, 2, 0, shuffle=False))
+    assert metrics["mAP50-95"] is None and metrics["mAP50"] is None and metrics["mAP_large"] is None
+    assert fitness(metrics) is None
