@@ -20,6 +20,7 @@ from pathlib import Path
 
 from rtdet.engine.model_io import INHERITED_KEYS, is_checkpoint, load_model_with_args
 from rtdet.engine.results import Results
+from rtdet.engine.settings import check_settings
 from rtdet.nn.model import DetectionModel
 
 __all__ = ["Detector"]
@@ -36,6 +37,8 @@ class Detector:
 
     def __init__(self, model: str | Path | DetectionModel = "rtdetr-l.yaml", nc: int | None = None,
                  scale: str | None = None):
+        checked = check_settings({"nc": nc, "scale": scale})  # before anything is built
+        nc, scale = checked["nc"], checked["scale"]
         self.source = model if not isinstance(model, DetectionModel) else None
         self.model, self._inherited = load_model_with_args(model, nc=nc, scale=scale)
         self.checkpoint = Path(model) if isinstance(model, str | Path) and is_checkpoint(model) else None

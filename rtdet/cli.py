@@ -1,8 +1,9 @@
 """Command line: ``rtdet <verb> key=value ...`` (also ``python -m rtdet``).
 
-Every ``key=value`` is a setting from ``rtdet/cfg/default.yaml`` (or a family recipe); values are read as
-YAML scalars (``epochs=3``, ``amp=false``, ``lr0=1e-4``, ``name=``). A key that does not exist is an error
-naming the closest valid keys.
+Every ``key=value`` is a setting from ``rtdet/cfg/default.yaml`` (or a family's loss settings); values are
+read as YAML scalars (``epochs=3``, ``amp=false``, ``lr0=1e-4``, ``name=``) and checked against the schema
+before anything runs. A key that does not exist is an error naming the closest valid keys; a value out of
+its type, range or choices is an error naming the key, the value and what is allowed.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import difflib
 import sys
 from collections.abc import Callable
 
-from rtdet.engine.settings import DEFAULT_CFG, SettingsError, check_keys, parse_value
+from rtdet.engine.settings import DEFAULT_CFG, SettingsError, check_settings, parse_value
 
 __all__ = ["entrypoint", "main", "parse_args", "CLIError"]
 
@@ -25,7 +26,7 @@ Verbs:
   predict   detect objects in images, folders, videos       rtdet predict model=best.pt source=images/ conf=0.3
   demo      synthetic data -> train a small RT-DETR -> val -> predict, on the CPU in minutes
   data      dataset tools: `rtdet data check data=x.yaml` draws samples with boxes, reports label problems
-  help      this message
+  help      this message; `rtdet help settings` lists every setting, its default and what it accepts
 
 Settings (every key, its default and a one-line description): {DEFAULT_CFG}
 Examples:
@@ -40,7 +41,7 @@ class CLIError(ValueError):
 
 
 def parse_args(tokens: list[str], verb: str | None = None) -> dict:
-    """``["epochs=3", "amp=false"]`` -> {"epochs": 3, "amp": False}, checking every key exists."""
+    """``["epochs=3", "amp=false"]`` -> {"epochs": 3, "amp": False}, checking every key and value."""
     out: dict = {}
     for tok in tokens:
         key, sep, value = tok.partition("=")
@@ -51,8 +52,7 @@ def parse_args(tokens: list[str], verb: str | None = None) -> dict:
                 f"Write settings as key=value, e.g. epochs=10 (see `rtdet help`)."
             )
         out[key] = parse_value(value.strip())
-    check_keys(out, verb)
-    return out
+    return check_settings(out, verb)
 
 
 # ---------------------------------------------------------------------------- verbs
@@ -150,7 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status (0 ok, 2 bad command line, 1 failure, 130 interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("help", "-h", "--help"):
-        print(USAGE)
+        if argv[1:2] == ["settings"]:
+            from rtdet.engine.settings import describe_settings
+
+            print(describe_settings())
+        else:
+            print(USAGE)
         return 0
     verb, rest = argv[0], argv[1:]
     try:

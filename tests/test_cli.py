@@ -18,9 +18,9 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_values_are_yaml_scalars():
-    args = parse_args(["epochs=3", "amp=false", "lr0=1e-4", "name=", "device=0,1", "imgsz=320", "conf=0.5",
+    args = parse_args(["epochs=3", "amp=false", "lr0=1e-4", "name=", "device=cpu", "imgsz=320", "conf=0.5",
                        "--batch=4", "source=[a.jpg, b.jpg]"])
-    assert args == {"epochs": 3, "amp": False, "lr0": 1e-4, "name": None, "device": "0,1", "imgsz": 320,
+    assert args == {"epochs": 3, "amp": False, "lr0": 1e-4, "name": None, "device": "cpu", "imgsz": 320,
                     "conf": 0.5, "batch": 4, "source": ["a.jpg", "b.jpg"]}
 
 

@@ -16,7 +16,7 @@ import torch
 
 from rtdet.utils.logging import LOGGER
 
-__all__ = ["DEMO_DATA", "DEMO_SETTINGS", "run_demo"]
+__all__ = ["DEMO_DATA", "DEMO_FIXED", "DEMO_SETTINGS", "run_demo"]
 
 # The synthetic set: shapes of 4 classes, 1-5 per image, 12-40% of the side. Easy enough for a 3.7M
 # parameter RT-DETR to learn in a few CPU minutes, hard enough that it has to (overlaps, rotation, noise).
@@ -46,15 +46,25 @@ DEMO_SETTINGS = {
     "plots": True,
 }
 
+# Settings the demo decides itself, and what to run instead.
+DEMO_FIXED = {
+    "data": "the demo trains on the synthetic set it makes; for your data: rtdet train model=rtdetr-demo.yaml data=...",
+    "source": "the demo predicts on its own val images; for yours: rtdet predict model=<best.pt> source=...",
+    "resume": "the demo always starts afresh; to continue its run: rtdet train resume=<its weights/last.pt>",
+}
+
 
 def run_demo(**overrides) -> dict:
     """Run the demo; returns {"metrics", "seconds", "train_dir", "predict_dir", "data"}."""
     from rtdet.api import Detector
     from rtdet.data.synthetic import make_synthetic_dataset
-    from rtdet.engine.settings import check_keys
+    from rtdet.engine.settings import SettingsError, check_settings
     from rtdet.utils.torch_utils import set_seed
 
-    check_keys(overrides, "demo")
+    overrides = check_settings(overrides, "demo")  # every key and value, before any work
+    fixed = [k for k in DEMO_FIXED if k in overrides]
+    if fixed:
+        raise SettingsError(f"{fixed[0]}={overrides[fixed[0]]}: not a demo setting ({DEMO_FIXED[fixed[0]]})")
     args = {**DEMO_SETTINGS, **overrides}
     project = Path(args["project"])
     t0 = time.time()

@@ -27,7 +27,7 @@ from rtdet.data import build_pipeline, collate, load_pipeline_spec
 from rtdet.engine.model_io import load_model_with_args
 from rtdet.engine.results import Results
 from rtdet.engine.rundir import run_dir
-from rtdet.engine.settings import SettingsError, check_imgsz, resolve_settings
+from rtdet.engine.settings import SettingsError, check_imgsz, check_settings, resolve_settings
 from rtdet.engine.validator import image_id_of
 from rtdet.nn.model import DetectionModel
 from rtdet.ops.boxes import boxes_to_original
@@ -155,7 +155,7 @@ class Predictor:
     task = "predict"
 
     def __init__(self, overrides: dict | None = None, model: DetectionModel | None = None):
-        self.overrides = dict(overrides or {})
+        self.overrides = check_settings(overrides, "predict")  # bad values stop here, before any work
         self.model_spec = model if model is not None else self.overrides.pop("model", None)
         self.overrides.pop("model", None)
         self.model: DetectionModel | None = None

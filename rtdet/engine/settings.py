@@ -1,20 +1,27 @@
-"""Settings: ``cfg/default.yaml`` < ``cfg/recipes/<family>.yaml`` < user arguments.
+"""Settings: ``cfg/default.yaml`` < ``cfg/recipes/<family>.yaml`` < user arguments, each value checked.
 
     defaults = default_settings()                 # every key, its default
     args = resolve_settings({"epochs": 3}, family="rtdetr")
+    check_settings({"epochs": "abc"})             # SettingsError: epochs='abc': expected an integer >= 1 ...
     check_keys({"epoch": 3}, verb="train")        # SettingsError naming 'epoch', suggesting 'epochs'
 
-Keys are those of default.yaml plus the loss settings of a family, which its criterion declares once
-(``SETTINGS``: name, default, type, doc) and its head reports through ``criterion_settings()``. Before the
-model is known any family's loss keys are accepted; once it is, only its own family's are, and a key of
-another family is an error naming that family. A key that no file or criterion defines is an error, so
-that a typo is never silently ignored. Recipes (``cfg/recipes/<family>.yaml``) only set values.
+``default.yaml`` is the schema of the engine's settings: for every key its default, type, range or choices
+and a one-line doc (the format is described at the top of the file), read into :class:`Setting` objects,
+the one checker of every value. The loss settings of a family are declared once by its criterion
+(``SETTINGS``) and reported by its head's ``criterion_settings()``. Before the model is known any family's
+loss keys are accepted; once it is, only its own family's are, and a key of another family is an error
+naming that family. A key that no file or criterion defines is an error, so that a typo is never silently
+ignored. Recipes (``cfg/recipes/<family>.yaml``) only set values, and those are checked too.
+
+Every entry point (CLI, ``Detector``, ``Trainer``, ``Validator``, ``Predictor``) checks the values it is
+given with :func:`check_settings` / :func:`resolve_settings` before it does any work or makes a run folder.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -22,21 +29,25 @@ from typing import Any
 
 import yaml
 
-from rtdet.utils.schema import Setting
+from rtdet.utils.schema import Setting, SettingError
 
 __all__ = [
     "CFG_DIR",
     "DEFAULT_CFG",
     "RECIPES_DIR",
     "SettingsError",
+    "check_device",
     "check_keys",
+    "check_settings",
     "criterion_hyperparameters",
-    "family_settings",
     "default_settings",
+    "describe_settings",
+    "family_settings",
     "load_yaml",
     "parse_value",
     "recipe_settings",
     "resolve_settings",
+    "schema",
     "valid_keys",
 ]
 
@@ -46,9 +57,9 @@ RECIPES_DIR = CFG_DIR / "recipes"
 
 _EXP_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")  # 1e-4, 2.5E3
 
-
-class SettingsError(ValueError):
-    """A setting that does not exist or has an unusable value; the message says how to fix it."""
+# A setting that does not exist or has an unusable value; the message (one line per problem) says how to
+# fix it. The same class as the schema's SettingError: one error for every bad setting.
+SettingsError = SettingError
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -59,7 +70,7 @@ def load_yaml(path: str | Path) -> dict:
     try:
         d = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise SettingsError(f"{path}: not valid YAML ({e})") from None
+        raise SettingsError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
     if d is None:
         return {}
     if not isinstance(d, dict):
@@ -67,30 +78,92 @@ def load_yaml(path: str | Path) -> dict:
     return d
 
 
+def _yaml_number(value: Any) -> Any:
+    """PyYAML reads ``1e-4`` (no dot: not a YAML 1.1 float) as a string; such numbers become floats."""
+    if isinstance(value, str) and _EXP_NUMBER.match(value.strip()):
+        return float(value)
+    return value
+
+
 def parse_value(text: str) -> Any:
     """A command-line value as a YAML scalar (``3`` -> 3, ``true`` -> True, ``''`` / ``none`` -> None,
-    ``[1,2]`` -> list).
-
-    PyYAML reads ``1e-4`` as a string (YAML 1.1 floats need a dot); such numbers become floats here."""
+    ``[1,2]`` -> list, ``1e-4`` -> 0.0001)."""
     if text == "" or text.lower() == "none":  # Python's spelling of null, as users type it
         return None
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text  # e.g. a path with a colon: keep it verbatim
-    if isinstance(value, str) and _EXP_NUMBER.match(value.strip()):
-        return float(value)
-    return value
+    return _yaml_number(value)
+
+
+# ---------------------------------------------------------------------------------------- the schema
+def check_device(value: str) -> str:
+    """A device string that exists on this machine: '' / auto, cpu, mps, a GPU index (0, cuda, cuda:1) or a
+    list of them (0,1); GPUs must be visible. Returns the normalised spelling ('cuda:1' -> '1')."""
+    text = str(value).strip().lower().replace(" ", "")
+    if text in ("", "auto"):
+        return ""
+    if text in ("cpu", "mps"):
+        if text == "mps":
+            import torch
+
+            if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+                raise ValueError("asks for Apple's MPS, which is not available here; use device=cpu")
+        return text
+    parts = ["0" if p == "cuda" else p.removeprefix("cuda:") for p in text.split(",") if p]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise ValueError("expected empty (auto), cpu, a GPU index such as 0, or a list of GPUs such as 0,1")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError(f"asks for a GPU, but CUDA is not available on this machine (torch {torch.__version__}); "
+                         f"use device=cpu")
+    n = torch.cuda.device_count()
+    missing = [p for p in parts if int(p) >= n]
+    if missing:
+        raise ValueError(f"GPU {missing[0]} does not exist ({n} visible: {', '.join(map(str, range(n)))})")
+    return ",".join(parts)
+
+
+# What each `type:` name of default.yaml means (keyword arguments of Setting).
+SCHEMA_TYPES: dict[str, dict] = {
+    "bool": {"kind": bool},
+    "int": {"kind": int},
+    "float": {"kind": float},
+    "str": {"kind": str},
+    "path": {"kind": str, "label": "a path"},
+    "list": {"kind": list},
+    "dict": {"kind": dict},
+    "device": {"kind": str, "label": "a device (cpu, 0, 0,1)", "validate": check_device},
+}
 
 
 @lru_cache(maxsize=1)
-def _defaults() -> dict:
-    return load_yaml(DEFAULT_CFG)
+def _schema() -> dict[str, Setting]:
+    raw = load_yaml(DEFAULT_CFG)
+    out = {}
+    for name, entry in raw.items():
+        if isinstance(entry, dict) and "default" in entry:
+            entry = {**entry, "default": _yaml_number(entry["default"])}
+        out[str(name)] = Setting.from_mapping(str(name), entry, SCHEMA_TYPES, str(DEFAULT_CFG))
+    return out
+
+
+def schema(family: str | None = None) -> dict[str, Setting]:
+    """{key: Setting}: default.yaml's settings plus the loss settings of ``family`` (of every family when
+    None; a key declared by several families is checked with the first)."""
+    out = dict(_schema())
+    for name, settings in family_settings().items():
+        if family is None or name == family:
+            for k, st in settings.items():
+                out.setdefault(k, st)
+    return out
 
 
 def default_settings() -> dict:
-    """Every setting with its default (a fresh copy)."""
-    return copy.deepcopy(_defaults())
+    """Every setting of default.yaml with its default (a fresh copy)."""
+    return {k: copy.deepcopy(st.default) for k, st in _schema().items()}
 
 
 def available_recipes() -> list[str]:
@@ -98,8 +171,9 @@ def available_recipes() -> list[str]:
 
 
 def recipe_settings(family: str | None) -> dict:
-    """The family recipe's values (``cfg/recipes/<family>.yaml``); {} for no family, and for a family
-    registered without a recipe (a user's own head: default.yaml and its criterion's defaults apply)."""
+    """The family recipe's values (``cfg/recipes/<family>.yaml``), checked against the schema; {} for no
+    family, and for a family registered without a recipe (a user's own head: default.yaml and its
+    criterion's defaults apply)."""
     if not family:
         return {}
     path = RECIPES_DIR / f"{family}.yaml"
@@ -109,7 +183,20 @@ def recipe_settings(family: str | None) -> dict:
         raise SettingsError(
             f"no recipe for family '{family}' (looked for {path}); available: {', '.join(available_recipes())}"
         )
-    return load_yaml(path)
+    recipe = load_yaml(path)
+    table = schema(family)
+    stray = sorted(set(recipe) - set(table))
+    if stray:
+        raise SettingsError(f"{path}: keys {stray} are not settings of default.yaml or of the {family} loss")
+    errors = []
+    for k, v in recipe.items():
+        try:
+            recipe[k] = table[k].check(_yaml_number(v))
+        except SettingError as e:
+            errors.append(f"{path}: {e}")
+    if errors:
+        raise SettingsError("\n".join(errors))
+    return recipe
 
 
 def family_settings() -> dict[str, dict[str, Setting]]:
@@ -126,16 +213,13 @@ def family_settings() -> dict[str, dict[str, Setting]]:
 
 def valid_keys(family: str | None = None) -> set[str]:
     """default.yaml's keys plus the loss keys of ``family`` (of every family when None)."""
-    keys = set(_defaults())
-    for name, settings in family_settings().items():
-        if family is None or name == family:
-            keys.update(settings)
-    return keys
+    return set(schema(family))
 
 
+# ---------------------------------------------------------------------------------------- checking
 def check_keys(overrides: dict, verb: str | None = None, family: str | None = None) -> None:
     """Raise SettingsError for a key that is not a setting (naming the closest valid keys), or, with
-    ``family``, a loss key of another family (naming the family it belongs to)."""
+    ``family``, a loss key of another family (naming the family it belongs to). One line per bad key."""
     keys = valid_keys(family)
     bad = [k for k in overrides if k not in keys]
     if not bad:
@@ -147,13 +231,40 @@ def check_keys(overrides: dict, verb: str | None = None, family: str | None = No
         if other:
             own = ", ".join(sorted(owners.get(family, {}))) or "none"
             lines.append(f"'{k}' is a loss setting of the {' / '.join(other)} family, but this model's head is "
-                         f"{family}; its loss settings are: {own}.")
+                         f"{family}; its loss settings are: {own}")
             continue
         close = difflib.get_close_matches(str(k), sorted(keys), n=3, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        lines.append(f"'{k}' is not a valid setting{f' for {verb}' if verb else ''}.{hint}")
-    lines.append(f"Valid keys and their defaults are listed in {DEFAULT_CFG} (loss settings: `rtdet help`).")
+        lines.append(f"'{k}' is not a valid setting{f' for {verb}' if verb else ''}.{hint} "
+                     f"(every setting: `rtdet help settings`, or {DEFAULT_CFG})")
     raise SettingsError("\n".join(lines))
+
+
+# Keys that Python code may set to objects rather than to values a user types.
+_OBJECT_KEYS = ("model", "source", "data")
+_PLAIN = (str, os.PathLike, bool, int, float, list, tuple, dict, type(None))
+
+
+def check_settings(overrides: dict | None, verb: str | None = None, family: str | None = None) -> dict:
+    """``overrides`` with every key known (see :func:`check_keys`) and every value checked against its
+    schema and converted to the declared type. One line per bad value, naming the key, the value and
+    what is allowed. A Python object given as ``model``, ``source`` or ``data`` (a DetectionModel, a numpy
+    image, a DataConfig) is taken as it is: the code that uses it checks it."""
+    overrides = dict(overrides or {})
+    check_keys(overrides, verb, family)
+    table = schema(family)
+    out, errors = {}, []
+    for k, v in overrides.items():
+        if k in _OBJECT_KEYS and not isinstance(v, _PLAIN):
+            out[k] = v  # a DetectionModel, numpy image or DataConfig handed over by Python code
+            continue
+        try:
+            out[k] = table[k].check(v)
+        except SettingError as e:
+            errors.append(str(e))
+    if errors:
+        raise SettingsError("\n".join(errors))
+    return out
 
 
 def criterion_hyperparameters(args: dict, head) -> dict:
@@ -162,24 +273,31 @@ def criterion_hyperparameters(args: dict, head) -> dict:
 
 
 def resolve_settings(overrides: dict | None = None, family: str | None = None, verb: str | None = None) -> dict:
-    """default.yaml < the family's loss defaults < its recipe < ``overrides``; unknown keys (or another
-    family's loss keys) raise SettingsError."""
-    overrides = dict(overrides or {})
-    check_keys(overrides, verb, family)
+    """default.yaml < the family's loss defaults < its recipe < ``overrides``, every value checked; unknown
+    keys (or another family's loss keys) and bad values raise SettingsError."""
+    overrides = check_settings(overrides, verb, family)
     args = default_settings()
     if family:
-        args.update({k: st.default for k, st in family_settings().get(family, {}).items()})
-        recipe = recipe_settings(family)
-        stray = sorted(set(recipe) - valid_keys(family))
-        if stray:
-            raise SettingsError(f"{RECIPES_DIR / (family + '.yaml')}: keys {stray} are not settings of default.yaml "
-                                f"or of the {family} loss")
-        args.update(recipe)
+        args.update({k: copy.deepcopy(st.default) for k, st in family_settings().get(family, {}).items()})
+        args.update(recipe_settings(family))
     args.update(overrides)
-    for k, v in args.items():  # numbers written as '1e-4' in a YAML file are strings to PyYAML
-        if isinstance(v, str) and _EXP_NUMBER.match(v.strip()):
-            args[k] = float(v)
     return args
+
+
+def describe_settings(family: str | None = None) -> str:
+    """Every setting as text: key, default, what it accepts, doc (``rtdet help settings``)."""
+    lines = [f"Settings ({DEFAULT_CFG}); values are checked before anything runs:"]
+
+    def row(st: Setting) -> str:
+        default = "" if st.default is None else st.default
+        return f"  {st.name:<20} {str(default):<10} {st.allowed()}: {st.doc}"
+
+    lines += [row(st) for st in _schema().values()]
+    for name, settings in sorted(family_settings().items()):
+        if family is None or name == family:
+            lines.append(f"Loss settings of the {name} family (accepted for {name} models only):")
+            lines += [row(st) for st in settings.values()]
+    return "\n".join(lines)
 
 
 def check_imgsz(args: dict, model) -> int:

@@ -45,7 +45,7 @@ from rtdet.engine.rundir import latest_run, run_dir
 from rtdet.engine.settings import (
     SettingsError,
     check_imgsz,
-    check_keys,
+    check_settings,
     criterion_hyperparameters,
     resolve_settings,
 )
@@ -98,8 +98,7 @@ class Trainer:
     task = "train"
 
     def __init__(self, overrides: dict | None = None, model: DetectionModel | None = None):
-        self.overrides = dict(overrides or {})
-        check_keys({k: v for k, v in self.overrides.items() if k != "model"}, "train")
+        self.overrides = check_settings(overrides, "train")  # bad values stop here, before any work
         if model is not None:
             self.overrides["model"] = model
         self.callbacks: dict[str, list[Callable]] = defaultdict(list)

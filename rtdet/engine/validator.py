@@ -21,7 +21,7 @@ from tqdm import tqdm
 from rtdet.engine import loaders
 from rtdet.engine.model_io import is_checkpoint, load_model_with_args
 from rtdet.engine.rundir import run_dir
-from rtdet.engine.settings import SettingsError, check_imgsz, resolve_settings
+from rtdet.engine.settings import SettingsError, check_imgsz, check_settings, resolve_settings
 from rtdet.nn.model import DetectionModel
 from rtdet.ops.boxes import boxes_to_original, cxcywh_to_xyxy
 from rtdet.ops.metrics import COCOEvaluator, coco_predictions, save_predictions_json
@@ -55,7 +55,7 @@ class Validator:
     task = "val"
 
     def __init__(self, overrides: dict | None = None, args: dict | None = None):
-        self.overrides = dict(overrides or {})
+        self.overrides = check_settings(overrides, "val")  # bad values stop here, before any work
         self.args = args if args is not None else None
         self.per_class: dict[str, tuple[float, float]] = {}
         self.predictions: list[dict] = []

@@ -9,6 +9,7 @@ import torch
 
 from rtdet.engine.predictor import Predictor, iter_source
 from rtdet.engine.results import Results
+from rtdet.engine.settings import SettingsError
 from rtdet.nn.model import build_model
 
 
@@ -54,7 +55,9 @@ def test_conf_and_max_det_filter(tiny_yaml):
     image = np.zeros((64, 64, 3), np.uint8)
     assert len(Predictor({"imgsz": 64, "conf": 0.5, "save": False}, model=model)(image)[0]) == 0
     assert len(Predictor({"imgsz": 64, "conf": 0.2, "save": False}, model=model)(image)[0]) == 1
-    assert len(Predictor({"imgsz": 64, "conf": 0.2, "max_det": 0, "save": False}, model=model)(image)[0]) == 0
+    for bad in ({"max_det": 0}, {"max_det": -5}, {"conf": 2}):  # refused before anything runs
+        with pytest.raises(SettingsError, match=next(iter(bad))):
+            Predictor({"imgsz": 64, **bad, "save": False}, model=model)
 
 
 @pytest.fixture

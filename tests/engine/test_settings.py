@@ -8,17 +8,127 @@ from rtdet.engine.settings import (
     RECIPES_DIR,
     SettingsError,
     check_keys,
+    check_settings,
     default_settings,
+    describe_settings,
     parse_value,
     resolve_settings,
+    schema,
 )
 
 
-def test_every_default_key_has_a_comment():
-    lines = [line for line in DEFAULT_CFG.read_text().splitlines() if line and not line.startswith((" ", "#"))]
-    for line in lines:
-        assert "#" in line, f"default.yaml: '{line}' has no one-line description"
-    assert len(lines) == len(default_settings())
+def test_default_yaml_is_the_schema_of_every_key():
+    """Each top-level key of default.yaml is a block with its default, type and one-line doc, and the
+    default fits its own schema (a helper adding a key gets an error naming it otherwise)."""
+    raw = yaml.safe_load(DEFAULT_CFG.read_text())
+    table = schema()
+    assert set(raw) == set(default_settings()) == set(_engine_keys())
+    for key, entry in raw.items():
+        assert set(entry) <= {"default", "type", "range", "choices", "doc"}, key
+        assert entry["doc"] and "\n" not in entry["doc"], key
+        st = table[key]
+        assert st.check(st.default) == st.default if st.default is not None else st.nullable
+    assert default_settings()["device"] is None and table["device"].nullable  # empty = auto
+
+
+def _engine_keys():
+    from rtdet.engine.settings import _schema
+
+    return _schema()
+
+
+def test_a_malformed_schema_block_names_the_key(tmp_path, monkeypatch):
+    import rtdet.engine.settings as settings
+
+    for text, match in [("epochs: 100  # doc\n", "'epochs: 100' is not a schema block"),
+                        ("epochs: {default: 100, type: integer, doc: x}\n", "unknown type 'integer'"),
+                        ("epochs: {default: 0, type: int, range: '[1, inf)', doc: x}\n", "default of 'epochs'"),
+                        ("epochs: {default: 1, type: int, doc: x, help: y}\n", "unknown fields"),
+                        ("epochs: {default: 1, type: int, range: '1..2', doc: x}\n", "not an interval")]:
+        bad = tmp_path / "default.yaml"
+        bad.write_text(text)
+        monkeypatch.setattr(settings, "DEFAULT_CFG", bad)
+        settings._schema.cache_clear()
+        try:
+            with pytest.raises(SettingsError, match=match):
+                settings.default_settings()
+        finally:
+            settings._schema.cache_clear()
+    monkeypatch.undo()
+    assert default_settings()["epochs"] == 100
+
+
+BAD_VALUES = [  # every case of issue 8 section 1, and a few more of the same kinds
+    ("epochs", "abc"), ("epochs", -1), ("epochs", 0), ("epochs", 2.5), ("imgsz", "abc"), ("imgsz", 0),
+    ("patience", "abc"), ("patience", -1), ("conf", "abc"), ("conf", 2), ("conf", float("nan")),
+    ("iou", "abc"), ("iou", 1.5), ("lr0", float("nan")), ("lr0", "nan"), ("lr0", 0), ("lr0", float("inf")),
+    ("optimizer", "Foo"), ("scheduler", "bogus"), ("exist_ok", "maybe"), ("exist_ok", 1), ("val", "yes please"),
+    ("batch", 0), ("batch", -3), ("fraction", 0), ("fraction", 1.5), ("workers", -1), ("max_det", -5),
+    ("max_det", 0), ("amp", None), ("epochs", True), ("momentum", 1.0), ("seed", -1), ("line_width", 0),
+    ("resume", None), ("train_pipeline", True), ("device", "gpu"), ("device", "0,x"),
+]
+
+
+@pytest.mark.parametrize(("key", "value"), BAD_VALUES, ids=[f"{k}={v}" for k, v in BAD_VALUES])
+def test_bad_values_are_one_line_naming_key_value_and_what_is_allowed(key, value):
+    with pytest.raises(SettingsError) as err:
+        check_settings({key: value}, "train")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"{key}=")
+    assert "expected" in msg or "use device=cpu" in msg or "device" in msg
+    with pytest.raises(SettingsError):  # the same check when settings are resolved
+        resolve_settings({key: value}, family="rtdetr")
+
+
+def test_values_are_converted_to_their_type():
+    got = check_settings({"epochs": 3.0, "lr0": 1, "optimizer": "sgd", "device": "CPU", "resume": "a/last.pt",
+                          "conf": None, "name": 7})
+    assert got == {"epochs": 3, "lr0": 1.0, "optimizer": "SGD", "device": "cpu", "resume": "a/last.pt",
+                   "conf": None, "name": "7"}
+    assert isinstance(got["epochs"], int) and isinstance(got["lr0"], float)
+
+
+def test_device_must_exist(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert check_settings({"device": "cuda"})["device"] == "0"
+    assert check_settings({"device": "cuda:1"})["device"] == "1"
+    assert check_settings({"device": "0,1"})["device"] == "0,1"
+    with pytest.raises(SettingsError, match=r"device=7: GPU 7 does not exist \(2 visible"):
+        check_settings({"device": 7})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SettingsError, match="device='cuda': asks for a GPU, but CUDA is not available.*device=cpu"):
+        check_settings({"device": "cuda"})
+
+
+def test_loss_settings_are_checked_with_their_criterion_schema():
+    with pytest.raises(SettingsError, match="vfl_alpha=2"):
+        check_settings({"vfl_alpha": 2})
+    with pytest.raises(SettingsError, match="aux_loss='maybe'"):
+        resolve_settings({"aux_loss": "maybe"}, family="rtdetr")
+
+
+def test_recipe_values_are_checked(tmp_path, monkeypatch):
+    import rtdet.engine.settings as settings
+
+    (tmp_path / "rtdetr.yaml").write_text("epochs: 72\nlr0: -1\nvfl_gamma: abc\n")
+    monkeypatch.setattr(settings, "RECIPES_DIR", tmp_path)
+    with pytest.raises(SettingsError) as err:
+        resolve_settings({}, family="rtdetr")
+    lines = str(err.value).splitlines()
+    assert len(lines) == 2 and all(line.startswith(str(tmp_path / "rtdetr.yaml")) for line in lines)
+    assert "lr0=-1" in lines[0] and "vfl_gamma='abc'" in lines[1]
+    (tmp_path / "rtdetr.yaml").write_text("lr0: 1e-4\n")  # PyYAML reads this as a string; it is a number
+    assert resolve_settings({}, family="rtdetr")["lr0"] == 1e-4
+
+
+def test_help_lists_every_setting_with_what_it_accepts():
+    text = describe_settings()
+    for key in default_settings():
+        assert f"  {key} " in text
+    assert "one of AdamW, Adam, SGD" in text and "loss settings of the rtdetr family" in text.lower()
 
 
 def test_resolution_order():
