@@ -200,6 +200,15 @@ class DDetect(_DFLHead):
         self.cv3 = nn.ModuleList(_plain_cls(c, c3, self.nc) for c in self.ch)
         self.dfl = DFL(self.reg_max)
 
+    @classmethod
+    def from_branches(cls, nc: int, ch: Sequence[int], box: nn.ModuleList, classes: nn.ModuleList,
+                      dfl: DFL) -> DDetect:
+        """A DDetect made of existing branches (shared, not copied); strides and biases are left to the caller."""
+        head = cls.__new__(cls)
+        _DFLHead.__init__(head, nc, ch)
+        head.cv2, head.cv3, head.dfl = box, classes, dfl
+        return head
+
 
 @register(channels="head")
 class DualDDetect(_DFLHead):
@@ -265,9 +274,7 @@ class DualDDetect(_DFLHead):
     def deploy_head(self) -> DDetect:
         """A DDetect made of this head's main branch (``cv4`` -> ``cv2``, ``cv5`` -> ``cv3``, ``dfl2`` ->
         ``dfl``): the same predictions without the auxiliary half. The modules are shared, not copied."""
-        with torch.device("meta"):  # the placeholder branches are replaced at once: allocate nothing
-            head = DDetect(self.nc, self.ch[self.nl:])
-        head.cv2, head.cv3, head.dfl = self.cv4, self.cv5, self.dfl2
+        head = DDetect.from_branches(self.nc, self.ch[self.nl:], self.cv4, self.cv5, self.dfl2)
         head.strides = list(self.strides)
         head.dynamic = self.dynamic
         head.train(self.training)
