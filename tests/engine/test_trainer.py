@@ -260,3 +260,25 @@ def test_yolo_run_folder_and_validation(tiny_settings, tiny_yolo_yaml):
     assert {"train/box", "train/cls", "train/dfl"} <= set(rows[0])
     ckpt = load_checkpoint(trainer.save_dir / "weights" / "last.pt")
     assert ckpt["args"]["optimizer"] == "SGD" and ckpt["args"]["box"] == 7.5  # the recipe and the loss defaults
+
+
+def test_yolo_ctrl_c_then_resume_reproduces_the_uninterrupted_run(tiny_settings, tiny_yolo_yaml):
+    """The same exact-resume guarantee for a YOLOv9 run with a nominal batch (two batches per optimizer step)."""
+    settings = {**tiny_settings, "model": str(tiny_yolo_yaml), "epochs": 3, "nbs": 4, "batch": 2}
+    reference = Trainer({**settings, "name": "reference"})
+    reference.train()
+    assert reference.accumulate == 2 and reference.steps_per_epoch == 2
+
+    interrupted = Trainer({**settings, "name": "interrupted"})
+
+    def ctrl_c(t):
+        if (t.epoch, t.batch_index) == (1, 0):  # mid-window: the stop waits for the step that ends it
+            os.kill(os.getpid(), signal.SIGINT)
+
+    interrupted.add_callback("on_train_batch_end", ctrl_c)
+    with pytest.raises(KeyboardInterrupt, match="saved"):
+        interrupted.train()
+    last = interrupted.save_dir / "weights" / "last.pt"
+    assert (load_checkpoint(last)["epoch"], load_checkpoint(last)["step_in_epoch"]) == (1, 2)
+    Trainer({"resume": str(last)}).train()
+    _assert_same(reference.save_dir / "weights" / "last.pt", last)
