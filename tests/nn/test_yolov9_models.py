@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from rtdet import build_model
+from rtdet.nn.builder import MODELS_DIR
 from rtdet.nn.heads.yolo import DDetect, Detect, DualDDetect
 from rtdet.nn.model import count_parameters
 from rtdet.nn.modules.yolov9 import CBLinear, RepConvN
@@ -162,3 +163,16 @@ def test_nc_follows_the_dataset():
     model = build_model("gelan-t.yaml", nc=3)
     assert model.head.nc == 3 and all(branch[-1].out_channels == 3 for branch in model.head.cv3)
     assert model.head.cv3[0][0].conv.out_channels == 64  # max(ch[0], min(2 nc, 128)): the width follows nc
+
+
+BUILT_IN = sorted(p.stem for p in MODELS_DIR.glob("*/*.yaml"))
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_strides_of_every_built_in_model(models, name):
+    """Learnt once at build time from the model itself and handed to its head (whatever its family)."""
+    model = models(name)
+    levels = [8, 16, 32, 64] if "shvit" in name else [8, 16, 32]
+    assert model.strides == (levels * 2 if isinstance(model.head, DualDDetect) else levels)
+    head_strides = getattr(model.head, "strides", None)
+    assert head_strides in (None, levels, model.strides)  # RT-DETR needs none, YOLO heads keep one triple

@@ -71,7 +71,6 @@ class _DFLHead(DetectionHead):
 
     family = "yolov9"
     needs_nms = True
-    ddp_find_unused_parameters = False  # every parameter gets a gradient on every step
     dynamic = False  # True: rebuild the anchors on every call (dynamic-shape export)
 
     def __init__(self, nc: int, ch: Sequence[int], reg_max: int = 16):
@@ -127,7 +126,7 @@ class _DFLHead(DetectionHead):
                                f"(DetectionModel does when it is built)")
         b = maps[0].shape[0]
         points, strides = self.anchors([m.shape[2:] for m in maps], maps[0].device, maps[0].dtype)
-        box, cls = torch.cat([m.view(b, self.no, -1) for m in maps], 2).split((4 * self.reg_max, self.nc), 1)
+        box, cls = torch.cat([m.reshape(b, self.no, -1) for m in maps], 2).split((4 * self.reg_max, self.nc), 1)
         ltrb = dfl(box).transpose(1, 2)  # [B, N, 4], stride units
         xywh = xyxy_to_cxcywh(ltrb_to_xyxy(points, ltrb)) * strides
         return torch.cat((xywh.transpose(1, 2), cls.sigmoid()), 1)
