@@ -6,6 +6,7 @@
     det.info()                                         # layers, parameters, GFLOPs
     det.train(data="coco128.yaml", epochs=10, imgsz=640)
     det = Detector("runs/train/train/weights/best.pt")  # reload trained weights
+    det = Detector("rtdetr-l.pt")                      # an Ultralytics checkpoint, converted in memory
     metrics = det.val(data="coco128.yaml")             # {"mAP50-95": ..., "mAP50": ..., ...}
     for r in det.predict("images/", conf=0.3):          # list[Results]
         print(r.path, r.boxes, r.scores, r.labels)
@@ -18,9 +19,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from rtdet.engine.model_io import INHERITED_KEYS, is_checkpoint, load_model_with_args
 from rtdet.engine.results import Results
 from rtdet.engine.settings import check_settings
+from rtdet.io.load import INHERITED_KEYS, LoadedModel, load_model
+from rtdet.nn.builder import ModelConfigError
 from rtdet.nn.model import DetectionModel
 
 __all__ = ["Detector"]
@@ -30,7 +32,9 @@ class Detector:
     """A DetectionModel with train / val / predict / info.
 
     Args:
-        model: a model YAML (``rtdetr-l.yaml`` or a path), a checkpoint (``best.pt``), or a DetectionModel.
+        model: a model YAML (``rtdetr-l.yaml`` or a path), an rtdet checkpoint (``best.pt``), a foreign
+            checkpoint rtdet converts (Ultralytics ``rtdetr-l.pt``, see ``docs/checkpoints.md``), or a
+            DetectionModel.
         nc: number of classes when building from a YAML (training re-sizes the head to the data anyway).
         scale: scale letter for multi-scale YAMLs.
     """
@@ -40,8 +44,7 @@ class Detector:
         checked = check_settings({"nc": nc, "scale": scale})  # before anything is built
         nc, scale = checked["nc"], checked["scale"]
         self.source = model if not isinstance(model, DetectionModel) else None
-        self.model, self._inherited = load_model_with_args(model, nc=nc, scale=scale)
-        self.checkpoint = Path(model) if isinstance(model, str | Path) and is_checkpoint(model) else None
+        self._use(load_model(model, nc=nc, scale=scale))
         self.trainer = None
         self.metrics: dict = {}
 
@@ -68,8 +71,7 @@ class Detector:
         if self.trainer.save_dir is not None:
             weights = self.trainer.best if self.trainer.best.is_file() else self.trainer.last
             if weights.is_file():
-                self.model, self._inherited = load_model_with_args(weights)
-                self.checkpoint = weights
+                self._use(load_model(weights))
         return self.metrics
 
     def val(self, **overrides) -> dict:
@@ -92,6 +94,15 @@ class Detector:
         predictor = Predictor(self._with_inherited(overrides), model=self.model)
         self.predictor = predictor
         return predictor.stream(source) if stream else predictor(source)
+
+    def _use(self, loaded: LoadedModel) -> None:
+        """Hold a loaded model: its weights, the file they came from, the training settings it carries."""
+        if loaded.model.head_index is None:
+            raise ModelConfigError(f"{loaded.source}: the model has no detection head ({loaded.description}); a "
+                                   f"backbone checkpoint is used through a YAML row's weights=, docs/checkpoints.md")
+        self.loaded = loaded
+        self.model, self._inherited = loaded.model, loaded.inherited
+        self.checkpoint = loaded.path
 
     def _with_inherited(self, overrides: dict) -> dict:
         """The training input size / transforms of a loaded checkpoint, unless given."""

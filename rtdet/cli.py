@@ -24,6 +24,7 @@ Verbs:
   train     train a model on a dataset                      rtdet train model=rtdetr-l.yaml data=coco128.yaml
   val       COCO mAP of a trained model on a val split      rtdet val model=best.pt data=coco128.yaml
   predict   detect objects in images, folders, videos       rtdet predict model=best.pt source=images/ conf=0.3
+  convert   a foreign checkpoint -> an rtdet checkpoint     rtdet convert source=rtdetr-l.pt [to=x.pt] [format=auto]
   demo      synthetic data -> train a small RT-DETR -> val -> predict, on the CPU in minutes
   data      dataset tools: `rtdet data check data=x.yaml` draws samples with boxes, reports label problems
   help      this message; `rtdet help settings` lists every setting, its default and what it accepts
@@ -57,12 +58,12 @@ def parse_args(tokens: list[str], verb: str | None = None) -> dict:
 
 # ---------------------------------------------------------------------------- verbs
 def cmd_info(args: dict) -> None:
-    from rtdet.engine.model_io import load_model
+    from rtdet.io.load import load_model
 
     names = _data_names(args.get("data"))
     nc = args.get("nc") if args.get("nc") is not None else (len(names) if names else None)
     model = load_model(args.get("model") or _need("model", "info", "rtdetr-l.yaml"), nc=nc, names=names,
-                       scale=args.get("scale"))
+                       scale=args.get("scale")).model
     model.info(imgsz=args.get("imgsz", 640))
 
 
@@ -91,6 +92,54 @@ def cmd_predict(args: dict) -> None:
         n_images += 1
         n_boxes += len(r)
     print(f"{n_images} image(s) processed, {n_boxes} detections")
+
+
+CONVERT_KEYS = {"source": "the foreign checkpoint to convert (Ultralytics RT-DETR, ConvNeXt V2, SHViT ...)",
+                "to": "where to write the rtdet checkpoint (default: <source stem>-rtdet.pt beside it)",
+                "format": "auto (recognise the file), or one of the formats listed by `rtdet convert help`",
+                "verbose": "print the conversion report (default true)"}
+
+
+def convert_usage() -> str:
+    from rtdet.io.formats import formats
+
+    lines = ["Usage: rtdet convert source=<checkpoint> [to=<out.pt>] [format=auto]", "", "Keys:"]
+    lines += [f"  {k:<8} {v}" for k, v in CONVERT_KEYS.items()]
+    lines += ["", "Formats:"] + [f"  {f.name:<12} {f.description}" for f in formats().values()]
+    lines += ["", "The output holds only tensors and plain types (torch.load(weights_only=True) reads it); train, "
+              "val and predict take it as model=. See docs/checkpoints.md."]
+    return "\n".join(lines)
+
+
+def cmd_convert(tokens: list[str]) -> None:
+    """``rtdet convert source=x.pt [to=y.pt] [format=auto]``: its own small set of keys."""
+    from rtdet.io.load import convert_file
+    from rtdet.utils.logging import LOGGER, set_verbosity
+
+    args: dict = {}
+    for tok in tokens:
+        key, sep, value = tok.partition("=")
+        key = key.strip().lstrip("-").replace("-", "_")
+        if not sep or key not in CONVERT_KEYS:
+            close = difflib.get_close_matches(key, list(CONVERT_KEYS), n=1)
+            hint = f" Did you mean {close[0]}=?" if close else ""
+            raise CLIError(f"'{tok}' is not a convert setting.{hint} Keys: {', '.join(CONVERT_KEYS)} "
+                           f"(`rtdet convert help` lists them)")
+        args[key] = value.strip()
+    source = args.get("source") or _need("source", "convert", "rtdetr-l.pt")
+    set_verbosity(str(args.get("verbose", "true")).lower() not in ("false", "0", "no"))
+    out, loaded = convert_file(source, to=args.get("to") or None, format=args.get("format") or "auto")
+    LOGGER.info(f"{source}: {loaded.description}, {'EMA' if loaded.ema else 'model'} weights")
+    if loaded.report is not None:
+        LOGGER.info(str(loaded.report))
+    model = loaded.model
+    kind = f"{model.nc} classes" if model.head_index is not None else "a backbone (no head)"
+    LOGGER.info(f"wrote {out} (rtdet checkpoint: {model.name}, {kind})")
+    if model.head_index is not None:
+        LOGGER.info(f"  next: rtdet val model={out} data=...   rtdet train model={out} data=... (fine-tune)")
+    else:
+        LOGGER.info(f"  next: name it on the backbone row of a model YAML: [-1, 1, {model.yaml['backbone'][0][2]}, "
+                    f"[weights={out}]]")
 
 
 def cmd_demo(args: dict) -> None:
@@ -159,14 +208,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     verb, rest = argv[0], argv[1:]
     try:
+        if verb == "convert":
+            if any(t in ("-h", "--help", "help") for t in rest):
+                print(convert_usage())
+                return 0
+            cmd_convert(rest)
+            return 0
         if verb == "data":
             sub = rest[0] if rest and "=" not in rest[0] else None
             cmd_data(parse_args(rest[1:] if sub else rest, "data"), sub)
             return 0
         if verb not in VERBS:
-            close = difflib.get_close_matches(verb, [*VERBS, "data", "help"], n=2)
+            close = difflib.get_close_matches(verb, [*VERBS, "convert", "data", "help"], n=2)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise CLIError(f"unknown verb '{verb}'.{hint} Verbs: {', '.join([*VERBS, 'data', 'help'])}.")
+            raise CLIError(f"unknown verb '{verb}'.{hint} Verbs: {', '.join([*VERBS, 'convert', 'data', 'help'])}.")
         if any(t in ("-h", "--help", "help") for t in rest):
             print(USAGE)
             return 0

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 
 from rtdet.data import build_pipeline, collate, load_pipeline_spec
-from rtdet.engine.model_io import load_model_with_args
 from rtdet.engine.results import Results
 from rtdet.engine.rundir import run_dir
 from rtdet.engine.settings import SettingsError, check_imgsz, check_settings, resolve_settings
 from rtdet.engine.validator import image_id_of
+from rtdet.io.load import load_model
 from rtdet.nn.model import DetectionModel
 from rtdet.ops.boxes import boxes_to_original
 from rtdet.ops.metrics import coco_predictions, save_predictions_json
@@ -169,7 +169,8 @@ class Predictor:
         if self.model_spec is None:
             raise SettingsError("predict needs model=<checkpoint .pt or model YAML>")
         user = {k: v for k, v in self.overrides.items() if k != "source"}
-        model, inherited = load_model_with_args(self.model_spec)
+        loaded = load_model(self.model_spec)
+        model, inherited = loaded.model, loaded.inherited
         args = resolve_settings({**inherited, **user}, family=model.head.family, verb="predict")
         check_imgsz(args, model)
         set_verbosity(bool(args["verbose"]))

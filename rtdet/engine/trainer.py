@@ -39,7 +39,6 @@ from tqdm import tqdm
 
 from rtdet.engine import loaders
 from rtdet.engine.errors import NonFiniteLossError
-from rtdet.engine.model_io import load_model, load_weights_into
 from rtdet.engine.optim import LRSchedule, build_optimizer, warmup_steps
 from rtdet.engine.rundir import latest_run, run_dir
 from rtdet.engine.settings import (
@@ -50,6 +49,7 @@ from rtdet.engine.settings import (
     resolve_settings,
 )
 from rtdet.engine.validator import Validator, fitness
+from rtdet.io.load import is_checkpoint, load_model, transfer_weights
 from rtdet.losses.common import batch_targets
 from rtdet.nn.model import DetectionModel
 from rtdet.utils.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
@@ -179,15 +179,16 @@ class Trainer:
         self.data = loaders.load_data(args["data"])
         names = dict(enumerate(self.data.names))
 
-        if ckpt is not None:
-            model = DetectionModel.from_checkpoint(ckpt["model"], source=str(self.resume_path))
-        else:
-            model = load_model(args["model"], nc=len(names), names=names, scale=args.get("scale"))
+        if ckpt is not None:  # the raw weights (not the EMA) continue training
+            model = load_model(ckpt, prefer_ema=False, name=str(self.resume_path)).model
+        else:  # a YAML, or a checkpoint (rtdet or foreign) to fine-tune: a new head when the class count differs
+            model = load_model(args["model"], nc=len(names), names=names, scale=args.get("scale")).model
             model.names = names
             if args.get("pretrained"):
-                pre = load_checkpoint(args["pretrained"])
-                entry = pre.get("ema") or pre.get("model") or {}
-                load_weights_into(model, entry.get("state_dict", {}), source=str(args["pretrained"]))
+                if not is_checkpoint(args["pretrained"]):
+                    raise SettingsError(f"pretrained={args['pretrained']}: expected a checkpoint file (.pt)")
+                pre = load_model(args["pretrained"]).model
+                transfer_weights(model, pre.state_dict(), source=str(args["pretrained"]))
             # With the family known, settle the settings: default < recipe < user.
             family = model.head.family
             resolved = resolve_settings({k: v for k, v in user.items() if k != "model"}, family, "train")

@@ -19,9 +19,9 @@ import torch
 from tqdm import tqdm
 
 from rtdet.engine import loaders
-from rtdet.engine.model_io import is_checkpoint, load_model_with_args
 from rtdet.engine.rundir import run_dir
 from rtdet.engine.settings import SettingsError, check_imgsz, check_settings, resolve_settings
+from rtdet.io.load import is_checkpoint, load_model
 from rtdet.nn.model import DetectionModel
 from rtdet.ops.boxes import boxes_to_original, cxcywh_to_xyxy
 from rtdet.ops.metrics import COCOEvaluator, coco_predictions, save_predictions_json
@@ -74,8 +74,9 @@ class Validator:
             raise SettingsError("val needs data=<dataset YAML>, e.g. data=coco128.yaml")
         data = loaders.load_data(args["data"])
         from_yaml = isinstance(spec, str | Path) and not is_checkpoint(spec)
-        model, inherited = load_model_with_args(spec, nc=len(data.names) if from_yaml else None,
-                                                names=data.names if from_yaml else None, scale=args.get("scale"))
+        loaded = load_model(spec, nc=len(data.names) if from_yaml else None,
+                            names=data.names if from_yaml else None, scale=args.get("scale"))
+        model, inherited = loaded.model, loaded.inherited
         if model.nc != len(data.names):
             raise SettingsError(f"the model predicts {model.nc} classes but {args['data']} names {len(data.names)}; "
                                 f"validate on the dataset it was trained for")

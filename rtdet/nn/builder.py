@@ -192,8 +192,14 @@ def _instantiate(cls: type[nn.Module], args: list, n: int, where: str) -> nn.Mod
         raise ModelConfigError(f"{where}: {e}") from e
 
 
-def parse_model(d: dict, ch: int = 3, verbose: bool = False) -> tuple[list[nn.Module], list[BuiltLayer], set[int]]:
-    """Build every row of a model dict. Returns the modules, their bookkeeping and the saved slots."""
+def parse_model(d: dict, ch: int = 3, verbose: bool = False,
+                load_weights: bool = True) -> tuple[list[nn.Module], list[BuiltLayer], set[int]]:
+    """Build every row of a model dict. Returns the modules, their bookkeeping and the saved slots.
+
+    A row may name pretrained weights for its module (``weights=path`` among its args, see
+    :func:`rtdet.io.rows.split_weights`); they are loaded right after the module is built unless ``load_weights`` is
+    False (rebuilding a model whose weights come from a checkpoint)."""
+    from rtdet.io.rows import load_row_weights, split_weights
     from rtdet.nn.modules.common import Conv
 
     where = d.get("yaml_file", "<dict>")
@@ -259,6 +265,7 @@ def parse_model(d: dict, ch: int = 3, verbose: bool = False) -> tuple[list[nn.Mo
                         f"(in the five-slot convention, slots before the first map are empty)"
                     )
                 abs_f.append(j)
+            args, weights = split_weights(list(args), entry, row_where)  # a row's own pretrained weights
             args = [_resolve_arg(a, namespace) for a in args]
             n_scaled = max(round(n * depth), 1) if n > 1 else n
             ctx = RowContext(
@@ -275,6 +282,8 @@ def parse_model(d: dict, ch: int = 3, verbose: bool = False) -> tuple[list[nn.Mo
             except (ValueError, IndexError, TypeError) as e:
                 raise ModelConfigError(f"{row_where}: {e}") from None
             module = _instantiate(entry.cls, args, n_build, row_where)
+            if weights is not None and load_weights:
+                load_row_weights(module, weights, where, row_where)
             if c2 == BACKBONE:
                 c2 = list(getattr(module, "out_channels", []))
                 if not c2:

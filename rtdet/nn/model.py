@@ -6,6 +6,10 @@
     out = model(images, targets)         # train: raw head outputs (the head may use targets, e.g. denoising)
     model.fuse()                         # fold Conv+BN, re-parameterise RepConv (inference)
     model.save("m.pt"); DetectionModel.load("m.pt")
+
+Loading from files lives in :mod:`rtdet.io.load` (one loader for YAMLs, rtdet and foreign checkpoints);
+``DetectionModel.load`` and ``build_model`` go through it. The model itself only turns into and out of
+the plain dict an rtdet checkpoint stores (``to_checkpoint`` / ``from_checkpoint``).
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ class DetectionModel(nn.Module):
     """Runs the rows of a model YAML in order, keeping only the outputs later rows read."""
 
     def __init__(self, cfg: str | Path | dict, nc: int | None = None, ch: int = 3, scale: str | None = None,
-                 names: list[str] | dict | None = None, verbose: bool = False):
+                 names: list[str] | dict | None = None, verbose: bool = False, load_weights: bool = True):
+        """``load_weights=False`` skips the pretrained weights a YAML row may name (``weights=path``):
+        used when the weights come from a checkpoint instead."""
         super().__init__()
         d = load_model_yaml(cfg)
         if nc is not None:
@@ -46,7 +52,7 @@ class DetectionModel(nn.Module):
             d["scale"] = scale
         d.setdefault("nc", 80)
         d.setdefault("ch", ch)
-        layers, built, save = parse_model(d, ch=d["ch"], verbose=verbose)
+        layers, built, save = parse_model(d, ch=d["ch"], verbose=verbose, load_weights=load_weights)
         self.yaml = d  # resolved: nc and scale filled in; plain types only (goes into checkpoints)
         self.model = nn.ModuleList(layers)
         self.layers_info: list[BuiltLayer] = built
@@ -301,7 +307,7 @@ class DetectionModel(nn.Module):
         missing = [k for k in ("yaml", "state_dict") if k not in ckpt]
         if missing:
             raise CheckpointError(f"{source}: not an rtdet model checkpoint (missing keys {missing})")
-        model = cls(ckpt["yaml"], nc=ckpt.get("nc"), names=ckpt.get("names"))
+        model = cls(ckpt["yaml"], nc=ckpt.get("nc"), names=ckpt.get("names"), load_weights=False)
         result = model.load_state_dict(ckpt["state_dict"], strict=False)
         if result.missing_keys or result.unexpected_keys:
             raise CheckpointError(
@@ -317,13 +323,10 @@ class DetectionModel(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path) -> DetectionModel:
-        from rtdet.utils.checkpoint import CheckpointError, load_checkpoint
+        """The model of a checkpoint file (rtdet, or foreign converted in memory): :func:`rtdet.io.load_model`."""
+        from rtdet.io.load import load_model
 
-        ckpt = load_checkpoint(path)
-        entry = ckpt.get("ema") or ckpt.get("model")
-        if not isinstance(entry, dict):
-            raise CheckpointError(f"{path}: holds no 'model' entry; is it an rtdet checkpoint?")
-        return cls.from_checkpoint(entry, source=str(path))
+        return load_model(path).model
 
 
 def _saved_slots(layers: nn.ModuleList) -> list[int]:
@@ -386,5 +389,8 @@ def _names_dict(names: list[str] | dict | None, nc: int) -> dict[int, str]:
 
 def build_model(cfg: str | Path | dict, nc: int | None = None, scale: str | None = None,
                 names: list[str] | dict | None = None, verbose: bool = False) -> DetectionModel:
-    """Build a model from a YAML path, a built-in name (``rtdetr-l.yaml``) or a dict."""
-    return DetectionModel(cfg, nc=nc, scale=scale, names=names, verbose=verbose)
+    """A model from a YAML path, a built-in name (``rtdetr-l.yaml``) or a dict -- or from any checkpoint the
+    loader reads (:func:`rtdet.io.load_model`; ``nc`` then re-sizes the head, keeping backbone and neck)."""
+    from rtdet.io.load import load_model
+
+    return load_model(cfg, nc=nc, names=names, scale=scale, verbose=verbose).model
