@@ -112,9 +112,9 @@ class _DFLHead(DetectionHead):
     def anchors(self, shapes: Sequence[tuple[int, int]], device: torch.device,
                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Anchor points [N, 2] (grid units) and strides [N, 1], cached per shapes outside tracing."""
-        key = (tuple(tuple(int(v) for v in s) for s in shapes), device, dtype)
-        if self.dynamic or is_tracing():
+        if self.dynamic or is_tracing():  # shapes may be traced values: no cache, no int()
             return make_anchors(shapes, self.strides, device, dtype)
+        key = (tuple(tuple(int(v) for v in s) for s in shapes), device, dtype)
         if self._anchor_cache is None or self._anchor_cache[0] != key:
             self._anchor_cache = (key, *make_anchors(key[0], self.strides, device, dtype))
         return self._anchor_cache[1], self._anchor_cache[2]
