@@ -161,3 +161,38 @@ def test_decode_rejects_a_training_output():
     head = built(DDetect(3, [8, 8]), [8, 16])
     with pytest.raises(TypeError, match="eval mode"):
         head.decode(head.train()([torch.randn(1, 8, 4, 4), torch.randn(1, 8, 2, 2)]), (32, 32))
+
+
+def test_deployed_model_and_decode_export_to_onnx_with_the_same_outputs(tmp_path):
+    """decode is tensor code: a fused dual model traced with it gives ONNX Runtime the same boxes and scores."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from rtdet import build_model
+
+    torch.manual_seed(0)
+    model = build_model({"nc": 3, "backbone": [[-1, 1, "Conv", [8, 3, 2]], [-1, 1, "Conv", [16, 3, 2]],
+                                                 [-1, 1, "ADown", [16]], [-1, 1, "RepNCSPELAN4", [16, 16, 8, 1]],
+                                                 [-1, 1, "AConv", [32]]],
+                         "head": [[3, 1, "Conv", [16, 3, 1]], [[5, 4, 3, 4], 1, "DualDDetect", ["nc"]]]})
+    model = model.eval().fuse()
+
+    class WithDecode(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            d = self.m.head.decode(self.m(x), (x.shape[2], x.shape[3]))
+            return d.boxes, d.scores
+
+    x = torch.rand(1, 3, 64, 96)
+    path = tmp_path / "m.onnx"
+    wrapped = WithDecode(model).eval()
+    torch.onnx.export(wrapped, (x,), str(path), opset_version=17, input_names=["images"],
+                      output_names=["boxes", "scores"], dynamo=False)
+    onnx.checker.check_model(str(path))
+    boxes, scores = ort.InferenceSession(str(path)).run(None, {"images": x.numpy()})
+    with torch.no_grad():
+        want = wrapped(x)
+    torch.testing.assert_close(torch.from_numpy(boxes), want[0], rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(torch.from_numpy(scores), want[1], rtol=1e-4, atol=1e-5)
