@@ -25,7 +25,7 @@ Verbs:
   val       COCO mAP of a trained model on a val split      rtdet val model=best.pt data=coco128.yaml
   predict   detect objects in images, folders, videos       rtdet predict model=best.pt source=images/ conf=0.3
   convert   a foreign checkpoint -> an rtdet checkpoint     rtdet convert source=rtdetr-l.pt [to=x.pt] [format=auto]
-  demo      synthetic data -> train a small RT-DETR -> val -> predict, on the CPU in minutes
+  demo      synthetic data -> train a small RT-DETR (or model=yolov9-demo.yaml) -> val -> predict, CPU, minutes
   data      dataset tools: `rtdet data check data=x.yaml` draws samples with boxes, reports label problems
   help      this message; `rtdet help settings` lists every setting, its default and what it accepts
 
