@@ -9,7 +9,8 @@ A pipeline that cannot drive mAP up on 32 images it sees every epoch is broken s
 loss, letterbox mapping); one that can is at least wired correctly end to end. The settings are the model
 family's recipe plus its short-run settings (``rtdet/cfg/demo/<family>.yaml``: learning rate, cosine
 schedule, short warmup, quick EMA, letterbox + HSV + flip, one optimizer step per batch), with the epochs,
-size and batch given here. ``--report`` lists the epochs whose mAP goes into the table (default: the last).
+size and batch given here (``--recipe``: the recipe alone, e.g. YOLOv9's Mosaic / MixUp pipeline and nominal
+batch of 64). ``--report`` lists the epochs whose mAP goes into the table (default: the last).
 Prints a markdown table; ``--out`` also writes it.
 """
 
@@ -59,6 +60,8 @@ def main() -> None:
     ap.add_argument("--report", type=int, nargs="+", default=None, help="epochs to report (default: the last)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="8 images, 2 epochs at 128 px: checks the script")
+    ap.add_argument("--recipe", action="store_true",
+                    help="the family recipe alone (for YOLOv9: Mosaic, MixUp, nominal batch 64), no short-run settings")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.quick:
@@ -68,7 +71,8 @@ def main() -> None:
         sys.exit(f"{COCO128} not found")
     torch.set_num_threads(args.threads)
     family = build_model(args.model).head.family
-    settings = {**family_demo_settings(family), "model": args.model, "imgsz": args.imgsz, "batch": args.batch,
+    short_run = {} if args.recipe else family_demo_settings(family)
+    settings = {**short_run, "model": args.model, "imgsz": args.imgsz, "batch": args.batch,
                 "epochs": args.epochs, "workers": 0, "device": "cpu", "verbose": False, "plots": False}
     if args.lr0 is not None:
         settings["lr0"] = args.lr0
@@ -87,6 +91,7 @@ def main() -> None:
         trainer.add_callback("on_fit_epoch_end", record)
         trainer.train()
         optimizer, lr0 = trainer.args["optimizer"], trainer.args["lr0"]
+        pipeline, accumulate = trainer.args["train_pipeline"], trainer.accumulate
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     rows = [f"| {Path(args.model).stem} | {args.images} | {args.imgsz} | {e} | {history[e][0]:.4f} | "
             f"{history[e][1]:.4f} | {history[e][2] / 60:.1f} min |" for e in report if e in history]
@@ -95,7 +100,8 @@ def main() -> None:
         "|---|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
-        f"Trained from scratch ({family} recipe + cfg/demo/{family}.yaml, {optimizer} lr {lr0}) and evaluated "
+        f"Trained from scratch ({family} recipe{'' if args.recipe else f' + cfg/demo/{family}.yaml'}, {optimizer} "
+        f"lr {lr0}, pipeline {pipeline}, {accumulate} batch(es) per step) and evaluated "
         f"on the same {args.images} coco128-train images (80 classes), batch {args.batch}, {args.epochs} epochs in "
         f"all. {args.threads} threads; {platform.machine()}, {os.cpu_count()} CPU cores (load average {load:.1f}), "
         f"torch {torch.__version__}.",
