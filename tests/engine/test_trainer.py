@@ -282,3 +282,19 @@ def test_yolo_ctrl_c_then_resume_reproduces_the_uninterrupted_run(tiny_settings,
     assert (load_checkpoint(last)["epoch"], load_checkpoint(last)["step_in_epoch"]) == (1, 2)
     Trainer({"resume": str(last)}).train()
     _assert_same(reference.save_dir / "weights" / "last.pt", last)
+
+
+@pytest.mark.slow
+def test_yolo_ddp_under_torchrun_on_cpu(tiny_settings, tiny_yolo_yaml, tmp_path):
+    """DDP with a sum-reduced (YOLOv9) loss: both processes step together, rank 0 writes one run."""
+    import subprocess
+    import sys
+
+    args = {**tiny_settings, "model": str(tiny_yolo_yaml), "epochs": 1, "val": True, "nbs": 0,
+            "project": str(tmp_path / "ddp")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "rtdet", "train"]
+    out = subprocess.run([*cmd, *(f"{k}={v}" for k, v in args.items())], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ckpt = load_checkpoint(tmp_path / "ddp" / "train" / "train" / "weights" / "last.pt")
+    assert ckpt["args"]["box"] == 7.5 and not any(k.startswith("module.") for k in ckpt["model"]["state_dict"])
