@@ -1,14 +1,18 @@
-"""Forward latency of a model at one image size: eager and fused, NCHW and channels_last, side by side;
+"""Forward latency of models at one image size: eager and fused, NCHW and channels_last, side by side;
 then fused PyTorch against its ONNX export in ONNX Runtime for several models.
 
-    python benchmarks/latency.py                       # rtdetr-l, 640, batch 1, 2 threads
+    python benchmarks/latency.py                       # rtdetr-l, yolov9t, yolov9-c; 640, batch 1, 2 threads
     python benchmarks/latency.py --model rtdetr-x.yaml --imgsz 640 --runs 20
     python benchmarks/latency.py --ort-models rtdetr-l.yaml,yolov9-c.yaml --ort-opt all
-    python benchmarks/latency.py --quick               # tiny run: checks that the script works
+    python benchmarks/latency.py --quick               # a 64x64 check that every row runs (timings meaningless)
 
-Prints markdown tables (median / min over the timed runs after warm-up) and the ratios. The ORT table
-times, per model, the fused channels_last PyTorch model (what ``rtdet predict`` runs) and its static
-export in ONNX Runtime in the same interleaved rounds, and records the threads and the graph
+"fused" is ``model.fuse()``, the inference form: BN folded, RepConv / RepConvN branches merged and, for
+YOLOv9 models with PGI (yolov9-c), the auxiliary branch removed -- so yolov9-c's fused rows are the
+deployed model (25.3M parameters) and its eager rows the training-time graph (51.2M).
+
+Prints a markdown table per model (median / min over the timed runs after warm-up, ratio to eager). The
+ORT table times, per model, the fused channels_last PyTorch model (what ``rtdet predict`` runs) and its
+static export in ONNX Runtime in the same interleaved rounds, and records the threads and the graph
 optimisation level. Models that this checkout does not have are skipped with a message.
 """
 
@@ -26,8 +30,6 @@ import torch
 
 from rtdet import build_model
 
-ORT_MODELS = "rtdetr-l.yaml,rtdetr-l-dysample.yaml,yolov9-c.yaml,yolov9t.yaml,rtmdet-s.yaml"
-
 
 def time_interleaved(models: dict[str, torch.nn.Module], x: torch.Tensor, warmup: int, runs: int) -> dict:
     """Milliseconds per forward for every model, timed in turn within each round so that drifts of the
@@ -43,6 +45,30 @@ def time_interleaved(models: dict[str, torch.nn.Module], x: torch.Tensor, warmup
                 model(x)
                 times[name].append((time.perf_counter() - t0) * 1000)
     return times
+
+
+DEFAULT_MODELS = ["rtdetr-l.yaml", "yolov9t.yaml", "yolov9-c.yaml"]
+ORT_MODELS = "rtdetr-l.yaml,rtdetr-l-dysample.yaml,yolov9-c.yaml,yolov9t.yaml,rtmdet-s.yaml"
+
+
+def table(name: str, model: torch.nn.Module, x: torch.Tensor, warmup: int, runs: int) -> str:
+    fused = copy.deepcopy(model).fuse()
+    params = sum(p.numel() for p in model.parameters())
+    params_fused = sum(p.numel() for p in fused.parameters())
+    models = {
+        "eager": model,
+        # NHWC lets oneDNN run the (depthwise) convolutions without layout conversions
+        "eager, channels_last": copy.deepcopy(model).to(memory_format=torch.channels_last),
+        "fused": fused,
+        "fused, channels_last": copy.deepcopy(fused).to(memory_format=torch.channels_last),
+    }
+    rows = time_interleaved(models, x, warmup, runs)
+    base = statistics.median(rows["eager"])
+    lines = [f"{name}: {params:,} parameters eager, {params_fused:,} fused",
+             "| mode | median ms | min ms | vs eager |", "|---|---|---|---|"]
+    for mode, t in rows.items():
+        lines.append(f"| {mode} | {statistics.median(t):.1f} | {min(t):.1f} | {statistics.median(t) / base:.2f} |")
+    return "\n".join(lines)
 
 
 class OrtForward(torch.nn.Module):
@@ -108,7 +134,7 @@ def _ort_version() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="rtdetr-l.yaml")
+    parser.add_argument("--model", nargs="+", default=DEFAULT_MODELS, help="model YAMLs, timed one after another")
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
@@ -116,34 +142,23 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--ort-models", default=ORT_MODELS, help="comma-separated models for the ORT table ('' = none)")
     parser.add_argument("--ort-opt", default="all", choices=("disable", "basic", "extended", "all"))
-    parser.add_argument("--quick", action="store_true", help="imgsz 128, 1 warm-up, 2 runs: a check that it works")
+    parser.add_argument("--quick", action="store_true", help="64x64, one warm-up and two runs: checks the script")
     args = parser.parse_args()
     if args.quick:
-        args.imgsz, args.warmup, args.runs = 128, 1, 2
+        args.imgsz, args.warmup, args.runs = 64, 1, 2
 
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    x = torch.randn(args.batch, 3, args.imgsz, args.imgsz)
-    model = build_model(args.model).eval()
-    fused = copy.deepcopy(model).fuse()
-    models = {
-        "eager": model,
-        # NHWC lets oneDNN run the (depthwise) convolutions without layout conversions
-        "eager, channels_last": copy.deepcopy(model).to(memory_format=torch.channels_last),
-        "fused": fused,
-        "fused, channels_last": copy.deepcopy(fused).to(memory_format=torch.channels_last),
-    }
-    rows = time_interleaved(models, x, args.warmup, args.runs)
-
-    print(f"{args.model} forward, {args.imgsz}x{args.imgsz}, batch {args.batch}, {args.threads} threads, "
-          f"median of {args.runs} interleaved rounds after {args.warmup} warm-up; torch {torch.__version__}, "
+    print(f"forward, {args.imgsz}x{args.imgsz}, batch {args.batch}, {args.threads} threads, median of {args.runs} "
+          f"interleaved rounds after {args.warmup} warm-up; torch {torch.__version__}, "
           f"{platform.processor() or platform.machine()}")
-    base = statistics.median(rows["eager"])
-    print("| mode | median ms | min ms | vs eager |")
-    print("|---|---|---|---|")
-    for name, t in rows.items():
-        print(f"| {name} | {statistics.median(t):.1f} | {min(t):.1f} | {statistics.median(t) / base:.2f} |")
+    for name in args.model:
+        torch.manual_seed(0)
+        x = torch.randn(args.batch, 3, args.imgsz, args.imgsz)
+        print()
+        print(table(name, build_model(name).eval(), x, args.warmup, args.runs), flush=True)
     if args.ort_models:
+        torch.manual_seed(0)
+        x = torch.randn(args.batch, 3, args.imgsz, args.imgsz)
         ort_rows([m for m in args.ort_models.split(",") if m], x, args.threads, args.ort_opt, args.warmup, args.runs)
 
 

@@ -1,10 +1,12 @@
 """Training-step time: forward + loss + backward + optimizer step (the trainer's own ``train_step``), median
-over several steps, for rtdetr-l at 640 batch 2 and the demo model at 256 batch 8, on the CPU.
+over several steps, on the CPU: rtdetr-l and yolov9t at 640 batch 2, the two demo models at 256 batch 8.
 
     .venv/bin/python benchmarks/train_step.py [--threads 2] [--steps 5] [--out table.md]
+    .venv/bin/python benchmarks/train_step.py --quick     # tiny sizes, one step: checks the script runs
 
-Inputs are synthetic shapes images (rtdet.data.synthetic) so the loss sees real boxes; the settings are the
-family recipe's (AdamW, EMA, gradient clipping). Prints a markdown table; ``--out`` also writes it.
+Inputs are synthetic shapes images (rtdet.data.synthetic) so the loss sees real boxes; the settings are each
+family recipe's (RT-DETR: AdamW, Hungarian matching with denoising; YOLOv9: SGD, task-aligned assignment;
+both with EMA and gradient clipping). Prints a markdown table; ``--out`` also writes it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from rtdet.engine.trainer import Trainer  # noqa: E402
 
 CASES = [  # (model, imgsz, batch)
     ("rtdetr-l.yaml", 640, 2),
+    ("yolov9t.yaml", 640, 2),
     ("rtdetr-demo.yaml", 256, 8),
+    ("yolov9-demo.yaml", 256, 8),
 ]
 
 
@@ -56,11 +60,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--out", type=Path, default=None, help="write the table (markdown) to this file")
+    ap.add_argument("--quick", action="store_true", help="64x64, batch 2, one step: checks the script")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    cases = [(m, 64, 2) for m, _, _ in CASES] if args.quick else CASES
+    if args.quick:
+        args.steps = 1
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
-        for model, imgsz, batch in CASES:
+        for model, imgsz, batch in cases:
             data = make_synthetic_dataset(Path(tmp) / f"data{imgsz}", n_train=max(batch, 8), n_val=2, imgsz=imgsz,
                                           n_classes=4, min_objects=3, max_objects=6)
             rows.append(measure(model, imgsz, batch, args.steps, data, str(Path(tmp) / "runs")))
@@ -72,8 +80,8 @@ def main() -> None:
         *(f"| {r['model']} | {r['imgsz']} | {r['batch']} | {r['params']:,} | {r['median_s']:.2f} s | "
           f"{r['min_s']:.2f} s | {r['img_s']:.1f} |" for r in rows),
         "",
-        f"{args.threads} threads, median of {args.steps} steps after one warm-up step; forward + RT-DETR loss "
-        f"(Hungarian matching, denoising) + backward + AdamW step + gradient clipping + EMA update. "
+        f"{args.threads} threads, median of {args.steps} steps after one warm-up step; forward + the family's loss "
+        f"+ backward + the recipe's optimizer step + gradient clipping + EMA update. "
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores (load average {load:.1f} when measured), "
         f"Python {platform.python_version()}, torch {torch.__version__}.",
     ]

@@ -265,12 +265,18 @@ class Trainer:
             unused = bool(getattr(self.model.head, "ddp_find_unused_parameters", True))
             self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=(
                 [self.device.index] if self.device.type == "cuda" else None), find_unused_parameters=unused)
-        self.accumulate = max(int(args["accumulate"]), 1)
+        self.accumulate, weight_decay = nominal_batch(int(args["batch"]), int(args["accumulate"]),
+                                                      int(args.get("nbs") or 0), float(args["weight_decay"]))
+        # A criterion whose loss is a sum over images (YOLO's mean x batch size) is summed over the
+        # accumulated batches and the DDP processes, so one step's gradient is that of the whole nominal
+        # batch and the references' learning rates apply; a mean loss is averaged.
+        self.loss_scale = float(self.world) if getattr(self.criterion, "reduction", "mean") == "sum" else (
+            1.0 / self.accumulate)
         self.steps_per_epoch = math.ceil(len(self.train_loader) / self.accumulate)
         self.epochs = int(args["epochs"])
         total_steps = self.steps_per_epoch * self.epochs
         self.optimizer = build_optimizer(de_parallel(self.model), args["optimizer"], float(args["lr0"]),
-                                         float(args["momentum"]), float(args["weight_decay"]),
+                                         float(args["momentum"]), weight_decay,
                                          float(args["backbone_lr_ratio"]))
         warmup = warmup_steps(int(args["warmup_iters"]), float(args["warmup_epochs"]), self.steps_per_epoch,
                               total_steps, float(args["warmup_max_fraction"]))
@@ -443,7 +449,7 @@ class Trainer:
         if self._sync_flags(not bool(torch.isfinite(loss.detach()).all()))[1]:
             epoch, i, n = where if where is not None else (self.epoch, 0, 1)
             self._non_finite(epoch, i, n, loss, terms)
-        self.scaler.scale(loss / self.accumulate).backward()
+        self.scaler.scale(loss * self.loss_scale).backward()
         if step:
             self._optimizer_step()
         return float(loss.detach()), terms
@@ -619,6 +625,16 @@ class Trainer:
         LOGGER.info(f"DDP: {' '.join(cmd)}")
         subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
         return {}
+
+
+def nominal_batch(batch: int, accumulate: int, nbs: int, weight_decay: float) -> tuple[int, float]:
+    """(batches per optimizer step, weight decay). With a nominal batch size ``nbs`` > 0 the step
+    accumulates round(nbs / batch) batches and the decay is scaled by batch * accumulate / nbs (official
+    YOLOv9 / Ultralytics: batch 16 -> 4 batches per step, decay unchanged); otherwise ``accumulate`` as set."""
+    if nbs <= 0:
+        return max(accumulate, 1), weight_decay
+    steps = max(round(nbs / batch), 1)
+    return steps, weight_decay * batch * steps / nbs
 
 
 def _cli_value(v: Any) -> str:

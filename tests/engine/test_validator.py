@@ -138,3 +138,49 @@ def test_unreadable_image_is_left_out_never_replaced_and_no_labels_means_unavail
     metrics = Validator(args=args).run(model, build_dataloader(bare, 2, 0, shuffle=False))
     assert metrics["mAP50-95"] is None and metrics["mAP50"] is None and metrics["mAP_large"] is None
     assert fitness(metrics) is None
+
+
+# ------------------------------------------------------------------ the same validator with a YOLOv9 head
+def _as_dense(outputs: list[torch.Tensor], imgsz: int, nc: int = 2) -> list[torch.Tensor]:
+    """The controlled [B, k, 6] rows as a YOLO head's eval output [B, 4 + nc, k]: (cx, cy, w, h) in input pixels
+    and one-hot class scores; NMS then keeps exactly these boxes (none overlaps another of its class)."""
+    dense = []
+    for out in outputs:
+        boxes = out[..., :4] * imgsz
+        scores = torch.nn.functional.one_hot(out[..., 5].long(), nc).float() * out[..., 4:5]
+        dense.append(torch.cat([boxes, scores], -1).transpose(1, 2))
+    return dense
+
+
+def test_validator_map_equals_the_metrics_wrapper_with_a_yolo_head(letterbox_data, tiny_yolo_yaml, tmp_path):
+    args = resolve_settings({"imgsz": 64, "workers": 0, "verbose": False, "val_pipeline": "plain"}, "yolov9")
+    data = loaders.load_data(letterbox_data)
+    loader = loaders.val_loader(data, args, batch_size=2)
+    outputs, expected = _controlled_outputs(loader)
+    dense = _as_dense(outputs, 64)
+
+    model = build_model(str(tiny_yolo_yaml), nc=2, names=["a", "b"]).eval()
+    assert model.head.needs_nms
+    model.forward = lambda x, targets=None: dense.pop(0)
+    metrics = Validator(args=args).run(model, loader, save_dir=tmp_path)
+
+    stems = sorted(IMAGES)
+    ref = evaluate_coco([np.array([b[1:] for b in IMAGES[s][1]], np.float64) for s in stems],
+                        [np.array([b[0] for b in IMAGES[s][1]]) for s in stems], [expected[s][0] for s in stems],
+                        [expected[s][1] for s in stems], [expected[s][2] for s in stems], nc=2, names=["a", "b"])
+    assert metrics["mAP50-95"] == pytest.approx(ref.map, abs=1e-6)
+    assert metrics["mAP50"] == pytest.approx(ref.map50, abs=1e-6)
+    assert 0.2 < metrics["mAP50"] < 1.0
+
+
+def test_validator_standalone_on_a_yolo_checkpoint(tiny_settings, tiny_yolo_yaml, tmp_path):
+    from rtdet.engine.trainer import Trainer
+
+    trainer = Trainer({**tiny_settings, "model": str(tiny_yolo_yaml), "epochs": 1, "nbs": 0})
+    trainer.train()
+    v = Validator({"data": tiny_settings["data"], "project": str(tmp_path / "runs"), "verbose": False,
+                   "workers": 0})
+    metrics = v(str(trainer.save_dir / "weights" / "best.pt"))
+    assert v.args["imgsz"] == 64 and v.args["iou"] == 0.7 and v.args["box"] == 7.5  # checkpoint + yolov9 recipe
+    assert set(metrics) >= {"mAP50-95", "mAP50"} and 0.0 <= metrics["mAP50"] <= 1.0
+    assert (v.save_dir / "predictions.json").is_file()

@@ -1,3 +1,3 @@
 """Built-in modules, by origin. Importing this package registers them all."""
 
-from rtdet.nn.modules import common, convnextv2, dysample, hgnet, resnet, shvit, transformer  # noqa: F401
+from rtdet.nn.modules import common, convnextv2, dysample, hgnet, resnet, shvit, transformer, yolov9  # noqa: F401
