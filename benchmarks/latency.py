@@ -1,12 +1,20 @@
-"""Forward latency of models at one image size: eager and fused, NCHW and channels_last, side by side.
+"""Forward latency of models at one image size: eager and fused, NCHW and channels_last, side by side;
+then fused PyTorch against its ONNX export in ONNX Runtime for several models.
 
-    python benchmarks/latency.py                       # rtdetr-l, 640, batch 1, 2 threads
+    python benchmarks/latency.py                       # rtdetr-l, yolov9t, yolov9-c, rtmdet-tiny, rtmdet-s; 640
+    python benchmarks/latency.py --model rtmdet-tiny.yaml rtmdet-s.yaml    # some models, one table each
     python benchmarks/latency.py --model rtdetr-x.yaml --imgsz 640 --runs 20
-    python benchmarks/latency.py --model rtmdet-tiny.yaml rtmdet-s.yaml    # one table, a block per model
-    python benchmarks/latency.py --quick               # every mode once at 128 px: checks that it runs
+    python benchmarks/latency.py --ort-models rtdetr-l.yaml,yolov9-c.yaml --ort-opt all
+    python benchmarks/latency.py --quick               # a 64x64 check that every row runs (timings meaningless)
 
-Prints a markdown table (median / min over the timed runs after warm-up) and each mode's ratio to the
-model's eager NCHW time. Models are timed one after the other; the modes of one model in turn.
+"fused" is ``model.fuse()``, the inference form: BN folded, RepConv / RepConvN branches merged and, for
+YOLOv9 models with PGI (yolov9-c), the auxiliary branch removed -- so yolov9-c's fused rows are the
+deployed model (25.3M parameters) and its eager rows the training-time graph (51.2M).
+
+Prints a markdown table per model (median / min over the timed runs after warm-up, ratio to eager). The
+ORT table times, per model, the fused channels_last PyTorch model (what ``rtdet predict`` runs) and its
+static export in ONNX Runtime in the same interleaved rounds, and records the threads and the graph
+optimisation level. Models that this checkout does not have are skipped with a message.
 """
 
 from __future__ import annotations
@@ -15,7 +23,9 @@ import argparse
 import copy
 import platform
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -38,45 +48,119 @@ def time_interleaved(models: dict[str, torch.nn.Module], x: torch.Tensor, warmup
     return times
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", nargs="+", default=["rtdetr-l.yaml"], help="one or more model YAMLs")
-    parser.add_argument("--imgsz", type=int, default=640)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--quick", action="store_true", help="128 px, one warm-up and one timed round")
-    args = parser.parse_args()
-    if args.quick:
-        args.imgsz, args.warmup, args.runs = 128, 1, 1
-
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    x = torch.randn(args.batch, 3, args.imgsz, args.imgsz)
-    print(f"{', '.join(args.model)} forward, {args.imgsz}x{args.imgsz}, batch {args.batch}, {args.threads} threads, "
-          f"median of {args.runs} interleaved rounds after {args.warmup} warm-up; torch {torch.__version__}, "
-          f"{platform.processor() or platform.machine()}")
-    print("| model | mode | median ms | min ms | vs eager |")
-    print("|---|---|---|---|---|")
-    for name in args.model:
-        rows = time_interleaved(variants(build_model(name).eval()), x, args.warmup, args.runs)
-        base = statistics.median(rows["eager"])
-        for mode, t in rows.items():
-            print(f"| {name.removesuffix('.yaml')} | {mode} | {statistics.median(t):.1f} | {min(t):.1f} | "
-                  f"{statistics.median(t) / base:.2f} |", flush=True)
+DEFAULT_MODELS = ["rtdetr-l.yaml", "yolov9t.yaml", "yolov9-c.yaml", "rtmdet-tiny.yaml", "rtmdet-s.yaml"]
+ORT_MODELS = "rtdetr-l.yaml,rtdetr-l-dysample.yaml,yolov9-c.yaml,yolov9t.yaml,rtmdet-s.yaml"
 
 
-def variants(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """The four ways predict can run a model: eager / fused (Conv+BN folded, RepConv merged), NCHW / NHWC."""
+def table(name: str, model: torch.nn.Module, x: torch.Tensor, warmup: int, runs: int) -> str:
     fused = copy.deepcopy(model).fuse()
-    return {
+    params = sum(p.numel() for p in model.parameters())
+    params_fused = sum(p.numel() for p in fused.parameters())
+    models = {
         "eager": model,
         # NHWC lets oneDNN run the (depthwise) convolutions without layout conversions
         "eager, channels_last": copy.deepcopy(model).to(memory_format=torch.channels_last),
         "fused": fused,
         "fused, channels_last": copy.deepcopy(fused).to(memory_format=torch.channels_last),
     }
+    rows = time_interleaved(models, x, warmup, runs)
+    base = statistics.median(rows["eager"])
+    lines = [f"{name}: {params:,} parameters eager, {params_fused:,} fused",
+             "| mode | median ms | min ms | vs eager |", "|---|---|---|---|"]
+    for mode, t in rows.items():
+        lines.append(f"| {mode} | {statistics.median(t):.1f} | {min(t):.1f} | {statistics.median(t) / base:.2f} |")
+    return "\n".join(lines)
+
+
+class OrtForward(torch.nn.Module):
+    """An ONNX Runtime session called like a model (numpy in, numpy out; no conversion timed beyond it)."""
+
+    def __init__(self, path: Path, threads: int, opt_level: str):
+        super().__init__()
+        from rtdet.engine.onnx_backend import make_session
+
+        self.session = make_session(path, "cpu", threads, opt_level)
+        self.input = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor):
+        return self.session.run(None, {self.input: x.numpy()})
+
+
+def ort_rows(names: list[str], x: torch.Tensor, threads: int, opt_level: str, warmup: int, runs: int) -> None:
+    """Fused channels_last PyTorch vs its static ONNX export in ONNX Runtime, model by model."""
+    from rtdet.engine.exporter import export_onnx
+    from rtdet.utils.logging import set_verbosity
+
+    set_verbosity(False)  # keep the export log out of the table
+
+    print(f"\nfused PyTorch (channels_last) vs ONNX Runtime {_ort_version()} (static export, graph optimisation "
+          f"{opt_level}, {threads} intra-op threads), {x.shape[2]}x{x.shape[3]}, batch {x.shape[0]}; model forward "
+          f"and the head's decode in both (the exported graph holds decode)")
+    print("| model | fused PyTorch ms | ONNX Runtime ms | ORT / PyTorch |")
+    print("|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            try:
+                model = build_model(name).eval()
+            except Exception as e:  # a family that is not in this checkout yet
+                print(f"| {name} | skipped: {type(e).__name__}: {str(e).splitlines()[0][:90]} | | |")
+                continue
+            path = export_onnx(model, Path(tmp) / f"{Path(name).stem}.onnx", imgsz=tuple(x.shape[2:]),
+                               batch=x.shape[0], count_flops=False)
+            fused = copy.deepcopy(model).fuse().to(memory_format=torch.channels_last)
+            shape = tuple(x.shape[2:])
+            pytorch = _Decoded(fused, shape)
+            times = time_interleaved({"pytorch": pytorch, "ort": OrtForward(path, threads, opt_level)}, x, warmup,
+                                     runs)
+            pt, ort = statistics.median(times["pytorch"]), statistics.median(times["ort"])
+            print(f"| {name} | {pt:.1f} | {ort:.1f} | {ort / pt:.2f} |")
+
+
+class _Decoded(torch.nn.Module):
+    """model + head.decode: the same work as the exported graph."""
+
+    def __init__(self, model, shape):
+        super().__init__()
+        self.model, self.shape = model, shape
+
+    def forward(self, x):
+        return self.model.head.decode(self.model(x), self.shape)
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", nargs="+", default=DEFAULT_MODELS, help="model YAMLs, timed one after another")
+    parser.add_argument("--imgsz", type=int, default=640)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--ort-models", default=ORT_MODELS, help="comma-separated models for the ORT table ('' = none)")
+    parser.add_argument("--ort-opt", default="all", choices=("disable", "basic", "extended", "all"))
+    parser.add_argument("--quick", action="store_true", help="64x64, one warm-up and two runs: checks the script")
+    args = parser.parse_args()
+    if args.quick:
+        args.imgsz, args.warmup, args.runs = 64, 1, 2
+
+    torch.set_num_threads(args.threads)
+    print(f"forward, {args.imgsz}x{args.imgsz}, batch {args.batch}, {args.threads} threads, median of {args.runs} "
+          f"interleaved rounds after {args.warmup} warm-up; torch {torch.__version__}, "
+          f"{platform.processor() or platform.machine()}")
+    for name in args.model:
+        torch.manual_seed(0)
+        x = torch.randn(args.batch, 3, args.imgsz, args.imgsz)
+        print()
+        print(table(name, build_model(name).eval(), x, args.warmup, args.runs), flush=True)
+    if args.ort_models:
+        torch.manual_seed(0)
+        x = torch.randn(args.batch, 3, args.imgsz, args.imgsz)
+        ort_rows([m for m in args.ort_models.split(",") if m], x, args.threads, args.ort_opt, args.warmup, args.runs)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
 """Training-step time: forward + loss + backward + optimizer step (the trainer's own ``train_step``), median
-over several steps, for rtdetr-l and rtmdet-tiny at 640 batch 2 and the demo model at 256 batch 8, on the CPU.
+over several steps, on the CPU: rtdetr-l, yolov9t and rtmdet-tiny at 640 batch 2, the two demo models at 256
+batch 8.
 
     .venv/bin/python benchmarks/train_step.py [--threads 2] [--steps 5] [--out table.md]
     .venv/bin/python benchmarks/train_step.py --models rtmdet-tiny.yaml   # some of the cases
-    .venv/bin/python benchmarks/train_step.py --quick                     # every case, 2 steps at 128 px
+    .venv/bin/python benchmarks/train_step.py --quick     # tiny sizes, one step: checks the script runs
 
-Inputs are synthetic shapes images (rtdet.data.synthetic) so the loss sees real boxes; the settings are the
-family recipe's (AdamW, EMA, gradient clipping). Prints a markdown table; ``--out`` also writes it.
+Inputs are synthetic shapes images (rtdet.data.synthetic) so the loss sees real boxes; the settings are each
+family recipe's (RT-DETR: AdamW, Hungarian matching with denoising, clipping; YOLOv9: SGD, task-aligned
+assignment, clipping; RTMDet: AdamW, dynamic soft-label assignment, no clipping; all with EMA). Prints a
+markdown table; ``--out`` also writes it.
 """
 
 from __future__ import annotations
@@ -30,10 +33,11 @@ from rtdet.engine.trainer import Trainer  # noqa: E402
 
 CASES = [  # (model, imgsz, batch)
     ("rtdetr-l.yaml", 640, 2),
+    ("yolov9t.yaml", 640, 2),
     ("rtmdet-tiny.yaml", 640, 2),
     ("rtdetr-demo.yaml", 256, 8),
+    ("yolov9-demo.yaml", 256, 8),
 ]
-LOSSES = {"rtdetr": "Hungarian matching, denoising", "rtmdet": "dynamic soft-label assignment, QFL, GIoU"}
 
 
 def measure(model: str, imgsz: int, batch: int, steps: int, data: Path, project: str) -> dict:
@@ -41,7 +45,6 @@ def measure(model: str, imgsz: int, batch: int, steps: int, data: Path, project:
                        "device": "cpu", "project": project, "val": False, "verbose": False, "plots": False,
                        "train_pipeline": "plain"})
     trainer.setup()
-    family = trainer.family
     batches = iter(trainer.train_loader)
     b = next(batches)
     trainer.train_step(b)  # warm-up: allocator, anchors, first-call overheads
@@ -53,7 +56,7 @@ def measure(model: str, imgsz: int, batch: int, steps: int, data: Path, project:
     params = sum(p.numel() for p in trainer.model.parameters())
     med = statistics.median(times)
     return {"model": Path(model).stem, "imgsz": imgsz, "batch": batch, "params": params, "median_s": med,
-            "min_s": min(times), "img_s": batch / med, "family": family}
+            "min_s": min(times), "img_s": batch / med}
 
 
 def main() -> None:
@@ -62,12 +65,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--out", type=Path, default=None, help="write the table (markdown) to this file")
     ap.add_argument("--models", nargs="+", default=None, help="only these cases (model YAML names)")
-    ap.add_argument("--quick", action="store_true", help="2 steps at 128 px: checks that every case runs")
+    ap.add_argument("--quick", action="store_true", help="64x64, batch 2, one step: checks the script")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cases = [c for c in CASES if args.models is None or c[0] in args.models]
     if args.quick:
-        cases, args.steps = [(m, 128, b) for m, _, b in cases], 2
+        cases = [(m, 64, 2) for m, _, _ in cases]
+    if args.quick:
+        args.steps = 1
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for model, imgsz, batch in cases:
@@ -83,8 +88,7 @@ def main() -> None:
           f"{r['min_s']:.2f} s | {r['img_s']:.1f} |" for r in rows),
         "",
         f"{args.threads} threads, median of {args.steps} steps after one warm-up step; forward + the family's loss "
-        f"({'; '.join(f'{f}: {LOSSES.get(f, f)}' for f in dict.fromkeys(r['family'] for r in rows))}) + backward "
-        f"+ the recipe's optimizer step (AdamW; gradient clipping where the recipe clips) + EMA update. "
+        f"+ backward + the recipe's optimizer step (gradient clipping where the recipe clips) + EMA update. "
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores (load average {load:.1f} when measured), "
         f"Python {platform.python_version()}, torch {torch.__version__}.",
     ]

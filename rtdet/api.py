@@ -10,6 +10,8 @@
     metrics = det.val(data="coco128.yaml")             # {"mAP50-95": ..., "mAP50": ..., ...}
     for r in det.predict("images/", conf=0.3):          # list[Results]
         print(r.path, r.boxes, r.scores, r.labels)
+    onnx = det.export(dynamic=True)                    # runs/export/<name>/<model>.onnx, checked in ONNX Runtime
+    Detector(onnx).val(data="coco128.yaml")            # the same metrics through ONNX Runtime
 
 Keyword arguments are the settings of ``rtdet/cfg/default.yaml`` (plus the family recipe's keys).
 """
@@ -41,6 +43,9 @@ class Detector:
 
     def __init__(self, model: str | Path | DetectionModel = "rtdetr-l.yaml", nc: int | None = None,
                  scale: str | None = None):
+        if isinstance(model, bool) or not isinstance(model, str | Path | DetectionModel) or str(model) == "":
+            raise TypeError(f"Detector(model): expected a model YAML (e.g. 'rtdetr-l.yaml'), a checkpoint path or a "
+                            f"DetectionModel; got {type(model).__name__} {model!r}")
         checked = check_settings({"nc": nc, "scale": scale})  # before anything is built
         nc, scale = checked["nc"], checked["scale"]
         self.source = model if not isinstance(model, DetectionModel) else None
@@ -94,6 +99,17 @@ class Detector:
         predictor = Predictor(self._with_inherited(overrides), model=self.model)
         self.predictor = predictor
         return predictor.stream(source) if stream else predictor(source)
+
+    def export(self, **overrides) -> Path:
+        """ONNX export of the deploy form, checked against ONNX Runtime; returns the file's path.
+
+        Keyword arguments are the export settings (``imgsz``, ``batch``, ``dynamic``, ``half``, ``opset``,
+        ``nms``, ``simplify``, ``project``, ``name``, ...); see docs/deploy.md."""
+        from rtdet.engine.exporter import Exporter
+
+        exporter = Exporter(self._with_inherited(overrides))
+        self.exporter = exporter
+        return exporter(self.model)
 
     def _use(self, loaded: LoadedModel) -> None:
         """Hold a loaded model: its weights, the file they came from, the training settings it carries."""

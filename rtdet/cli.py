@@ -9,10 +9,11 @@ its type, range or choices is an error naming the key, the value and what is all
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 from collections.abc import Callable
 
-from rtdet.engine.settings import DEFAULT_CFG, SettingsError, check_settings, parse_value
+from rtdet.engine.settings import DEFAULT_CFG, SettingsError, check_settings, parse_value, resolve_settings
 
 __all__ = ["entrypoint", "main", "parse_args", "CLIError"]
 
@@ -24,8 +25,11 @@ Verbs:
   train     train a model on a dataset                      rtdet train model=rtdetr-l.yaml data=coco128.yaml
   val       COCO mAP of a trained model on a val split      rtdet val model=best.pt data=coco128.yaml
   predict   detect objects in images, folders, videos       rtdet predict model=best.pt source=images/ conf=0.3
+  export    ONNX export, checked with ONNX Runtime          rtdet export model=best.pt dynamic=true
+  benchmark params, GFLOPs, latency, memory, mAP            rtdet benchmark model=a.yaml,b.yaml formats=pytorch,onnx
+  compare   train variants over seeds, test differences     rtdet compare models=a.yaml,b.yaml data=d.yaml seeds=3
   convert   a foreign checkpoint -> an rtdet checkpoint     rtdet convert source=rtdetr-l.pt [to=x.pt] [format=auto]
-  demo      synthetic data -> train a small RT-DETR -> val -> predict, on the CPU in minutes
+  demo      synthetic data -> train a small RT-DETR (or model=yolov9-demo.yaml) -> val -> predict, CPU, minutes
   data      dataset tools: `rtdet data check data=x.yaml` draws samples with boxes, reports label problems
   help      this message; `rtdet help settings` lists every setting, its default and what it accepts
 
@@ -34,6 +38,7 @@ Examples:
   rtdet train model=rtdetr-l.yaml data=coco128.yaml epochs=3 imgsz=320 batch=4 device=cpu
   rtdet train resume=true
   rtdet predict model=best.pt source=bus.jpg save_txt=true
+  rtdet export model=best.pt dynamic=true && rtdet val model=runs/export/export/best.onnx data=coco128.yaml
 """
 
 
@@ -43,6 +48,9 @@ class CLIError(ValueError):
 
 def parse_args(tokens: list[str], verb: str | None = None) -> dict:
     """``["epochs=3", "amp=false"]`` -> {"epochs": 3, "amp": False}, checking every key and value."""
+    from rtdet.engine.settings import schema
+
+    table = schema()
     out: dict = {}
     for tok in tokens:
         key, sep, value = tok.partition("=")
@@ -52,7 +60,11 @@ def parse_args(tokens: list[str], verb: str | None = None) -> dict:
                 f"'{tok}' is not a key=value argument{f' for {verb}' if verb else ''}. "
                 f"Write settings as key=value, e.g. epochs=10 (see `rtdet help`)."
             )
-        out[key] = parse_value(value.strip())
+        value = value.strip()
+        # A key that only takes text (name, scale, a path) keeps what was typed: name=007 or name=on are
+        # names, not the number 7 or YAML's boolean spelling 'on'.
+        text_only = key in table and table[key].kinds == (str,) and value.lower() not in ("", "none")
+        out[key] = value if text_only else parse_value(value)
     return check_settings(out, verb)
 
 
@@ -92,6 +104,34 @@ def cmd_predict(args: dict) -> None:
         n_images += 1
         n_boxes += len(r)
     print(f"{n_images} image(s) processed, {n_boxes} detections")
+
+
+def cmd_export(args: dict) -> None:
+    from rtdet.engine.exporter import Exporter
+
+    model = args.pop("model", None) or _need("model", "export", "runs/train/train/weights/best.pt")
+    Exporter(args)(model)
+
+
+def cmd_benchmark(args: dict) -> None:
+    from rtdet.engine.benchmark import Benchmark
+
+    if not (args.get("model") or args.get("models")):
+        _need("model", "benchmark", "rtdetr-l.yaml,rtdetr-l-dysample.yaml")
+    Benchmark(args)()
+
+
+def cmd_compare(args: dict) -> None:
+    from rtdet.engine.compare import Compare
+
+    if not (args.get("model") or args.get("models")):
+        _need("models", "compare", "rtdetr-l.yaml,rtdetr-l-dysample.yaml data=coco128.yaml")
+    try:
+        Compare(args)()
+    except KeyboardInterrupt:
+        print("rtdet compare: interrupted; run the same command again to resume (finished runs are kept)",
+              file=sys.stderr)
+        raise
 
 
 CONVERT_KEYS = {"source": "the foreign checkpoint to convert (Ultralytics RT-DETR, ConvNeXt V2, SHViT ...)",
@@ -148,7 +188,7 @@ def cmd_demo(args: dict) -> None:
     run_demo(**args)
 
 
-def cmd_data(args: dict, sub: str | None) -> None:
+def cmd_data(args: dict, sub: str | None) -> int:
     if sub != "check":
         raise CLIError("usage: rtdet data check data=path/to/data.yaml [imgsz=640] [n_samples=16] [train_pipeline=...]")
     from rtdet.data import load_data_config
@@ -159,20 +199,30 @@ def cmd_data(args: dict, sub: str | None) -> None:
     set_verbosity(bool(args.get("verbose", True)))
     data = args.get("data") or _need("data", "data check", "path/to/data.yaml")
     load_data_config(data)  # a missing or broken YAML fails here, before a run folder is made
-    out = run_dir(args.get("project") or "runs", "data", args.get("name") or "check", bool(args.get("exist_ok")))
-    report = run_check(data, str(out), int(args.get("imgsz") or 640), int(args.get("n_samples") or 16),
-                       args.get("train_pipeline"))
-    LOGGER.info("data check: OK" if report["ok"] else "data check: PROBLEMS FOUND (listed in report.json)")
+    args = resolve_settings(args, verb="data")
+    out = run_dir(args["project"], "data", args.get("name") or "check", bool(args["exist_ok"]))
+    report = run_check(data, str(out), int(args["imgsz"]), int(args["n_samples"]), args.get("train_pipeline"))
+    for issue in report["issues"]:
+        LOGGER.warning(issue)
+    n = report["n_problems"]
+    LOGGER.info("data check: OK" if report["ok"] else f"data check: {n} problem{'s' if n != 1 else ''} found "
+                f"(each listed above and in report.json)")
     for role, path in report["files"].items():
         LOGGER.info(f"  {role:<16} {path}")
+    return 0 if report["ok"] else 1
 
 
-VERBS: dict[str, Callable[[dict], None]] = {
+# The verbs: a new one is a function of the checked settings (returning None for success, or an exit
+# status) and a line here. Its errors are reported by main() like every other verb's.
+VERBS: dict[str, Callable[[dict], int | None]] = {
     "info": cmd_info,
     "train": cmd_train,
     "val": cmd_val,
     "predict": cmd_predict,
     "demo": cmd_demo,
+    "export": cmd_export,
+    "benchmark": cmd_benchmark,
+    "compare": cmd_compare,
 }
 
 
@@ -188,15 +238,19 @@ def _data_names(data) -> list[str] | None:
     return list(load_data_config(data).names)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors caused by the user's files or settings (printed without a traceback)."""
-    from rtdet.engine.errors import USER_ERRORS
-
-    return USER_ERRORS
+def _report(verb: str, e: BaseException) -> None:
+    """The error as ``rtdet <verb>: error: <message>`` lines on stderr, never a traceback."""
+    message = str(e).strip() or type(e).__name__
+    for line in message.splitlines():
+        print(f"rtdet {verb}: error: {line}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; returns the exit status (0 ok, 2 bad command line, 1 failure, 130 interrupted)."""
+    """Run one command; returns the exit status (0 ok, 2 bad command line or setting, 1 a file it names is
+    missing or invalid, or the run failed, 130 / 143 interrupted by SIGINT / SIGTERM). See
+    :mod:`rtdet.engine.errors`. ``RTDET_TRACEBACK=1`` re-raises unexpected errors with their traceback."""
+    from rtdet.engine.errors import USER_ERRORS, Interrupted
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("help", "-h", "--help"):
         if argv[1:2] == ["settings"]:
@@ -216,8 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if verb == "data":
             sub = rest[0] if rest and "=" not in rest[0] else None
-            cmd_data(parse_args(rest[1:] if sub else rest, "data"), sub)
-            return 0
+            return cmd_data(parse_args(rest[1:] if sub else rest, "data"), sub)
         if verb not in VERBS:
             close = difflib.get_close_matches(verb, [*VERBS, "convert", "data", "help"], n=2)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
@@ -225,17 +278,26 @@ def main(argv: list[str] | None = None) -> int:
         if any(t in ("-h", "--help", "help") for t in rest):
             print(USAGE)
             return 0
-        VERBS[verb](parse_args(rest, verb))
+        return VERBS[verb](parse_args(rest, verb)) or 0  # a verb may return its own exit status
     except (CLIError, SettingsError) as e:
-        print(f"rtdet {verb}: error: {e}", file=sys.stderr)
+        _report(verb, e)
         return 2
+    except Interrupted as e:
+        print(f"rtdet {verb}: {e}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print(f"rtdet {verb}: interrupted", file=sys.stderr)
         return 130
-    except _user_errors() as e:  # bad file, bad YAML, bad checkpoint: the message says it all
-        print(f"rtdet {verb}: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:  # bad file, bad YAML, bad checkpoint: the message says it all
+        _report(verb, e)
         return 1
-    return 0
+    except Exception as e:  # a bug: one line, and the traceback on request
+        if os.environ.get("RTDET_TRACEBACK"):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0]
+        _report(verb, RuntimeError(f"unexpected {type(e).__name__}: {first} (a bug in rtdet: please report it; "
+                                   f"RTDET_TRACEBACK=1 shows where)"))
+        return 1
 
 
 def entrypoint() -> None:

@@ -62,3 +62,24 @@ def test_train_reload_val_predict(tmp_path):
     assert again.predictor.save_dir is None  # the API saves nothing unless asked
     stream = again.predict([image, image], stream=True, conf=0.0)
     assert sum(1 for _ in stream) == 2
+
+
+def test_the_api_checks_every_value_before_any_work(tmp_path):
+    """The Python API refuses bad values as the command line does, before building, loading or writing."""
+    from rtdet.engine.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="nc=0: expected an integer >= 1"):
+        Detector("rtdetr-demo.yaml", nc=0)
+    with pytest.raises(TypeError, match="Detector\\(model\\): expected a model YAML"):
+        Detector(None)
+    det = Detector("rtdetr-demo.yaml", nc=2)
+    runs = tmp_path / "runs"
+    cases = ((det.train, {"epochs": -1}), (det.train, {"exist_ok": "maybe"}), (det.train, {"lr0": float("nan")}),
+             (det.val, {"batch": 0}), (det.predict, {"conf": 2.0}))
+    for call, bad in cases:
+        with pytest.raises(SettingsError, match=next(iter(bad))):
+            if call == det.predict:
+                call(np.zeros((32, 32, 3), np.uint8), project=str(runs), **bad)
+            else:
+                call(data="coco128.yaml", project=str(runs), **bad)
+    assert not runs.exists()

@@ -24,6 +24,13 @@ def test_values_are_yaml_scalars():
                     "conf": 0.5, "batch": 4, "source": ["a.jpg", "b.jpg"]}
 
 
+def test_text_keys_keep_what_was_typed():
+    """name=007 is a run name, not the number 7; name=on is a name, not YAML's boolean spelling."""
+    assert parse_args(["name=007", "scale=n", "project=on", "model=3.yaml"]) == {
+        "name": "007", "scale": "n", "project": "on", "model": "3.yaml"}
+    assert parse_args(["name=", "exist_ok=yes", "resume=on"]) == {"name": None, "exist_ok": True, "resume": True}
+
+
 def test_unknown_key_names_the_key_the_closest_keys_and_the_verb(capsys):
     with pytest.raises(SettingsError) as err:
         parse_args(["epoch=3"], "train")

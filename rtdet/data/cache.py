@@ -15,16 +15,15 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from rtdet.data.formats import LabelSet, Problem
+from rtdet.utils.checkpoint import atomic_write_bytes
 
-__all__ = ["CACHE_VERSION", "atomic_write_bytes", "cache_path", "default_cache_dir", "fingerprint", "load_cache",
-           "save_cache"]
+__all__ = ["CACHE_VERSION", "cache_path", "default_cache_dir", "fingerprint", "load_cache", "save_cache"]
 
 CACHE_VERSION = 1
 log = logging.getLogger("rtdet.data")
@@ -51,24 +50,6 @@ def fingerprint(paths: list[str], extra: str = "") -> str:
         except OSError:
             h.update(f"{p}|-\n".encode())
     return h.hexdigest()
-
-
-def atomic_write_bytes(path: str | Path, write) -> Path:
-    """Write a file through ``write(fh)`` (or bytes) to a temporary name beside it, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if isinstance(write, (bytes, bytearray)):
-                fh.write(write)
-            else:
-                write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _pack(strings: list[str]) -> np.ndarray:

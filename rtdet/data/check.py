@@ -13,9 +13,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from rtdet.data.cache import atomic_write_bytes
 from rtdet.data.dataset import DetectionDataset, open_split, summarize
 from rtdet.data.formats import LabelSet, load_data_config
+from rtdet.utils.checkpoint import atomic_write_bytes
 
 __all__ = ["draw_boxes", "plot_label_stats", "run_check", "sample_grid"]
 
@@ -100,11 +100,23 @@ def _box_size_stats(labels: LabelSet) -> dict[str, Any]:
     }
 
 
+def _split_issues(split: str, s: dict) -> list[str]:
+    """What makes a split unusable as a whole (beyond its per-file problems)."""
+    if s["images"] == 0:
+        return [f"{split}: no usable image"]
+    if s["instances"] == 0:
+        return [f"{split}: none of its {s['images']} images has a labelled box (all are background images); "
+                f"check the labels/ folder beside images/ (docs/data.md)"]
+    return []
+
+
 def run_check(data: str, out_dir: str, imgsz: int = 640, n_samples: int = 16, recipe_pipeline=None) -> dict:
     """Check a dataset YAML: every split is read and validated (each problem logged once), then
 
     * ``<out_dir>/report.json``: per split images, instances, instances per class, empty classes,
       background / skipped images, problem counts and the full problem list (file, line, message, action);
+      ``issues`` (a split without images, or without any labelled box), ``n_problems`` (problems + issues)
+      and ``ok`` (no problem at all);
     * ``<out_dir>/labels_<split>.png``: instances per class and box-size distribution;
     * ``<out_dir>/train_samples.png``: ``n_samples`` training samples after ``recipe_pipeline``
       (a pipeline spec: built-in name, YAML path, dict or list; default ``ultralytics``), boxes drawn.
@@ -138,12 +150,14 @@ def run_check(data: str, out_dir: str, imgsz: int = 640, n_samples: int = 16, re
             atomic_write_bytes(path, buf.tobytes())
             report["files"]["train_samples"] = str(path)
         report["pipeline"] = {"name": ds.spec.name, "stages": [[st, c.names] for st, c in ds.schedule.stages]}
-    n_problems = sum(len(s["problem_list"]) for s in report["splits"].values())
-    empty = [k for k, s in report["splits"].items() if s["images"] == 0]
-    report["ok"] = n_problems == 0 and not empty
+    # The verdict counts every problem of every file and every split that cannot train or evaluate
+    # anything, so that "OK", the count and the exit status of `rtdet data check` always agree.
+    report["issues"] = [issue for k, s in report["splits"].items() for issue in _split_issues(k, s)]
+    report["n_problems"] = sum(len(s["problem_list"]) for s in report["splits"].values()) + len(report["issues"])
+    report["ok"] = report["n_problems"] == 0
     report["summary"] = (f"{cfg.nc} classes; " + "; ".join(
         f"{k}: {s['images']} images, {s['instances']} boxes, {s['background']} background, {s['skipped']} skipped, "
-        f"{len(s['problem_list'])} problems" for k, s in report["splits"].items()))
+        f"{len(s['problem_list']) + len(_split_issues(k, s))} problems" for k, s in report["splits"].items()))
     path = out / "report.json"
     report["files"]["report"] = str(path)
     atomic_write_bytes(path, json.dumps(report, indent=1).encode())

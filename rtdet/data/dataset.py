@@ -10,6 +10,7 @@ worker process produced it (cached transforms aside: their caches are per proces
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ from rtdet.data.formats import (
     DataConfig,
     DataConfigError,
     LabelSet,
+    Problem,
     Source,
     _label_candidates,
     coco_image_files,
@@ -34,6 +36,7 @@ from rtdet.data.formats import (
     load_coco_json,
     load_data_config,
     read_coco_source,
+    read_image,
     read_yolo_source,
 )
 from rtdet.data.pipelines import PipelineSchedule, PipelineSpec, load_pipeline_spec
@@ -115,6 +118,26 @@ def _summary_line(split: str, s: dict, hits: list[bool | None]) -> str:
     return "; ".join(p for p in parts if p)
 
 
+def _once_per_file(labels: LabelSet) -> LabelSet:
+    """A split made of several sources holds each real image file once (two sources may overlap, e.g. a
+    folder and one of its subfolders); later copies are dropped and reported."""
+    first: dict[str, int] = {}
+    keep, problems = [], []
+    for i, f in enumerate(labels.im_files):
+        real = os.path.realpath(f)
+        if real in first:
+            problems.append(Problem("image_duplicate", f, f"is the same file as {labels.im_files[first[real]]} "
+                                    f"(another source of this split)", ACTIONS["image_duplicate"]))
+            continue
+        first[real] = i
+        keep.append(i)
+    if not problems:
+        return labels
+    out = labels.select(keep)
+    out.problems = labels.problems + problems
+    return out
+
+
 def open_split(config: DataConfig, split: str, cache_dir: str | Path | None | bool = None,
                allow_empty: bool = False, verbose: bool = True) -> LabelSet:
     """Read (or load from cache) every source of a split, report each problem once and a summary."""
@@ -126,7 +149,7 @@ def open_split(config: DataConfig, split: str, cache_dir: str | Path | None | bo
         labels, hit = read_source(src, config.names, cache_dir)
         parts.append(labels)
         hits.append(hit)
-    labels = LabelSet.concat(parts)
+    labels = _once_per_file(LabelSet.concat(parts)) if len(parts) > 1 else parts[0]
     s = summarize(labels, config.nc)
     if verbose:
         for p in labels.problems:
@@ -144,21 +167,10 @@ def open_split(config: DataConfig, split: str, cache_dir: str | Path | None | bo
 
 
 # ------------------------------------------------------------------------------------------ dataset
-_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-            8: cv2.IMREAD_REDUCED_COLOR_8}
-
-
 def _read_image(path: str, reduce: int = 1) -> np.ndarray | None:
     """BGR uint8 HWC, EXIF orientation applied, grayscale/RGBA/16-bit converted; None when unreadable.
-    ``reduce`` (2, 4, 8) decodes a JPEG directly at 1/reduce of its size (libjpeg DCT scaling: several
-    times faster than decoding in full and shrinking)."""
-    try:
-        buf = np.fromfile(path, dtype=np.uint8)
-    except OSError:
-        return None
-    if buf.size == 0:
-        return None
-    return cv2.imdecode(buf, _REDUCED[reduce])
+    The same decoder as the label check (:func:`rtdet.data.formats.read_image`)."""
+    return read_image(path, reduce)
 
 
 class DetectionDataset(Dataset):
@@ -189,6 +201,8 @@ class DetectionDataset(Dataset):
         self.labels = open_split(self.config, split, cache_dir, allow_empty=allow_empty, verbose=verbose)
         if fraction < 1.0:
             n = max(1, round(len(self.labels) * fraction))
+            if verbose:
+                log.info("%s: fraction=%g uses the first %d of %d images", split, fraction, n, len(self.labels))
             self.labels = _head(self.labels, n)
         self.spec = load_pipeline_spec(pipeline)
         self.load_size = self.imgsz if (self.augment and self.spec.load_size) else None
@@ -262,21 +276,21 @@ class DetectionDataset(Dataset):
     def load_sample(self, i: int) -> dict:
         """The untransformed sample of image ``i``: BGR image (at load size), class ids and xyxy pixel boxes.
 
-        An image that became unreadable after the labels were checked is reported once and replaced by the
-        next readable one, so an epoch never stops halfway."""
+        An image that became unreadable after its labels were checked (deleted or overwritten since) is
+        reported once. In training it is replaced by the next readable one, so an epoch never stops halfway;
+        evaluation never substitutes an image: the sample comes back grey, without boxes and with
+        ``unreadable=True``, and the validator leaves it out of the metrics, naming it."""
         n = len(self)
-        for k in range(n):
+        for k in range(n if self.augment else 1):
             j = (i + k) % n
             img, (h0, w0) = self._load_image(j)
             if img is not None:
                 break
-            f = self.labels.im_files[j]
-            if f not in self._bad_files:
-                self._bad_files.add(f)
-                log.warning("%s: %s cannot be decoded any more (changed since the labels were checked); "
-                            "using another image in its place", self.split, f)
+            self._report_unreadable(self.labels.im_files[j])
         else:
-            raise RuntimeError(f"{self.split}: no image of the dataset can be decoded any more")
+            if not self.augment:
+                return self._unreadable_sample(i)
+            raise DataConfigError(f"{self.split}: no image of the dataset can be decoded any more")
         cls_, b = self.labels.labels(j)
         h, w = img.shape[:2]
         boxes = np.empty((len(b), 4), np.float32)
@@ -286,6 +300,20 @@ class DetectionDataset(Dataset):
         boxes[:, 3] = (b[:, 1] + b[:, 3] / 2) * h
         return {"img": img, "cls": cls_.copy(), "bboxes": boxes, "im_file": self.labels.im_files[j],
                 "ori_shape": (h0, w0), "ratio_pad": ((h / h0, w / w0), (0.0, 0.0)), "index": j}
+
+    def _report_unreadable(self, f: str) -> None:
+        if f not in self._bad_files:
+            self._bad_files.add(f)
+            instead = "using another image in its place" if self.augment else "left out of the evaluation"
+            log.warning("%s: %s cannot be decoded any more (changed since its labels were checked); %s",
+                        self.split, f, instead)
+
+    def _unreadable_sample(self, i: int) -> dict:
+        """A grey stand-in of image i's original size, marked unreadable (evaluation skips it)."""
+        h0, w0 = (int(v) for v in self.labels.shapes[i])
+        return {"img": np.full((h0, w0, 3), 114, np.uint8), "cls": np.zeros(0, np.int64),
+                "bboxes": np.zeros((0, 4), np.float32), "im_file": self.labels.im_files[i], "ori_shape": (h0, w0),
+                "ratio_pad": ((1.0, 1.0), (0.0, 0.0)), "index": i, "unreadable": True}
 
     # ------------------------------------------------------------------ the sample
     def _enter_epoch(self, epoch: int) -> None:
@@ -320,10 +348,7 @@ class DetectionDataset(Dataset):
 
 
 def _head(labels: LabelSet, n: int) -> LabelSet:
-    end = int(labels.offsets[n])
-    return LabelSet(im_files=labels.im_files[:n], label_files=labels.label_files[:n], shapes=labels.shapes[:n],
-                    offsets=labels.offsets[:n + 1], cls=labels.cls[:end], boxes=labels.boxes[:end],
-                    problems=labels.problems, facts=labels.facts)
+    return labels.select(list(range(n)))
 
 
 def build_dataset(data: str | Path | dict | DataConfig, split: str = "train", imgsz: int = 640,

@@ -33,6 +33,8 @@ import yaml
 
 __all__ = [
     "IMG_FORMATS",
+    "read_image",
+    "walk_images",
     "DataConfig",
     "DataConfigError",
     "LabelSet",
@@ -82,6 +84,7 @@ ACTIONS = {
     "image_too_small": "image skipped",
     "image_format": "image skipped",
     "image_duplicate": "duplicate entry skipped",
+    "folder_repeat": "folder skipped (already read)",
     "image_truncated": "kept, decoded as far as the data goes",
     "label_unreadable": "image skipped",
     "row_fields": "row dropped",
@@ -175,6 +178,18 @@ class LabelSet:
             problems=[p for s in sets for p in s.problems],
             facts=facts,
         )
+
+    def select(self, keep: list[int]) -> LabelSet:
+        """The images ``keep`` (indices, in that order) with their labels; problems and facts are kept."""
+        idx = np.asarray(keep, dtype=np.int64)
+        counts = np.diff(self.offsets)[idx] if len(idx) else np.zeros(0, np.int64)
+        offsets = np.zeros(len(idx) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        rows = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in idx]) if len(idx) else \
+            np.zeros(0, np.int64)
+        return LabelSet(im_files=[self.im_files[i] for i in idx], label_files=[self.label_files[i] for i in idx],
+                        shapes=self.shapes[idx].reshape(-1, 2), offsets=offsets, cls=self.cls[rows],
+                        boxes=self.boxes[rows].reshape(-1, 4), problems=self.problems, facts=self.facts)
 
     def labels(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         a, b = self.offsets[i], self.offsets[i + 1]
@@ -433,7 +448,7 @@ def verify_image(path: str) -> tuple[tuple[int, int] | None, list[Problem], Coun
         return None, [Problem("image_too_small", path, msg, ACTIONS["image_too_small"])], facts
     problems = []
     if fmt in ("JPEG", "MPO") and _is_truncated_jpeg(path):
-        im = cv2.imread(path, cv2.IMREAD_COLOR)
+        im = read_image(path)  # the decoder training and validation use: the same verdict everywhere
         if im is None:
             msg = "truncated JPEG that OpenCV cannot decode"
             return None, [Problem("image_unreadable", path, msg, ACTIONS["image_unreadable"])], facts
@@ -484,9 +499,7 @@ def list_source_images(source: Source) -> tuple[list[str], list[Problem]]:
     if source.kind == "image":
         return [str(source.path)], problems
     if source.kind == "dir":
-        files = []
-        for dirpath, _, names in os.walk(source.path, followlinks=True):
-            files.extend(os.path.join(dirpath, n) for n in names if os.path.splitext(n)[1].lower() in IMG_FORMATS)
+        files, problems = walk_images(source.path)
         return sorted(files), problems
     # a .txt list of images
     base = source.path.parent
@@ -500,19 +513,72 @@ def list_source_images(source: Source) -> tuple[list[str], list[Problem]]:
         if not entry or entry.startswith("#"):
             continue
         p = Path(entry).expanduser()
-        p = str(p if p.is_absolute() else (base / p).resolve())
+        p = os.path.abspath(p if p.is_absolute() else base / p)
         if os.path.splitext(p)[1].lower() not in IMG_FORMATS:
             problems.append(Problem("image_format", str(source.path),
                                     f"'{entry}' has no image extension ({', '.join(IMG_FORMATS)})",
                                     ACTIONS["image_format"], ln))
             continue
-        if p in seen:
-            problems.append(Problem("image_duplicate", str(source.path), f"'{entry}' already listed on line "
-                                    f"{seen[p]}", ACTIONS["image_duplicate"], ln))
+        real = os.path.realpath(p)  # the same file under two spellings or through a symlink is one image
+        if real in seen:
+            problems.append(Problem("image_duplicate", str(source.path), f"'{entry}' is the same file as line "
+                                    f"{seen[real]}", ACTIONS["image_duplicate"], ln))
             continue
-        seen[p] = ln
+        seen[real] = ln
         files.append(p)
     return files, problems
+
+
+def walk_images(root: str | Path) -> tuple[list[str], list[Problem]]:
+    """Image files under ``root`` (symlinks followed), each real file once: a folder is read once by its real
+    path, so a link pointing back up (``images/selfdir -> .``) cannot loop, and a file reached under several
+    names is kept under the one that is no symlink (whose label file is the real one), the others reported
+    as duplicates. The walk is sorted, so the result never depends on the file system's order."""
+    problems: list[Problem] = []
+    seen_dirs: dict[str, str] = {}
+    names_of: dict[str, list[str]] = {}  # real file -> the paths it was reached by, in walk order
+    for dirpath, dirnames, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:
+            dirnames[:] = []  # and nothing below it
+            problems.append(Problem("folder_repeat", dirpath, f"is the folder {seen_dirs[real]} again (a symlink)",
+                                    ACTIONS["folder_repeat"]))
+            continue
+        seen_dirs[real] = dirpath
+        dirnames.sort()
+        for name in sorted(names):
+            if os.path.splitext(name)[1].lower() in IMG_FORMATS:
+                path = os.path.join(dirpath, name)
+                names_of.setdefault(os.path.realpath(path), []).append(path)
+    files = []
+    for paths in names_of.values():
+        keep = min(paths, key=lambda p: (os.path.islink(p), len(p), p))
+        files.append(keep)
+        problems += [Problem("image_duplicate", p, f"is the same file as {keep}", ACTIONS["image_duplicate"])
+                     for p in paths if p != keep]
+    return files, problems
+
+
+def read_image(path: str, reduce: int = 1) -> np.ndarray | None:
+    """The one image decoder (label check, training, validation): BGR uint8 HWC with EXIF orientation
+    applied, or None when OpenCV cannot decode the file. A truncated JPEG decodes as far as its data goes
+    (the rest grey), the same wherever it is read. ``reduce`` (2, 4, 8) decodes a JPEG at 1/reduce of its
+    size (libjpeg DCT scaling); a file that decodes only in full is decoded in full."""
+    flags = _REDUCED.get(reduce, cv2.IMREAD_COLOR)
+    img = cv2.imread(path, flags)
+    if img is None and reduce != 1:
+        img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:  # a path OpenCV's file API cannot open (non-ASCII names on some platforms)
+        try:
+            buf = np.fromfile(path, dtype=np.uint8)
+        except OSError:
+            return None
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+    return img
+
+
+_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+            8: cv2.IMREAD_REDUCED_COLOR_8}
 
 
 def read_yolo_source(source: Source, nc: int, files: list[str] | None = None) -> LabelSet:

@@ -9,6 +9,7 @@ A batch is a dict::
     im_file    list[str]
     ori_shape  list[(h0, w0)]
     ratio_pad  list[((ry, rx), (pad_x, pad_y)) | None]   x_in = x0 * rx + pad_x (None after flip/affine/mosaic)
+    unreadable list[bool]    only when an evaluation image could not be decoded (a grey stand-in, left out of mAP)
 
 The sampler yields ``(epoch, index)`` pairs, so worker processes (persistent or not) always know the
 epoch: ``loader.set_epoch(e)`` switches the pipeline stage and reshuffles, with no worker restart.
@@ -16,7 +17,9 @@ epoch: ``loader.set_epoch(e)`` switches the pipeline stage and reshuffles, with 
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 from collections.abc import Iterator
 from functools import partial
 
@@ -52,7 +55,7 @@ def collate(samples: list[dict], normalize: bool = True) -> dict:
     xywh[:, 1] = (boxes[:, 1] + boxes[:, 3]) / (2 * H)
     xywh[:, 2] = (boxes[:, 2] - boxes[:, 0]) / W
     xywh[:, 3] = (boxes[:, 3] - boxes[:, 1]) / H
-    return {
+    batch = {
         "img": torch.from_numpy(_to_unit_float(imgs) if normalize else imgs),
         "batch_idx": torch.repeat_interleave(torch.arange(B), torch.tensor(counts, dtype=torch.int64)),
         "cls": torch.from_numpy(np.concatenate([s["cls"] for s in samples]).astype(np.int64)),
@@ -61,6 +64,9 @@ def collate(samples: list[dict], normalize: bool = True) -> dict:
         "ori_shape": [tuple(s["ori_shape"]) for s in samples],
         "ratio_pad": [s.get("ratio_pad") for s in samples],
     }
+    if any(s.get("unreadable") for s in samples):
+        batch["unreadable"] = [bool(s.get("unreadable", False)) for s in samples]
+    return batch
 
 
 def _to_unit_float(imgs: np.ndarray) -> np.ndarray:
@@ -129,6 +135,10 @@ def _worker_init(worker_id: int) -> None:
     # one OpenCV / torch thread per worker: the workers are the parallelism
     cv2.setNumThreads(0)
     torch.set_num_threads(1)
+    # Ctrl-C and SIGTERM sent to the process group are the main process's to handle (it stops the workers
+    # after saving); a worker that died of them, or ran the trainer's handler, would lose the run.
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
 
 
 def build_dataloader(dataset, batch_size: int = 16, workers: int = 0, shuffle: bool = True, seed: int = 0,
@@ -139,7 +149,11 @@ def build_dataloader(dataset, batch_size: int = 16, workers: int = 0, shuffle: b
     ``batch_size`` is per process. With ``world_size > 1`` each rank reads its own share (DistributedSampler).
     Worker global seeds derive from (seed, epoch, rank, worker id); augmentation draws from (seed, epoch,
     index). Call ``loader.set_epoch(epoch)`` before each epoch."""
-    workers = max(0, min(int(workers), os.cpu_count() or 1))
+    cpus = os.cpu_count() or 1
+    if int(workers) > cpus:
+        logging.getLogger("rtdet.data").info("workers=%d: this machine has %d CPUs; using %d loader workers",
+                                             int(workers), cpus, cpus)
+    workers = max(0, min(int(workers), cpus))
     if hasattr(dataset, "rank"):
         dataset.rank = rank
     sampler = EpochSampler(dataset, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,

@@ -1,7 +1,8 @@
-"""``rtdet demo``: synthetic data -> train a small RT-DETR on the CPU -> validate -> predict, in minutes.
+"""``rtdet demo``: synthetic data -> train a small detector on the CPU -> validate -> predict, in minutes.
 
-    rtdet demo                      # the defaults below
-    rtdet demo epochs=30 device=0   # any setting can be changed
+    rtdet demo                          # a small RT-DETR (rtdetr-demo.yaml)
+    rtdet demo model=yolov9-demo.yaml   # a small YOLOv9 (GELAN) instead
+    rtdet demo epochs=30 device=0       # any setting can be changed
 
 Everything goes under ``runs/demo/``: the dataset (``data/``), the training run (``train/``, weights,
 results.csv, results.png) and annotated val pictures (``predict/``).
@@ -16,35 +17,35 @@ import torch
 
 from rtdet.utils.logging import LOGGER
 
-__all__ = ["DEMO_DATA", "DEMO_FIXED", "DEMO_SETTINGS", "run_demo"]
+__all__ = ["DEMO_DATA", "DEMO_FIXED", "DEMO_SETTINGS", "family_demo_settings", "run_demo"]
 
 # The synthetic set: shapes of 4 classes, 1-5 per image, 12-40% of the side. Easy enough for a 3.7M
-# parameter RT-DETR to learn in a few CPU minutes, hard enough that it has to (overlaps, rotation, noise).
+# parameter RT-DETR or a 1.6M parameter GELAN to learn in a few CPU minutes, hard enough that they have to
+# (overlaps, rotation, noise).
 DEMO_DATA = {"n_train": 320, "n_val": 60, "imgsz": 256, "seed": 0, "n_classes": 4, "min_objects": 1,
              "max_objects": 5, "size_range": (0.12, 0.4)}
 
-# Settings that differ from the RT-DETR recipe: a short run needs a larger learning rate, a decaying
-# schedule, a quick EMA and little warmup; the plain pipeline (letterbox, HSV, flip) suits the shapes.
+# Settings of every demo run; what a model family needs on top of its recipe for a short CPU run (learning
+# rate, schedule, EMA, pipeline, epochs) is in cfg/demo/<family>.yaml, chosen by the model's head.
 DEMO_SETTINGS = {
     "model": "rtdetr-demo.yaml",
-    "epochs": 8,  # ~3 CPU-minutes; mAP50 0.82 after 6, 0.92 after 8 (docs/benchmarks.md)
     "batch": 8,
     "imgsz": 256,
     "workers": 0,
     "device": "cpu",
-    "lr0": 1.0e-3,
-    "backbone_lr_ratio": 1.0,
-    "weight_decay": 1.0e-4,
-    "scheduler": "cosine",
-    "lrf": 0.05,
-    "warmup_iters": 50,
-    "clip_grad": 1.0,
-    "ema_tau": 100,
-    "ema_decay": 0.999,
-    "train_pipeline": "plain",
     "project": "runs/demo",
     "plots": True,
 }
+DEMO_DIR = Path(__file__).resolve().parent.parent / "cfg" / "demo"
+
+
+def family_demo_settings(family: str) -> dict:
+    """cfg/demo/<family>.yaml ({} for a family without one: its recipe alone)."""
+    from rtdet.engine.settings import load_yaml
+
+    path = DEMO_DIR / f"{family}.yaml"
+    return load_yaml(path) if path.is_file() else {}
+
 
 # Settings the demo decides itself, and what to run instead.
 DEMO_FIXED = {
@@ -66,6 +67,10 @@ def run_demo(**overrides) -> dict:
     if fixed:
         raise SettingsError(f"{fixed[0]}={overrides[fixed[0]]}: not a demo setting ({DEMO_FIXED[fixed[0]]})")
     args = {**DEMO_SETTINGS, **overrides}
+    set_seed(int(args.get("seed", 0)))  # the model's initial weights too
+    detector = Detector(args.pop("model"), nc=DEMO_DATA["n_classes"])
+    args = {**DEMO_SETTINGS, **family_demo_settings(detector.model.head.family), **overrides}
+    args.pop("model")
     project = Path(args["project"])
     t0 = time.time()
     LOGGER.info(f"rtdet demo: {torch.get_num_threads()} CPU threads; writing to {project}/")
@@ -76,8 +81,6 @@ def run_demo(**overrides) -> dict:
     LOGGER.info(f"Synthetic dataset: {data_yaml} ({data_args['n_train']} train / {data_args['n_val']} val images, "
                 f"{data_args['n_classes']} classes) in {t_data:.1f} s")
 
-    set_seed(int(args.get("seed", 0)))  # the model's initial weights too
-    detector = Detector(args.pop("model"), nc=data_args["n_classes"])
     metrics = detector.train(data=str(data_yaml), **args)
     train_dir = detector.trainer.save_dir
     t_train = time.time() - t0 - t_data
@@ -91,8 +94,7 @@ def run_demo(**overrides) -> dict:
     LOGGER.info("\n" + "=" * 80)
     LOGGER.info(f"rtdet demo finished in {seconds:.0f} s (dataset {t_data:.0f} s, training + validation "
                 f"{t_train:.0f} s, prediction {seconds - t_data - t_train:.0f} s)")
-    LOGGER.info(f"  val mAP50 {metrics.get('mAP50', float('nan')):.3f}   mAP50-95 "
-                f"{metrics.get('mAP50-95', float('nan')):.3f}")
+    LOGGER.info(f"  val mAP50 {_fmt(metrics.get('mAP50'))}   mAP50-95 {_fmt(metrics.get('mAP50-95'))}")
     LOGGER.info(f"  training run:       {train_dir}  (results.csv, results.png, weights/best.pt)")
     LOGGER.info(f"  annotated pictures: {predict_dir}  ({len(results)} val images, "
                 f"{sum(len(r) for r in results)} detections)")
@@ -100,3 +102,7 @@ def run_demo(**overrides) -> dict:
     LOGGER.info("=" * 80)
     return {"metrics": metrics, "seconds": seconds, "train_dir": train_dir, "predict_dir": predict_dir,
             "data": data_yaml}
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"

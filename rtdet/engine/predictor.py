@@ -12,9 +12,13 @@ Annotated images / videos go to ``runs/predict/<name>`` (``save``), with optiona
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import glob
 import os
+import re
+import sys
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -24,15 +28,16 @@ import numpy as np
 import torch
 
 from rtdet.data import build_pipeline, collate, load_pipeline_spec
+from rtdet.engine.errors import SourceError
 from rtdet.engine.results import Results
 from rtdet.engine.rundir import run_dir
 from rtdet.engine.settings import SettingsError, check_imgsz, check_settings, resolve_settings
-from rtdet.engine.validator import image_id_of
+from rtdet.engine.validator import image_id_of, input_spec
 from rtdet.io.load import load_model
 from rtdet.nn.model import DetectionModel
 from rtdet.ops.boxes import boxes_to_original
 from rtdet.ops.metrics import coco_predictions, save_predictions_json
-from rtdet.utils.checkpoint import atomic_write_text
+from rtdet.utils.checkpoint import atomic_write_bytes, atomic_write_text
 from rtdet.utils.logging import LOGGER, set_verbosity
 from rtdet.utils.torch_utils import select_device
 
@@ -54,8 +59,8 @@ def _expand(source) -> Iterator[tuple[str, np.ndarray | str]]:
             yield from _expand(s)
         return
     if not isinstance(source, str | Path):
-        raise TypeError(f"source: expected a path, a glob, a numpy array (HWC BGR) or a list of them; "
-                        f"got {type(source).__name__}")
+        raise SourceError(f"source: expected a path, a glob, a numpy array (HWC BGR) or a list of them; "
+                          f"got {type(source).__name__}")
     text = str(source)
     path = Path(text).expanduser()
     if path.is_dir():
@@ -82,8 +87,8 @@ def _expand(source) -> Iterator[tuple[str, np.ndarray | str]]:
     elif suffix in IMAGE_SUFFIXES:
         yield "image", str(path)
     else:
-        raise ValueError(f"source '{text}': unknown file type '{suffix}'; images: {' '.join(IMAGE_SUFFIXES)}, "
-                         f"videos: {' '.join(VIDEO_SUFFIXES)}")
+        raise SourceError(f"source '{text}': unknown file type '{suffix}'; images: {' '.join(IMAGE_SUFFIXES)}, "
+                          f"videos: {' '.join(VIDEO_SUFFIXES)}")
 
 
 def iter_source(source) -> Iterator[tuple[np.ndarray, str, int | None, dict | None]]:
@@ -95,33 +100,79 @@ def iter_source(source) -> Iterator[tuple[np.ndarray, str, int | None, dict | No
             if img.ndim == 2:
                 img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
             if img.ndim != 3 or img.shape[2] not in (3, 4) or img.dtype != np.uint8:
-                raise ValueError(f"source array {n_arrays}: expected an HWC uint8 BGR image, got shape "
-                                 f"{img.shape} dtype {img.dtype}")
+                raise SourceError(f"source array {n_arrays}: expected an HWC uint8 BGR image, got shape "
+                                  f"{img.shape} dtype {img.dtype}")
             if img.shape[2] == 4:
                 img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
             yield img, f"image{n_arrays}.jpg", None, None
             n_arrays += 1
         elif kind == "image":
-            img = cv2.imdecode(np.fromfile(item, dtype=np.uint8), cv2.IMREAD_COLOR)
-            if img is None:
-                raise ValueError(f"source '{item}': cannot be decoded as an image")
-            yield img, item, None, None
+            yield _read_image(item), item, None, None
         else:
-            cap = cv2.VideoCapture(item)
-            if not cap.isOpened():
-                raise ValueError(f"source '{item}': OpenCV cannot open this video")
-            info = {"fps": cap.get(cv2.CAP_PROP_FPS) or 25.0,
-                    "frames": int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)}
-            k = 0
-            try:
-                while True:
-                    ok, frame = cap.read()
-                    if not ok:
-                        break
-                    yield frame, item, k, info
-                    k += 1
-            finally:
-                cap.release()
+            yield from _read_video(item)
+
+
+def _read_image(path: str) -> np.ndarray:
+    """A BGR image; SourceError naming the file when it cannot be decoded."""
+    with opencv_messages() as said:
+        img = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise SourceError(f"source '{path}': cannot be decoded as an image{_said(said)}; the file may be truncated "
+                          f"or not an image")
+    return img
+
+
+def _read_video(path: str) -> Iterator[tuple[np.ndarray, str, int, dict]]:
+    """Every frame of a video; SourceError naming the file (and what OpenCV / FFmpeg said) when it cannot be
+    opened or holds no frame. Stopping before the frame count its header promises is reported, not hidden."""
+    with opencv_messages() as said:
+        cap = cv2.VideoCapture(path)
+        ok, frame = cap.read() if cap.isOpened() else (False, None)
+    if not ok:
+        cap.release()
+        what = "cannot open this video" if not cap.isOpened() else "cannot read a single frame of this video"
+        raise SourceError(f"source '{path}': OpenCV {what}{_said(said)}; the file may be truncated, corrupt or in "
+                          f"a format this OpenCV build does not decode")
+    info = {"fps": cap.get(cv2.CAP_PROP_FPS) or 25.0, "frames": int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)}
+    k = 0
+    try:
+        while ok:
+            yield frame, path, k, info
+            k += 1
+            ok, frame = cap.read()
+    finally:
+        cap.release()
+    if 0 < k < info["frames"]:
+        LOGGER.warning(f"source '{path}': read {k} of the {info['frames']} frames its header announces; the rest "
+                       f"cannot be decoded (truncated file?)")
+
+
+@contextlib.contextmanager
+def opencv_messages() -> Iterator[list[str]]:
+    """What OpenCV and FFmpeg print on the process's stderr (C code, not Python warnings) while the block
+    runs, as a list of lines filled in on exit; errors can then quote it instead of hiding it."""
+    said: list[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (embedded interpreter): nothing to capture
+        yield said
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            said += [line.strip() for line in tmp.read().decode(errors="replace").splitlines() if line.strip()]
+
+
+def _said(lines: list[str]) -> str:
+    """' (OpenCV: moov atom not found)' with the distinct messages, '' when it said nothing."""
+    text = "; ".join(dict.fromkeys(re.sub(r"^\[[^]]*\]\s*", "", line) for line in lines))
+    return f" (OpenCV: {text[:300]})" if text else ""
 
 
 def prepare_for_inference(model: DetectionModel, fuse: bool, channels_last: bool) -> DetectionModel:
@@ -162,6 +213,8 @@ class Predictor:
         self.args: dict = {}
         self.save_dir: Path | None = None
         self._writers: dict[str, cv2.VideoWriter] = {}
+        self._video_files: dict[str, tuple[Path, Path]] = {}
+        self.saves = False
 
     def setup(self) -> None:
         """Load the model, settle the settings (default < recipe < checkpoint's training size and
@@ -183,8 +236,7 @@ class Predictor:
         spec = load_pipeline_spec(args.get("val_pipeline") or args.get("train_pipeline") or None)
         self.preprocess_pipeline = build_pipeline(spec.val, int(args["imgsz"]))
         self.conf = PREDICT_CONF if args.get("conf") is None else float(args["conf"])
-        if args["save"] or args["save_txt"] or args["save_json"]:
-            self.save_dir = run_dir(args["project"], self.task, args.get("name"), bool(args["exist_ok"]))
+        self.saves = bool(args["save"] or args["save_txt"] or args["save_json"])
 
     def __call__(self, source=None) -> list[Results]:
         """All results in a list (for a long video prefer :meth:`stream`, which keeps no frames)."""
@@ -205,9 +257,7 @@ class Predictor:
                     n += 1
                     yield r
         finally:
-            for w in self._writers.values():
-                w.release()
-            self._writers.clear()
+            self._close_videos()
         if self.save_dir is not None:
             if self.args["save_json"]:
                 save_predictions_json(self.save_dir / "predictions.json", predictions)
@@ -223,7 +273,7 @@ class Predictor:
             samples.append(self.preprocess_pipeline(sample))
         batch = collate(samples)
         x = batch["img"].to(self.device)
-        x = x.to(next(self.model.parameters()).dtype)  # fp16 when the model was converted with half=true
+        x = x.to(input_spec(self.model)[1])  # fp16 when the model was converted with half=true
         t0 = time.perf_counter()
         out = self.model(x)
         dets = self.model.head.postprocess(out, tuple(x.shape[2:]), conf=self.conf, iou=float(self.args["iou"]),
@@ -243,8 +293,11 @@ class Predictor:
         return f"{stem}_{r.frame}" if r.frame is not None else stem
 
     def _save(self, r: Results, video: dict | None, predictions: list[dict]) -> None:
-        if self.save_dir is None:
+        if not self.saves:
             return
+        if self.save_dir is None:  # made with the first result: a source that fails at once leaves no folder
+            args = self.args
+            self.save_dir = run_dir(args["project"], self.task, args.get("name"), bool(args["exist_ok"]))
         args = self.args
         if args["save"]:
             annotated = r.plot(line_width=args.get("line_width"))
@@ -252,8 +305,8 @@ class Predictor:
                 name = Path(r.path).name if Path(r.path).suffix else f"{Path(r.path).stem}.jpg"
                 ok, buf = cv2.imencode(Path(name).suffix or ".jpg", annotated)
                 if not ok:
-                    raise ValueError(f"cannot encode the annotated picture of {r.path}")
-                _atomic_bytes(self.save_dir / name, buf.tobytes())
+                    raise SourceError(f"cannot encode the annotated picture of {r.path} as {Path(name).suffix}")
+                atomic_write_bytes(self.save_dir / name, buf.tobytes())
             else:
                 self._video_writer(r, video).write(annotated)
         if args["save_txt"]:
@@ -263,17 +316,22 @@ class Predictor:
             predictions += coco_predictions(image_id_of(self._stem(r), len(predictions)), r.boxes, r.scores, r.labels)
 
     def _video_writer(self, r: Results, video: dict) -> cv2.VideoWriter:
+        """The writer of an annotated video. It writes to a hidden temporary file (an .mp4 too: OpenCV picks
+        the container by the extension) that is renamed into place once the video is complete."""
         key = r.path
         if key not in self._writers:
             h, w = r.orig_shape
             out = self.save_dir / f"{Path(r.path).stem}.mp4"
-            self._writers[key] = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), float(video["fps"]), (w, h))
+            tmp = out.with_name(f".{out.stem}.tmp.mp4")
+            writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(video["fps"]), (w, h))
+            self._writers[key] = writer
+            self._video_files[key] = (tmp, out)
         return self._writers[key]
 
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary name beside ``path`` and rename: a reader never sees half a picture."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    def _close_videos(self) -> None:
+        for key, writer in self._writers.items():
+            writer.release()
+            tmp, out = self._video_files.pop(key)
+            if tmp.is_file():
+                os.replace(tmp, out)
+        self._writers.clear()

@@ -10,14 +10,19 @@ outputs, ``model.head.build_criterion(hyp)`` the loss, ``model.head.family`` the
 * a run folder ``<project>/train/<name>`` with ``weights/last.pt`` and ``best.pt`` (every epoch, atomic),
   ``results.csv``, ``results.png`` and ``args.yaml``;
 * exact resume (model, EMA, optimizer, schedule, epoch, RNG; mid-epoch too) with ``resume=True``;
-* Ctrl-C finishes the current optimizer step, saves last.pt and stops; a NaN/inf loss stops training with
-  the epoch, step and loss terms (the last good last.pt is kept).
+* Ctrl-C and SIGTERM finish the current optimizer step, save last.pt and stop (:class:`StopSignals`); a
+  NaN/inf loss stops training with the epoch, step and loss terms (the last good last.pt is kept);
+* writes ordered so that every state on disk is consistent (last.pt, best.pt, then the results row), stale
+  temporaries of killed writes removed at start and resume, the run folder made once set-up succeeded;
+* under DDP, rank 0 decides improvement and early stopping for all ranks, and teardown is the same on
+  every rank (barrier, DDP wrapper released, process group destroyed).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import gc
 import io
 import math
 import os
@@ -38,7 +43,7 @@ import yaml
 from tqdm import tqdm
 
 from rtdet.engine import loaders
-from rtdet.engine.errors import NonFiniteLossError
+from rtdet.engine.errors import Interrupted, NonFiniteLossError
 from rtdet.engine.optim import LRSchedule, build_optimizer, scaled_lr, warmup_steps
 from rtdet.engine.rundir import latest_run, run_dir
 from rtdet.engine.settings import (
@@ -47,12 +52,19 @@ from rtdet.engine.settings import (
     check_settings,
     criterion_hyperparameters,
     resolve_settings,
+    schema,
 )
 from rtdet.engine.validator import Validator, fitness
 from rtdet.io.load import is_checkpoint, load_model, transfer_weights
 from rtdet.losses.common import batch_targets
 from rtdet.nn.model import DetectionModel
-from rtdet.utils.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
+from rtdet.utils.checkpoint import (
+    CheckpointError,
+    atomic_write_text,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 from rtdet.utils.logging import LOGGER, set_verbosity
 from rtdet.utils.torch_utils import (
     ModelEMA,
@@ -110,7 +122,7 @@ class Trainer:
         self.best_epoch = -1
         self.best_fitness: float | None = None
         self.epoch = 0
-        self._stop_requested = False
+        self._stop_requested = 0  # the signal number that asked to stop (0: none)
 
     # ------------------------------------------------------------------ callbacks
     def add_callback(self, event: str, fn: Callable[[Trainer], None]) -> None:
@@ -122,9 +134,9 @@ class Trainer:
         for fn in self.callbacks[event]:
             fn(self)
 
-    def request_stop(self) -> None:
-        """Stop after the current optimizer step, saving last.pt (what Ctrl-C does)."""
-        self._stop_requested = True
+    def request_stop(self, signum: int = signal.SIGINT) -> None:
+        """Stop after the current optimizer step, saving last.pt (what Ctrl-C and SIGTERM do)."""
+        self._stop_requested = int(signum)
 
     # ------------------------------------------------------------------ entry
     def train(self) -> dict:
@@ -134,14 +146,31 @@ class Trainer:
         if len(devices) > 1 and world == 1:
             return self._launch_ddp(devices)
         self.rank, self.local_rank, self.world = rank, local_rank, world
-        self.setup()
-        previous = _install_sigint(self)
+        together = False  # every rank ends here at the same step: a clean finish, or a stop they agreed on
         try:
-            return self._fit()
+            self.setup()
+            with StopSignals(self):
+                metrics = self._fit()
+            together = True
+            return metrics
+        except (Interrupted, NonFiniteLossError):  # decided by all ranks at once (_sync_flags)
+            together = True
+            raise
         finally:
-            _restore_sigint(previous)
-            if self.world > 1 and dist.is_initialized():
-                dist.destroy_process_group()
+            self._teardown(together)
+
+    def _teardown(self, together: bool) -> None:
+        """Leave DDP the same way on every rank: all ranks meet at a barrier (when they all stop together;
+        after an error of one rank the others may never arrive), the DDP wrapper is released, then the
+        process group is destroyed. Destroying it while a peer still talks to it, or while a DDP wrapper
+        holds it, hung at exit in about one run of four."""
+        if self.world > 1 and dist.is_available() and dist.is_initialized():
+            if together:
+                dist.barrier()
+            if hasattr(self, "model"):
+                self.model = de_parallel(self.model)
+            gc.collect()  # the wrapper's reducer holds the group; let it go before the group does
+            dist.destroy_process_group()
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -165,6 +194,7 @@ class Trainer:
                                f"only {', '.join(RESUME_OVERRIDABLE)} may change)")
             args.update({k: user[k] for k in RESUME_OVERRIDABLE if k in user})
             args["resume"] = str(ckpt_path)
+            _check_resumed_device(args, ckpt_path, "device" in user)
             self.resume_path = Path(ckpt_path)
         else:
             args = resolve_settings({k: v for k, v in user.items() if k != "model"}, verb="train")
@@ -205,12 +235,12 @@ class Trainer:
             init_distributed(self.device)
         self.amp = bool(args["amp"]) and self.device.type == "cuda"
 
-        # Run folder (rank 0 picks it; the others learn it).
+        # Run folder: rank 0 picks its name (the others learn it) and makes it once set-up has succeeded.
         if self.resume_path is not None:
             save_dir = self.resume_path.parent.parent
         else:
             save_dir = run_dir(args["project"], self.task, args.get("name"), bool(args["exist_ok"]),
-                               create=self.rank == 0) if self.rank == 0 else None
+                               create=False) if self.rank == 0 else None
         if self.world > 1:
             holder = [save_dir]
             dist.broadcast_object_list(holder, src=0)
@@ -219,9 +249,6 @@ class Trainer:
         self.wdir = self.save_dir / "weights"
         self.last, self.best = self.wdir / "last.pt", self.wdir / "best.pt"
         self.csv_path = self.save_dir / "results.csv"
-        if self.rank == 0:
-            self.wdir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.save_dir / "args.yaml", yaml.safe_dump(_plain(args), sort_keys=False))
 
         # Data loaders.
         self.batch_size = max(int(args["batch"]) // self.world, 1)
@@ -240,7 +267,13 @@ class Trainer:
             unused = bool(getattr(self.model.head, "ddp_find_unused_parameters", True))
             self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=(
                 [self.device.index] if self.device.type == "cuda" else None), find_unused_parameters=unused)
-        self.accumulate = max(int(args["accumulate"]), 1)
+        self.accumulate, weight_decay = nominal_batch(int(args["batch"]), int(args["accumulate"]),
+                                                      int(args.get("nbs") or 0), float(args["weight_decay"]))
+        # A criterion whose loss is a sum over images (YOLO's mean x batch size) is summed over the
+        # accumulated batches and the DDP processes, so one step's gradient is that of the whole nominal
+        # batch and the references' learning rates apply; a mean loss is averaged.
+        self.loss_scale = float(self.world) if getattr(self.criterion, "reduction", "mean") == "sum" else (
+            1.0 / self.accumulate)
         self.steps_per_epoch = math.ceil(len(self.train_loader) / self.accumulate)
         self.epochs = int(args["epochs"])
         total_steps = self.steps_per_epoch * self.epochs
@@ -250,7 +283,7 @@ class Trainer:
             LOGGER.info(f"lr0 {args['lr0']:g} is for batch {args['lr_batch']}; this run's optimizer steps see "
                         f"{self.batch_size * self.world * self.accumulate} images: lr {self.lr0:.4g} (linear scaling)")
         self.optimizer = build_optimizer(de_parallel(self.model), args["optimizer"], self.lr0,
-                                         float(args["momentum"]), float(args["weight_decay"]),
+                                         float(args["momentum"]), weight_decay,
                                          float(args["backbone_lr_ratio"]))
         warmup = warmup_steps(int(args["warmup_iters"]), float(args["warmup_epochs"]), self.steps_per_epoch,
                               total_steps, float(args["warmup_max_fraction"]))
@@ -262,6 +295,9 @@ class Trainer:
                             schedule=str(args.get("ema_schedule") or "ramp")) if args["ema"] else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.validator = Validator(args={**args, "verbose": False}) if self.val_loader is not None else None
+        if self.world > 1 and int(args["batch"]) < self.world:
+            LOGGER.warning(f"batch={args['batch']} is less than the {self.world} DDP processes; each reads "
+                           f"1 image per step, {self.world} in all")
 
         # Resume state.
         self.start_epoch, self.skip_batches, self.resume_rng = 0, 0, None
@@ -269,7 +305,22 @@ class Trainer:
         self.rows: list[dict] = []
         if ckpt is not None:
             self._load_state(ckpt)
+        if self.rank == 0:
+            self._make_run_folder()
         self._run_callbacks("on_train_start")
+
+    def _make_run_folder(self) -> None:
+        """The run folder, its settings, and no stale temporaries: a run killed inside a write leaves a
+        hidden ``.<name>.*.tmp`` beside the file (the file itself is intact); they are removed here."""
+        self.wdir.mkdir(parents=True, exist_ok=True)
+        removed = remove_stale_temporaries(self.save_dir) + remove_stale_temporaries(self.wdir)
+        if removed:
+            mb = sum(size for _, size in removed) / 2**20
+            LOGGER.info(f"Removed {len(removed)} temporary file(s) ({mb:.1f} MB) left by an interrupted write: "
+                        f"{', '.join(p.name for p, _ in removed)}")
+        atomic_write_text(self.save_dir / "args.yaml", yaml.safe_dump(_plain(self.args), sort_keys=False))
+        if self.rows:  # resumed: results.csv as the checkpoint knows it
+            self._write_csv()
 
     def _load_state(self, ckpt: dict) -> None:
         """Model, EMA, optimizer, schedule, scaler, epoch and RNG from a last.pt (exact continuation)."""
@@ -295,19 +346,20 @@ class Trainer:
                 f"{self.resume_path}: this run already finished its {self.epochs} epochs. To train longer, start "
                 f"a new run from its weights: rtdet train model={self.resume_path} data=... epochs=N"
             )
-        if self.csv_path.is_file():
+        if isinstance(ckpt.get("results"), list):  # the rows of every epoch this checkpoint completed
+            self.rows = [dict(r) for r in ckpt["results"]]
+        elif self.csv_path.is_file():  # checkpoints written before rows travelled inside them
             with self.csv_path.open() as fh:
                 self.rows = [r for r in csv.DictReader(fh) if int(float(r["epoch"])) <= self.start_epoch]
+        self._check_best(ckpt)
         LOGGER.info(f"Resuming {self.save_dir} from epoch {self.start_epoch + 1}"
                     f"{f', batch {self.skip_batches + 1}' if self.skip_batches else ''}")
 
     # ------------------------------------------------------------------ loop
     def _fit(self) -> dict:
-        args = self.args
         LOGGER.info(f"Training {de_parallel(self.model).name} ({self.family}) on {self.device} for {self.epochs} "
                     f"epochs, {len(self.train_loader.dataset)} images, batch {self.batch_size * self.world}; "
                     f"results -> {self.save_dir}")
-        patience = int(args["patience"] or 0)
         for epoch in range(self.start_epoch, self.epochs):
             self.epoch = epoch
             self._run_callbacks("on_train_epoch_start")
@@ -316,21 +368,41 @@ class Trainer:
             if interrupted is not None:
                 self._on_interrupt(epoch, interrupted)
             self.metrics = self._validate() if self.val_loader is not None else {}
-            fit = fitness(self.metrics) if self.metrics else -sum(losses.values())
-            improved = self.best_fitness is None or fit >= self.best_fitness
-            if improved:
-                self.best_fitness, self.best_epoch = fit, epoch
+            improved, stop = self._decide(epoch, losses)
             if self.rank == 0:
-                self._record(epoch, losses, time.time() - t0)
+                # Checkpoints first, then the results row: results.csv never lists an epoch whose weights
+                # were not saved (the rows also travel inside last.pt, so resume restores them exactly).
+                self._add_row(epoch, losses, time.time() - t0)
                 self._save(epoch, best=improved)
+                self._write_csv()
             self._run_callbacks("on_fit_epoch_end")
-            if patience and epoch - self.best_epoch >= patience:
-                LOGGER.info(f"Stopping early: no improvement for {patience} epochs (best epoch {self.best_epoch + 1})")
+            if self._sync_flags(False)[0] and epoch + 1 < self.epochs:  # a signal during validation or saving
+                self._on_interrupt(epoch, None)
+            if stop:
+                LOGGER.info(f"Stopping early: no improvement for {self.args['patience']} epochs "
+                            f"(best epoch {self.best_epoch + 1})")
                 break
         if self.rank == 0:
             self._finish()
         self._run_callbacks("on_train_end")
         return self.metrics
+
+    def _decide(self, epoch: int, losses: dict[str, float]) -> tuple[bool, bool]:
+        """(improved, stop early) for this epoch, decided by rank 0, which alone validates, and broadcast:
+        ranks that decided from their own numbers could stop at different epochs and deadlock."""
+        decision = [False, False, self.best_fitness, self.best_epoch]
+        if self.rank == 0:
+            fit = fitness(self.metrics) if self.metrics else None
+            if fit is None:  # no validation, or a val split without labels: the lowest training loss is best
+                fit = -sum(losses.values())
+            improved = self.best_fitness is None or fit >= self.best_fitness
+            best_fitness, best_epoch = (fit, epoch) if improved else (self.best_fitness, self.best_epoch)
+            patience = int(self.args["patience"] or 0)
+            decision = [improved, bool(patience and epoch - best_epoch >= patience), best_fitness, best_epoch]
+        if self.world > 1:
+            dist.broadcast_object_list(decision, src=0)
+        improved, stop, self.best_fitness, self.best_epoch = decision
+        return bool(improved), bool(stop)
 
     def _train_epoch(self, epoch: int) -> tuple[int | None, dict[str, float]]:
         """One pass over the training data. Returns (batches done if interrupted else None, mean losses)."""
@@ -384,7 +456,7 @@ class Trainer:
         if self._sync_flags(not bool(torch.isfinite(loss.detach()).all()))[1]:
             epoch, i, n = where if where is not None else (self.epoch, 0, 1)
             self._non_finite(epoch, i, n, loss, terms)
-        self.scaler.scale(loss / self.accumulate).backward()
+        self.scaler.scale(loss * self.loss_scale).backward()
         if step:
             self._optimizer_step()
         return float(loss.detach()), terms
@@ -401,13 +473,15 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)
 
-    def _sync_flags(self, non_finite: bool) -> tuple[bool, bool]:
-        """(stop requested, loss not finite) agreed by every DDP rank, so all stop at the same step."""
+    def _sync_flags(self, non_finite: bool) -> tuple[int, bool]:
+        """(signal that asked to stop or 0, loss not finite) agreed by every DDP rank, so that all stop at the
+        same step."""
         flags = (self._stop_requested, non_finite)
         if self.world > 1:
             t = torch.tensor([float(f) for f in flags], device=self.device)
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            flags = (bool(t[0]), bool(t[1]))
+            flags = (int(t[0]), bool(t[1]))
+            self._stop_requested = flags[0]
         return flags
 
     def _non_finite(self, epoch: int, i: int, n: int, loss: torch.Tensor, terms: dict[str, float]) -> None:
@@ -420,14 +494,19 @@ class Trainer:
             f"of this batch with `rtdet data check`."
         )
 
-    def _on_interrupt(self, epoch: int, step: int) -> None:
+    def _on_interrupt(self, epoch: int, step: int | None) -> None:
+        """Save last.pt (mid-epoch with the position in the epoch; ``step`` None: the epoch was complete and
+        is saved already) and raise Interrupted, which the command line turns into exit 128 + signal."""
         if self.rank == 0:
-            self._save(epoch, best=False, step_in_epoch=step)
+            if step is not None:
+                self._save(epoch, best=False, step_in_epoch=step)
             self._finish(plots_only=True)
-        where = f"epoch {epoch + 1}, batch {step}/{len(self.train_loader)}"
-        LOGGER.warning(f"\nInterrupted at {where}: saved {self.last}. "
+        where = (f"epoch {epoch + 1}, batch {step}/{len(self.train_loader)}" if step is not None
+                 else f"the end of epoch {epoch + 1}")
+        signum = self._stop_requested or signal.SIGINT
+        LOGGER.warning(f"\nStopped ({signal.Signals(signum).name}) at {where}: saved {self.last}. "
                        f"Continue with: rtdet train resume={self.last}")
-        raise KeyboardInterrupt(f"training interrupted at {where}; saved {self.last}")
+        raise Interrupted(f"training interrupted at {where}; saved {self.last}", signum)
 
     # ------------------------------------------------------------------ validation and records
     def _validate(self) -> dict:
@@ -435,7 +514,8 @@ class Trainer:
         metrics = self.validator.run(model, self.val_loader, save_dir=None)
         return metrics
 
-    def _record(self, epoch: int, losses: dict[str, float], seconds: float) -> None:
+    def _add_row(self, epoch: int, losses: dict[str, float], seconds: float) -> None:
+        """This epoch's row of results.csv: mean loss terms, val metrics, learning rates, seconds."""
         row: dict[str, Any] = {"epoch": epoch + 1}
         row.update({f"train/{k}": round(v, 6) for k, v in losses.items()})
         row.update({f"metrics/{k}": round(float(v), 6) for k, v in self.metrics.items()
@@ -445,6 +525,11 @@ class Trainer:
             row.setdefault(f"lr/{part}", round(g["lr"], 9))
         row["time"] = round(seconds, 2)
         self.rows.append(row)
+        if self.metrics:
+            m = {k: "n/a" if self.metrics.get(k) is None else f"{self.metrics[k]:.4f}" for k in ("mAP50-95", "mAP50")}
+            LOGGER.info(f"{'':>9}val: mAP50-95 {m['mAP50-95']}  mAP50 {m['mAP50']}  ({seconds:.1f} s)")
+
+    def _write_csv(self) -> None:
         columns: list[str] = []
         for r in self.rows:
             columns += [c for c in r if c not in columns]
@@ -453,9 +538,6 @@ class Trainer:
         writer.writeheader()
         writer.writerows(self.rows)
         atomic_write_text(self.csv_path, buf.getvalue())
-        if self.metrics:
-            LOGGER.info(f"{'':>9}val: mAP50-95 {self.metrics.get('mAP50-95', 0):.4f}  "
-                        f"mAP50 {self.metrics.get('mAP50', 0):.4f}  ({seconds:.1f} s)")
 
     def checkpoint(self, epoch: int, step_in_epoch: int = 0) -> dict:
         """Everything needed to continue: tensors and plain types only (torch.load(weights_only=True))."""
@@ -474,11 +556,15 @@ class Trainer:
             "rng": get_rng_state(),
             "epoch_rng": self._epoch_rng if step_in_epoch else None,
             "args": _plain(self.args),
+            "results": _plain(self.rows),  # results.csv up to this checkpoint
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         return ckpt
 
     def _save(self, epoch: int, best: bool, step_in_epoch: int = 0) -> None:
+        """last.pt, then best.pt when this epoch improved. Each file is atomic; between the two renames
+        last.pt already records ``best_epoch == epoch`` while best.pt is older, a state resume recognises
+        and completes (:meth:`_check_best`): every state on disk is consistent or exactly recoverable."""
         ckpt = self.checkpoint(epoch, step_in_epoch)
         save_checkpoint(ckpt, self.last)
         if best:
@@ -486,6 +572,34 @@ class Trainer:
         period = int(self.args.get("save_period") or -1)
         if period > 0 and not step_in_epoch and (epoch + 1) % period == 0:
             save_checkpoint(ckpt, self.wdir / f"epoch{epoch + 1}.pt")
+
+    def _check_best(self, ckpt: dict) -> None:
+        """On resume: best.pt must hold the epoch that last.pt records as ``best_epoch``. A run killed between
+        the writes of last.pt and best.pt left last.pt as the best epoch and best.pt older: best.pt is then
+        rewritten from last.pt. Any other mismatch is an error (the files come from different runs)."""
+        best_epoch = int(ckpt.get("best_epoch", -1))
+        if self.rank != 0 or best_epoch < 0:
+            return
+        found = None
+        if self.best.is_file():
+            try:
+                found = int(load_checkpoint(self.best).get("epoch", -1))
+            except CheckpointError as e:
+                LOGGER.warning(f"{e}")
+        if found == best_epoch:
+            return
+        if best_epoch == int(ckpt["epoch"]) and not ckpt.get("step_in_epoch"):
+            save_checkpoint(ckpt, self.best)
+            LOGGER.warning(f"{self.best} was {'older' if found is not None else 'missing or unreadable'} (epoch "
+                           f"{'?' if found is None else found + 1}) but {self.resume_path} records epoch "
+                           f"{best_epoch + 1} as the best, which is last.pt itself (the run stopped between the two "
+                           f"writes): best.pt rewritten from last.pt")
+            return
+        raise CheckpointError(
+            f"{self.best} holds epoch {'?' if found is None else found + 1} but {self.resume_path} records epoch "
+            f"{best_epoch + 1} as the best; the two files are not from the same run. Move best.pt away to resume "
+            f"(best.pt then follows the epochs still to come)."
+        )
 
     def _finish(self, plots_only: bool = False) -> None:
         if self.args.get("plots") and self.csv_path.is_file():
@@ -497,8 +611,11 @@ class Trainer:
             if self.metrics and self.validator is not None:
                 LOGGER.info(f"Last epoch's validation ({len(self.val_loader.dataset)} images):")
                 self.validator.print_results(self.metrics, list(self.data.names))
-            LOGGER.info(f"Done. Results in {self.save_dir} (weights/best.pt from epoch {self.best_epoch + 1}, "
-                        f"weights/last.pt, results.csv)")
+            written = [f"weights/best.pt from epoch {self.best_epoch + 1}" if self.best.is_file() else None,
+                       "weights/last.pt" if self.last.is_file() else None,
+                       "results.csv" if self.csv_path.is_file() else None,
+                       "results.png" if (self.save_dir / "results.png").is_file() else None]
+            LOGGER.info(f"Done. Results in {self.save_dir} ({', '.join(w for w in written if w)})")
 
     # ------------------------------------------------------------------ DDP launch
     def _launch_ddp(self, devices: list[str]) -> dict:
@@ -515,6 +632,16 @@ class Trainer:
         LOGGER.info(f"DDP: {' '.join(cmd)}")
         subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
         return {}
+
+
+def nominal_batch(batch: int, accumulate: int, nbs: int, weight_decay: float) -> tuple[int, float]:
+    """(batches per optimizer step, weight decay). With a nominal batch size ``nbs`` > 0 the step
+    accumulates round(nbs / batch) batches and the decay is scaled by batch * accumulate / nbs (official
+    YOLOv9 / Ultralytics: batch 16 -> 4 batches per step, decay unchanged); otherwise ``accumulate`` as set."""
+    if nbs <= 0:
+        return max(accumulate, 1), weight_decay
+    steps = max(round(nbs / batch), 1)
+    return steps, weight_decay * batch * steps / nbs
 
 
 def _model_pipeline(args: dict, user: dict, model: DetectionModel) -> None:
@@ -551,21 +678,56 @@ def _format_terms(loss: float, terms: dict[str, float], rate: float, limit: int 
     return " ".join(parts) + f" {rate:.1f} img/s"
 
 
-def _install_sigint(trainer: Trainer):
-    """First Ctrl-C: finish the optimizer step, save, stop. Second Ctrl-C: the default (immediate) behaviour."""
-
-    def handler(signum, frame):
-        trainer.request_stop()
-        LOGGER.warning("\nCtrl-C: stopping after this step and saving last.pt (press again to abort now)")
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
+def _check_resumed_device(args: dict, ckpt_path: Path, given: bool) -> None:
+    """The device a resumed run will use must exist here (a run started on a GPU machine resumed on a CPU
+    one): a SettingsError that says to pass device=... ."""
     try:
-        return signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
-        return None
+        args["device"] = schema()["device"].check(args.get("device"))
+    except SettingsError as e:
+        hint = "" if given else f" ({ckpt_path} was trained with it; pass device=cpu or another device to resume)"
+        raise SettingsError(f"{e}{hint}") from None
 
 
-def _restore_sigint(previous) -> None:
-    if previous is not None:
-        with contextlib.suppress(ValueError):
-            signal.signal(signal.SIGINT, previous)
+class StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM (what clusters send before SIGKILL) ask the trainer to stop after the
+    current optimizer step and save last.pt.
+
+    A signal sent to a process group (as ``timeout``, shells and schedulers do) reaches every process of
+    it: DataLoader workers ignore SIGINT and SIGTERM (rtdet.data.loader), and a repeat that arrives within
+    ``REPEAT_WINDOW`` seconds of the first is the same request. A second signal after that aborts at once
+    (the last saved last.pt is kept). The previous handlers are restored on exit."""
+
+    REPEAT_WINDOW = 1.0  # seconds
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        self.first: float | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        try:
+            for s in self.SIGNALS:
+                self.previous[s] = signal.signal(s, self.handle)
+        except ValueError:  # not the main thread: leave the process's handlers alone
+            self.__exit__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(s, handler)
+        self.previous.clear()
+
+    def handle(self, signum: int, frame) -> None:
+        now = time.monotonic()
+        if self.first is None:
+            self.first = now
+            self.trainer.request_stop(signum)
+            LOGGER.warning(f"\n{signal.Signals(signum).name}: stopping after this step and saving last.pt "
+                           f"(press Ctrl-C again to abort now)")
+            return
+        if now - self.first < self.REPEAT_WINDOW:
+            return  # the same request, delivered again (process group, or a terminal's double delivery)
+        raise Interrupted(f"aborted by a second {signal.Signals(signum).name}; {self.trainer.last} keeps the last "
+                          f"saved state", signum)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from rtdet.data import PipelineConfigError
 from rtdet.engine import loaders
 from rtdet.engine.rundir import run_dir
 from rtdet.engine.settings import SettingsError, check_imgsz, check_settings, resolve_settings
@@ -28,14 +29,32 @@ from rtdet.ops.metrics import COCOEvaluator, coco_predictions, save_predictions_
 from rtdet.utils.logging import LOGGER, set_verbosity
 from rtdet.utils.torch_utils import de_parallel, select_device
 
-__all__ = ["Validator", "fitness", "image_id_of"]
+__all__ = ["Validator", "fitness", "image_id_of", "input_spec"]
 
 VAL_CONF = 0.001  # score threshold for mAP: keep (almost) everything, COCO ranks by score
 
 
-def fitness(metrics: dict) -> float:
-    """What best.pt maximises: 0.1 mAP50 + 0.9 mAP50-95."""
-    return 0.1 * float(metrics.get("mAP50", 0.0)) + 0.9 * float(metrics.get("mAP50-95", 0.0))
+def input_spec(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and dtype of the images a model takes: its parameters' (fp16 after ``half()``), or what a
+    runtime model (an ONNX Runtime session) declares."""
+    if hasattr(model, "input_dtype"):
+        return model.device, model.input_dtype
+    p = next(model.parameters())
+    return p.device, p.dtype
+
+
+def fitness(metrics: dict) -> float | None:
+    """What best.pt maximises: 0.1 mAP50 + 0.9 mAP50-95; None when mAP is unavailable (no labels)."""
+    m50, m = metrics.get("mAP50"), metrics.get("mAP50-95")
+    if m50 is None or m is None:
+        return None
+    return 0.1 * float(m50) + 0.9 * float(m)
+
+
+def unavailable_as_none(metrics: dict) -> dict:
+    """COCO writes -1 for a metric with nothing to measure (no ground-truth box at all, none that is large,
+    ...); here such a metric is None, "unavailable", never a number that could be averaged or compared."""
+    return {k: (None if isinstance(v, float) and v == -1.0 else v) for k, v in metrics.items()}
 
 
 def image_id_of(im_file: str, fallback: int) -> int | str:
@@ -61,6 +80,7 @@ class Validator:
         self.predictions: list[dict] = []
         self.save_dir: Path | None = None
         self.speed_ms = 0.0
+        self.skipped: list[str] = []
 
     # ------------------------------------------------------------------ standalone
     def __call__(self, model: DetectionModel | str | None = None) -> dict:
@@ -89,8 +109,10 @@ class Validator:
         if args["half"] and device.type == "cuda":
             model = model.half()
         loader = loaders.val_loader(data, args, int(args["batch"]))
+        metrics = self.run(model, loader)
+        # The run folder is made once there is something to put in it: a failed run leaves none behind.
         self.save_dir = run_dir(args["project"], self.task, args.get("name"), bool(args["exist_ok"]))
-        metrics = self.run(model, loader, save_dir=self.save_dir)
+        save_predictions_json(self.save_dir / "predictions.json", self.predictions)
         self.print_results(metrics, data.names)
         LOGGER.info(f"Results saved to {self.save_dir}")
         return metrics
@@ -103,8 +125,7 @@ class Validator:
         model = de_parallel(model)
         was_training = model.training
         model.eval()
-        p = next(model.parameters())
-        device = p.device
+        device, dtype = input_spec(model)
         conf = VAL_CONF if args.get("conf") is None else float(args["conf"])
         iou, max_det = float(args["iou"]), int(args["max_det"])
         multi_label = True if args.get("multi_label") is None else bool(args["multi_label"])  # as COCO val does
@@ -113,22 +134,27 @@ class Validator:
         evaluator = COCOEvaluator(model.nc, names)
         index_of = {f: i for i, f in enumerate(getattr(dataset, "im_files", []))}
         predictions: list[dict] = []
+        skipped: list[str] = []
         seconds, n_images = 0.0, 0
         pbar = tqdm(loader, desc="val", leave=False, disable=not args.get("verbose", True), dynamic_ncols=True)
         for batch in pbar:
             img = batch["img"].to(device, non_blocking=device.type == "cuda")
-            img = img.to(p.dtype)  # fp16 when the model was converted with half=true
+            img = img.to(dtype)  # fp16 when the model was converted with half=true
             t0 = time.perf_counter()
             out = model(img)
             dets = model.head.postprocess(out, tuple(img.shape[2:]), conf=conf, iou=iou, max_det=max_det,
                                           multi_label=multi_label)
             seconds += time.perf_counter() - t0
             n_images += img.shape[0]
+            unreadable = batch.get("unreadable") or [False] * len(dets)
             for j, det in enumerate(dets):
                 im_file, ori_shape = batch["im_file"][j], tuple(batch["ori_shape"][j])
+                if unreadable[j]:  # never scored in another image's place, never twice
+                    skipped.append(im_file)
+                    continue
                 ratio_pad = batch["ratio_pad"][j]
                 if ratio_pad is None:
-                    raise ValueError(
+                    raise PipelineConfigError(
                         f"{im_file}: the val transforms lost the mapping to original pixels (ratio_pad is None); "
                         f"use a val pipeline of LetterBox / Resize only"
                     )
@@ -138,13 +164,17 @@ class Validator:
                 predictions += coco_predictions(image_id_of(im_file, len(evaluator)), boxes, det.scores.float().cpu(),
                                                 det.labels.cpu())
         model.train(was_training)
+        if skipped:
+            LOGGER.warning(f"val: {len(skipped)} image(s) could not be decoded and are left out of the metrics: "
+                           f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}")
+        self.skipped = skipped
         metrics = evaluator.compute()
         self.per_class = metrics.per_class(names)
         self.predictions = predictions
         self.speed_ms = 1000 * seconds / max(n_images, 1)
         if save_dir is not None:
             save_predictions_json(Path(save_dir) / "predictions.json", predictions)
-        return metrics.as_dict()
+        return unavailable_as_none(metrics.as_dict())
 
     @staticmethod
     def _ground_truth(dataset, index_of: dict, batch: dict, j: int, ori_shape: tuple[int, int]):
@@ -160,9 +190,16 @@ class Validator:
 
     # ------------------------------------------------------------------ report
     def print_results(self, metrics: dict, names: list[str]) -> None:
+        if metrics.get("mAP50-95") is None:
+            LOGGER.warning("val: the split has no labelled box, so mAP is unavailable (predictions were still made)")
         LOGGER.info(f"{'class':>20}{'AP50-95':>10}{'AP50':>10}")
-        LOGGER.info(f"{'all':>20}{metrics['mAP50-95']:>10.4f}{metrics['mAP50']:>10.4f}")
+        LOGGER.info(f"{'all':>20}{_fmt(metrics.get('mAP50-95')):>10}{_fmt(metrics.get('mAP50')):>10}")
         for name, (ap, ap50) in self.per_class.items():
-            LOGGER.info(f"{name:>20}{ap:>10.4f}{ap50:>10.4f}")
-        extra = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("mAP75", "mAP_small", "mAP_medium", "mAP_large"))
+            LOGGER.info(f"{name:>20}{_fmt(ap):>10}{_fmt(ap50):>10}")
+        extra = ", ".join(f"{k} {_fmt(metrics.get(k))}" for k in ("mAP75", "mAP_small", "mAP_medium", "mAP_large"))
         LOGGER.info(f"{extra}; {self.speed_ms:.1f} ms/image (model + postprocess)")
+
+
+def _fmt(v) -> str:
+    """A metric for the table: 4 decimals, or n/a when unavailable (None, or NaN for a class without boxes)."""
+    return "n/a" if v is None or v != v else f"{v:.4f}"

@@ -11,7 +11,8 @@ predictor) goes through :func:`load_model`. What a source is follows from its na
 
 * a ``DetectionModel`` is used as is; a dict is a model YAML dict, or an rtdet checkpoint dict;
 * ``*.yaml`` / ``*.yml``, and names that are no file (``rtdetr-l.yaml``, ``yolov9c``), are model YAMLs;
-* ``*.onnx`` is refused for now (the ONNX Runtime backend comes with the export work);
+* ``*.onnx`` is an rtdet export, run by ONNX Runtime (:func:`rtdet.engine.onnx_backend.load_onnx_model`; its
+  class count is fixed);
 * any other file is a checkpoint: an rtdet one loads with ``torch.load(weights_only=True)``; anything else
   is read by the restricted reader (:mod:`rtdet.io.safe_pickle`) and converted by the registered format
   that recognises it (:mod:`rtdet.io.formats`), with a one-line notice.
@@ -66,7 +67,7 @@ class LoadedModel:
 
     @property
     def foreign(self) -> bool:
-        return self.is_checkpoint and self.format != "rtdet"
+        return self.is_checkpoint and self.format not in ("rtdet", "onnx")
 
     @property
     def inherited(self) -> dict:
@@ -124,17 +125,18 @@ def load_model(source: str | Path | dict | DetectionModel, nc: int | None = None
         notice: log a one-line notice when a foreign checkpoint is converted in memory.
         name: what messages call a dict source (e.g. the file it was read from).
     """
+    if getattr(source, "is_onnx", False) or (isinstance(source, str | Path) and str(source).lower().endswith(".onnx")):
+        return _from_onnx(source, nc, names)
     if isinstance(source, DetectionModel):
         loaded = LoadedModel(source, "<model>", "module", dict(source.names), description="model object")
     elif isinstance(source, dict):
         loaded = _from_dict(source, nc, scale, names, prefer_ema, verbose, name)
-    elif source is None or str(source) == "":
-        raise ValueError("no model given: pass model=<model YAML or checkpoint>, e.g. model=rtdetr-l.yaml")
+    elif isinstance(source, bool) or not isinstance(source, str | Path) or str(source) == "":
+        raise TypeError(f"no model given: a model is a model YAML (a path or a built-in name such as "
+                        f"'rtdetr-l.yaml'), a checkpoint, a dict of a YAML's contents or a DetectionModel; got "
+                        f"{type(source).__name__} {source!r}")
     else:
         path = Path(source)
-        if path.suffix.lower() == ".onnx":
-            raise CheckpointError(f"{source}: an ONNX model; rtdet cannot run .onnx files yet (the ONNX Runtime "
-                                  f"backend comes with the export work). Pass the PyTorch checkpoint instead.")
         if path.suffix.lower() in YAML_SUFFIXES or not path.exists():
             if path.suffix.lower() in CHECKPOINT_SUFFIXES:
                 raise CheckpointError(f"{source}: checkpoint file not found")
@@ -176,6 +178,24 @@ def _from_file(path: Path, prefer_ema: bool, format: str, strict: bool, notice: 
     model = converted.model
     return LoadedModel(model, str(path), fmt.name, dict(model.names), args=dict(converted.args), ema=converted.ema,
                        path=path, report=converted.report, description=converted.description)
+
+
+def _from_onnx(source, nc: int | None, names: list | dict | None) -> LoadedModel:
+    """An rtdet ONNX export (a path, or one already loaded) as an ONNX Runtime model; the settings it
+    carries are those it was exported with."""
+    from rtdet.engine.onnx_backend import load_onnx_model
+
+    if not getattr(source, "is_onnx", False) and not Path(source).is_file():
+        raise CheckpointError(f"{source}: ONNX file not found")
+    model = source if getattr(source, "is_onnx", False) else load_onnx_model(source)
+    if nc is not None and int(nc) != model.nc:
+        raise CheckpointError(f"{model.path} predicts {model.nc} classes ({', '.join(list(model.names.values())[:5])}"
+                              f"...) but {nc} were asked for; an export cannot change its class count: use the data "
+                              f"it was trained on, or export a checkpoint trained for {nc} classes")
+    if names is not None:
+        model.names = _names(names)
+    return LoadedModel(model, str(model.path), "onnx", dict(model.names), args=model.inherited_settings(),
+                       path=model.path, description="rtdet ONNX export (ONNX Runtime)")
 
 
 def _adapt(loaded: LoadedModel, nc: int | None, names: list | dict | None) -> LoadedModel:

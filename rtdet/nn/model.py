@@ -78,6 +78,16 @@ class DetectionModel(nn.Module):
         return str(self.yaml.get("name") or Path(str(self.yaml.get("yaml_file", "model"))).stem)
 
     def forward(self, x: torch.Tensor, targets: dict | None = None) -> Any:
+        try:
+            return self._run(x, targets)
+        except RuntimeError as e:  # most likely maps that no longer line up: say why, if that is it
+            problem = self._input_size_problem(x)
+            if problem is None:
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise ValueError(f"{problem} ({type(e).__name__}: {first})") from e
+
+    def _run(self, x: torch.Tensor, targets: dict | None) -> Any:
         saved: dict[int, Any] = {}
         slot = -1
         for m in self.model:
@@ -97,6 +107,20 @@ class DetectionModel(nn.Module):
                 if slot in self.saved_slots:
                     saved[slot] = x
         return x
+
+    def _input_size_problem(self, x: torch.Tensor) -> str | None:
+        """Why an input whose sides are not multiples of the largest stride fails (None when they are):
+        the neck upsamples a map and joins it with the next level, which must then be exactly twice its
+        size (the references need the same; YOLOv9's dual heads also pair auxiliary and main maps)."""
+        strides = getattr(self, "strides", None)
+        h, w = x.shape[-2:]
+        if not strides or not (h % max(strides) or w % max(strides)):
+            return None
+        stride = max(strides)
+        fit = (-(-h // stride) * stride, -(-w // stride) * stride)
+        return (f"{self.name}: an input of {h}x{w} pixels is not a multiple of the model's largest stride {stride} "
+                f"(strides {strides}), so its feature maps do not line up; pad or resize it to e.g. "
+                f"{fit[0]}x{fit[1]} (rtdet train / val / predict round imgsz up to a multiple of {stride} themselves)")
 
     def head_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The feature maps the head receives for input x (the head itself does not run)."""
@@ -170,7 +194,8 @@ class DetectionModel(nn.Module):
         return counter.get_total_flops() / 1e9
 
     def info(self, imgsz: int | tuple[int, int] | None = 640, verbose: bool = True, fused: bool | None = None) -> str:
-        """The per-row table and '<name> summary: L layers, P parameters, G GFLOPs'; printed and returned."""
+        """The per-row table and '<name> summary: L layers, P parameters, G GFLOPs'; printed and returned.
+        A model with a training-only branch gets a second line with the counts after :meth:`fuse`."""
         lines = [f"{'':>4}{'from':>20}{'n':>4}{'params':>12}  {'module':<28}arguments"]
         for m, b in zip(self.model, self.layers_info, strict=True):
             idx = f"{b.slots[0]}-{b.slots[-1]}" if b.slots else str(b.slot)
@@ -182,7 +207,16 @@ class DetectionModel(nn.Module):
         if imgsz:
             summary += f", {self.flops(imgsz):.1f} GFLOPs"
         lines.append(summary)
-        text = "\n".join(lines if verbose else lines[-1:])
+        n_table = len(lines) - 1
+        if not self.is_fused and self.training_only_parameters():
+            # a model with a training-only branch (YOLOv9's PGI): also what inference runs after fuse()
+            deployed = copy.deepcopy(self).fuse()
+            line = (f"{self.name} for inference (fuse: training-only branch removed, branches merged): "
+                    f"{len(list(deployed.modules()))} layers, {count_parameters(deployed):,} parameters")
+            if imgsz:
+                line += f", {deployed.flops(imgsz):.1f} GFLOPs"
+            lines.append(line)
+        text = "\n".join(lines if verbose else lines[n_table:])
         print(text)
         return text
 
@@ -192,7 +226,9 @@ class DetectionModel(nn.Module):
         return getattr(self, "_fused", False)
 
     def fuse(self) -> DetectionModel:
-        """Fold Conv+BN and re-parameterise multi-branch blocks in place (call in eval mode).
+        """The inference form, in place (the model is left in eval mode): training-only rows dropped (a
+        head's ``deploy_inputs``, e.g. YOLOv9's PGI auxiliary branch), Conv+BN folded and multi-branch
+        blocks re-parameterised. The outputs of what remains are unchanged.
 
         A module with a ``fuse_()`` method fuses itself and its children; other modules are searched."""
 
@@ -204,9 +240,52 @@ class DetectionModel(nn.Module):
                 visit(child)
 
         self.eval()
+        self._drop_training_only_rows()
         visit(self)
         self._fused = True
         return self
+
+    def _drop_training_only_rows(self) -> None:
+        """Swap in the head's inference form and remove every row that no longer feeds it."""
+        if self.head_index is None:
+            return
+        old = self.head
+        keep = old.deploy_inputs() if hasattr(old, "deploy_inputs") else None
+        if keep is None:
+            return
+        head = old.deploy_head()
+        sources = old.f if isinstance(old.f, list) else [old.f]
+        head.i, head.slots, head.type, head.is_head = old.i, old.slots, old.type, True
+        head.f = [sources[k] for k in keep]
+        head.np = count_parameters(head)
+        layers = [*self.model[:-1], head]
+        row_of = {}  # slot -> position of the row that produces it
+        for k, m in enumerate(layers):
+            for s in m.slots or [m.i]:
+                row_of[s] = k
+        needed, stack = {len(layers) - 1}, [len(layers) - 1]
+        while stack:  # walk the graph back from the head
+            m = layers[stack.pop()]
+            for j in m.f if isinstance(m.f, list) else [m.f]:
+                if j != -1 and row_of[j] not in needed:
+                    needed.add(row_of[j])
+                    stack.append(row_of[j])
+        kept = sorted(needed)
+        info = self.layers_info
+        self.layers_info = [info[k] for k in kept]
+        self.layers_info[-1] = copy.copy(info[-1])
+        self.layers_info[-1].f = head.f
+        self.model = nn.ModuleList(layers[k] for k in kept)
+        self.head_index = len(self.model) - 1
+        self.saved_slots = _saved_slots(self.model)
+
+    def training_only_parameters(self) -> int:
+        """Parameters that only training uses (the rows and head parts :meth:`fuse` drops); 0 for most models."""
+        if self.head_index is None or getattr(self.head, "deploy_inputs", lambda: None)() is None:
+            return 0
+        deployed = copy.deepcopy(self)
+        deployed._drop_training_only_rows()
+        return count_parameters(self) - count_parameters(deployed)
 
     # ------------------------------------------------------------------ checkpoints
     def to_checkpoint(self) -> dict:
@@ -248,6 +327,15 @@ class DetectionModel(nn.Module):
         from rtdet.io.load import load_model
 
         return load_model(path).model
+
+
+def _saved_slots(layers: nn.ModuleList) -> list[int]:
+    """The slots whose outputs forward() must keep: every input of a row that is not the previous row."""
+    saved, previous = set(), -1
+    for m in layers:
+        saved.update(j for j in (m.f if isinstance(m.f, list) else [m.f]) if j not in (previous, -1))
+        previous = m.slots[-1] if m.slots else m.i
+    return sorted(saved)
 
 
 def set_batchnorm_defaults(model: nn.Module, eps: float = BN_EPS, momentum: float = BN_MOMENTUM) -> None:

@@ -88,7 +88,10 @@ def scaled(repeat_at: int | None = None) -> ChannelRule:
     def rule(args: list, row: RowContext) -> tuple[list, int, int]:
         if not args:
             raise ValueError(f"expects its output channels as the first argument, e.g. [{row.c1}]")
-        c2 = row.scale_width(args[0])
+        c2 = args[0]
+        if isinstance(c2, bool) or not isinstance(c2, int) or c2 < 1:
+            raise ValueError(f"its first argument is the number of output channels, a positive integer; got {c2!r}")
+        c2 = row.scale_width(c2)
         args = [row.c1, c2, *args[1:]]
         n = row.n
         if repeat_at is not None:
@@ -217,11 +220,34 @@ def head_classes() -> list[type[nn.Module]]:
     return [e.cls for e in _REGISTRY.values() if e.is_head]
 
 
+MAX_UPSAMPLE = 16  # nn.Upsample: scale factor per row (the references use 2); a map can never grow unbounded
+MAX_SIZE = 8192  # nn.Upsample: output side in pixels
+
+
+def _upsample(args: list, row: RowContext) -> tuple[list, int, int]:
+    """``nn.Upsample [size, scale_factor, mode]``: channels pass through; size and factor are bounded so
+    that a typo cannot ask for a map larger than memory."""
+    size = args[0] if args else None
+    factor = args[1] if len(args) > 1 else None
+    for value, what, low, high in ((size, "size", 0, MAX_SIZE), (factor, "scale_factor", 0, MAX_UPSAMPLE)):
+        values = value if isinstance(value, list | tuple) else [value]
+        for v in values:
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int | float) or not low < v <= high:
+                raise ValueError(f"{what} must be a number in ({low}, {high}], got {value!r}")
+    return list(args), row.c_in[0], row.n
+
+
 # torch.nn modules usable as `nn.X`: how their channels follow. Anything else under nn.* passes through.
 _TORCH_RULES: dict[str, ChannelRule] = {
     "BatchNorm2d": lambda args, row: ([row.c1], row.c1, row.n),
     "ConvTranspose2d": scaled(),
+    "Upsample": _upsample,
 }
+
+
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
 
 
 def lookup(name: str, row: int | None = None) -> ModuleEntry:
@@ -239,6 +265,9 @@ def lookup(name: str, row: int | None = None) -> ModuleEntry:
             close = difflib.get_close_matches(attr, [a for a in dir(nn) if a[:1].isupper()], n=3)
             hint = f" Did you mean {', '.join('nn.' + c for c in close)}?" if close else ""
             raise KeyError(f"{where}'{name}' is not a torch.nn module.{hint}")
+        if cls.forward is nn.Module.forward or issubclass(cls, _CONTAINERS):
+            raise KeyError(f"{where}'{name}' cannot be a row: it is an abstract base or a container of other "
+                           f"modules, not a layer (write one row per layer, e.g. nn.Upsample, nn.Identity)")
         return ModuleEntry(name, cls, _TORCH_RULES.get(attr, _passthrough))
     entry = _REGISTRY.get(name)
     if entry is None:
@@ -266,34 +295,64 @@ def unknown_module_message(name: str, row: int | None = None) -> str:
     return f"{where}unknown module '{name}'; {unknown_module_hint(name)} {REGISTER_HINT}"
 
 
+# Activations a YAML may name: torch.nn's element-wise activation modules (and nn.Identity for none).
+# Attention, softmax and GLU (which halves the channels) live in the same torch file but are no
+# activation for a conv.
+_NOT_ACTIVATIONS = ("MultiheadAttention", "Softmax", "Softmin", "Softmax2d", "LogSoftmax", "GLU")
+
+
+def activation_names() -> list[str]:
+    """Every name ``activation:`` accepts (``nn.SiLU``, ``nn.ReLU``, ...)."""
+    import torch.nn.modules.activation as acts
+
+    names = [k for k, v in vars(acts).items() if isinstance(v, type) and issubclass(v, nn.Module)
+             and v.__module__ == acts.__name__ and k not in _NOT_ACTIVATIONS]
+    return sorted(f"nn.{k}" for k in [*names, "Identity"])
+
+
 def resolve_activation(spec: Any) -> nn.Module:
-    """Turn a YAML ``activation`` value (``nn.ReLU``, ``nn.SiLU()``, ``nn.LeakyReLU(0.1)``) into a module
-    without eval: only torch.nn activations and plain numeric literal arguments are accepted."""
+    """Turn a YAML ``activation`` value (``nn.ReLU``, ``nn.SiLU()``, ``nn.LeakyReLU(0.1)``,
+    ``nn.ReLU(inplace=True)``) into a module without eval: only torch.nn's activation modules, with plain
+    literal arguments, are accepted."""
     import ast
 
     if isinstance(spec, nn.Module):
         return spec
     text = str(spec).strip()
-    head, _, rest = text.partition("(")
-    head = head.strip()
-    if not head.startswith("nn."):
+    try:
+        node = ast.parse(text, mode="eval").body
+    except SyntaxError:
+        raise ValueError(f"activation {text!r}: expected a torch.nn activation such as 'nn.SiLU()' or "
+                         f"'nn.LeakyReLU(0.1)'") from None
+    call = node if isinstance(node, ast.Call) else None
+    target = call.func if call is not None else node
+    if not (isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "nn"):
         raise ValueError(f"activation {text!r}: expected a torch.nn activation such as 'nn.SiLU()' or 'nn.ReLU'")
-    cls = getattr(nn, head[3:], None)
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ValueError(f"activation {text!r}: torch.nn has no module {head[3:]!r}")
-    args: list = []
-    if rest:
-        inner = rest.rstrip()
-        if not inner.endswith(")"):
-            raise ValueError(f"activation {text!r}: unbalanced parentheses")
-        inner = inner[:-1].strip()
-        if inner:
-            try:
-                parsed = ast.literal_eval(f"({inner},)")
-            except (ValueError, SyntaxError) as e:
-                raise ValueError(f"activation {text!r}: arguments must be plain literals ({e})") from None
-            args = list(parsed)
-    return cls(*args)
+    name = f"nn.{target.attr}"
+    if name not in activation_names():
+        what = (f"torch.nn has no module {target.attr!r}" if getattr(nn, target.attr, None) is None
+                else f"{name} is not an activation module")
+        raise ValueError(f"activation {text!r}: {what}; activations: {', '.join(activation_names())}")
+    args, kwargs = [], {}
+    if call is not None:
+        try:
+            args = [ast.literal_eval(a) for a in call.args]
+            kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg is not None}
+        except ValueError:
+            raise ValueError(f"activation {text!r}: arguments must be plain literals such as 0.1 or True") from None
+        if len(kwargs) != len(call.keywords):
+            raise ValueError(f"activation {text!r}: arguments must be plain literals such as 0.1 or True")
+    import torch
+
+    try:
+        act = getattr(nn, target.attr)(*args, **kwargs)
+        x = torch.linspace(-2, 2, 8).view(1, 2, 2, 2)
+        ok = act(x).shape == x.shape  # element-wise: a conv's channels pass through unchanged
+    except Exception as e:
+        raise ValueError(f"activation {text!r}: {type(e).__name__}: {e}") from None
+    if not ok:
+        raise ValueError(f"activation {text!r}: changes the shape of its input; an activation must be element-wise")
+    return act
 
 
 _BUILTINS_LOADED = False

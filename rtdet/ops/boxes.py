@@ -32,6 +32,8 @@ __all__ = [
     "clip_boxes",
     "boxes_to_original",
     "boxes_to_input",
+    "ltrb_to_xyxy",
+    "xyxy_to_ltrb",
 ]
 
 IOU_KINDS = ("iou", "giou", "diou", "ciou")
@@ -190,3 +192,22 @@ def boxes_to_input(boxes, ratio_pad):
     _check4(boxes, "boxes_to_input")
     rx, ry, pad_x, pad_y = _unpack_ratio_pad(ratio_pad)
     return scale_boxes(boxes, rx, ry) + _scale_vector(boxes, (pad_x, pad_y, pad_x, pad_y))
+
+
+def ltrb_to_xyxy(points: torch.Tensor, ltrb: torch.Tensor) -> torch.Tensor:
+    """Distances (left, top, right, bottom) from points (x, y) -> xyxy boxes: (x - l, y - t, x + r, y + b).
+
+    points [..., 2], ltrb [..., 4] (broadcast) -> [..., 4]; the anchor-free heads' box coding.
+    """
+    _check4(ltrb, "ltrb_to_xyxy")
+    lt, rb = ltrb.chunk(2, -1)
+    return torch.cat((points - lt, points + rb), -1)
+
+
+def xyxy_to_ltrb(points: torch.Tensor, boxes: torch.Tensor, max_dist: float | None = None) -> torch.Tensor:
+    """xyxy boxes -> distances (left, top, right, bottom) of their sides from points, the inverse of
+    :func:`ltrb_to_xyxy`; with ``max_dist`` clamped to [0, max_dist] (the DFL bin range)."""
+    _check4(boxes, "xyxy_to_ltrb")
+    x1y1, x2y2 = boxes.chunk(2, -1)
+    ltrb = torch.cat((points - x1y1, x2y2 - points), -1)
+    return ltrb if max_dist is None else ltrb.clamp(0, max_dist)

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["class_color", "draw_detections", "plot_results"]
+__all__ = ["class_color", "draw_detections", "plot_curves", "plot_pareto", "plot_results"]
 
 # A 20-colour palette (BGR); class i gets colour i mod 20.
 _PALETTE = [
@@ -82,3 +82,76 @@ def plot_results(csv_path: str | Path, out_path: str | Path | None = None) -> Pa
     plt.close(fig)
     tmp.replace(out_path)  # atomic: a reader never sees half a PNG
     return out_path
+
+
+def _save_figure(fig, out_path: str | Path) -> Path:
+    """PNG bytes of a figure written atomically (the one atomic-write helper)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from rtdet.utils.checkpoint import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    return atomic_write_bytes(out_path, buf.getvalue())
+
+
+def plot_pareto(points: list[dict], out_path: str | Path, metric: str = "mAP50-95",
+                latency_label: str = "latency (ms per image)") -> Path:
+    """Latency vs accuracy, one point per variant with its std over seeds as error bars; the Pareto front
+    (no other variant is both faster and more accurate) is joined by a line.
+
+    points: [{"label", "latency", "mean", "std", "latency_err" (optional)}]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for i, pt in enumerate(points):
+        ax.errorbar(pt["latency"], pt["mean"], yerr=pt.get("std") or 0.0, xerr=pt.get("latency_err") or None,
+                    fmt="o", capsize=4, markersize=7, color=f"C{i % 10}", label=pt["label"])
+        ax.annotate(pt["label"], (pt["latency"], pt["mean"]), textcoords="offset points", xytext=(6, 6), fontsize=8)
+    front = sorted((p for p in points if not any(q["latency"] <= p["latency"] and q["mean"] > p["mean"]
+                                                  or q["latency"] < p["latency"] and q["mean"] >= p["mean"]
+                                                  for q in points)), key=lambda p: p["latency"])
+    if len(front) > 1:
+        ax.plot([p["latency"] for p in front], [p["mean"] for p in front], "--", color="grey", linewidth=1,
+                label="Pareto front")
+    ax.set_xlabel(latency_label)
+    ax.set_ylabel(f"{metric} (mean +- std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return _save_figure(fig, out_path)
+
+
+def plot_curves(curves: dict[str, list[tuple[list[float], list[float]]]], out_path: str | Path,
+                metric: str = "mAP50-95") -> Path:
+    """Training curves of every variant on one plot: the mean over seeds per epoch (line) and the range
+    of the seeds (band). curves: {variant: [(epochs, values) per seed]}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for i, (label, runs) in enumerate(curves.items()):
+        runs = [(e, v) for e, v in runs if e]
+        if not runs:
+            continue
+        n = min(len(e) for e, _ in runs)  # epochs every seed has reached
+        epochs = runs[0][0][:n]
+        values = np.array([v[:n] for _, v in runs], dtype=np.float64)
+        color = f"C{i % 10}"
+        ax.plot(epochs, values.mean(0), marker="o", markersize=3, color=color, label=f"{label} ({len(runs)} seeds)")
+        if len(runs) > 1:
+            ax.fill_between(epochs, values.min(0), values.max(0), color=color, alpha=0.18)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return _save_figure(fig, out_path)

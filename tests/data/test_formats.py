@@ -199,7 +199,7 @@ def test_image_list_source(tmp_path, caplog):
     ds = DetectionDataset(y, cache_dir=False, pipeline="plain")
     assert len(ds) == 2
     msgs = warnings_of(caplog)
-    assert any(f"{lst}:4: 'images/train/a.jpg' already listed on line 1" in m for m in msgs)
+    assert any(f"{lst}:4: 'images/train/a.jpg' is the same file as line 1" in m for m in msgs)
     assert any("gone.jpg: image file not found" in m for m in msgs)
     assert any(f"{lst}:6: 'notes.md' has no image extension" in m for m in msgs)
 
@@ -247,11 +247,17 @@ def test_coco_json_source(tmp_path, caplog):
         DetectionDataset(y2, cache_dir=False)
 
 
-def test_image_unreadable_after_the_check_is_replaced_not_fatal(tmp_path, caplog):
+def test_image_unreadable_after_the_check_is_replaced_in_training_never_in_evaluation(tmp_path, caplog):
     y = make_yolo_dataset(tmp_path / "ds", {"a": "0 0.5 0.5 0.2 0.2\n", "b": "1 0.5 0.5 0.4 0.4\n"})
-    ds = DetectionDataset(y, cache_dir=False, pipeline="plain", augment=False)
+    train = DetectionDataset(y, cache_dir=False, pipeline="plain", augment=True)
+    val = DetectionDataset(y, cache_dir=False, pipeline="plain", augment=False)
     (tmp_path / "ds" / "images" / "train" / "a.jpg").write_bytes(b"gone bad")
-    s = ds[0]
+    s = train[0]  # training: the next readable image, so an epoch never stops halfway
     assert s["im_file"].endswith("b.jpg") and s["img"].shape == (640, 640, 3)
-    ds[0]
-    assert sum("a.jpg cannot be decoded any more" in m for m in warnings_of(caplog)) == 1
+    train[0]
+    assert sum("a.jpg cannot be decoded any more" in m and "another image" in m for m in warnings_of(caplog)) == 1
+    s = val[0]  # evaluation: never another image in its place; a grey stand-in the validator skips
+    assert s["im_file"].endswith("a.jpg") and s["unreadable"] and len(s["cls"]) == 0
+    assert s["img"].shape == (640, 640, 3)
+    assert not val[1].get("unreadable") and val[1]["im_file"].endswith("b.jpg")
+    assert sum("left out of the evaluation" in m for m in warnings_of(caplog)) == 1

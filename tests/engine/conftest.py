@@ -1,4 +1,5 @@
-"""Shared fixtures for the engine tests: a tiny RT-DETR and a tiny synthetic dataset (seconds to train)."""
+"""Shared fixtures for the engine tests: a tiny RT-DETR, a tiny YOLOv9 with PGI, and a tiny synthetic dataset
+(seconds to train)."""
 
 from pathlib import Path
 
@@ -17,6 +18,25 @@ head:
   - [[2, 3], 1, RTDETRDecoder, [nc, 32, 20, 2, 2, 1, 64, 0.0, None, -1, 20]]
 """
 
+# Two levels (/8, /16), a main GELAN neck and an auxiliary branch of single Convs, DualDDetect: a real YOLOv9
+# with PGI in miniature (about 0.1M parameters).
+TINY_YOLO_YAML = """\
+nc: 2
+backbone:
+  - [-1, 1, Conv, [8, 3, 2]]                 # 0 /2
+  - [-1, 1, Conv, [16, 3, 2]]                # 1 /4
+  - [-1, 1, ADown, [16]]                     # 2 /8
+  - [-1, 1, RepNCSPELAN4, [16, 16, 8, 1]]    # 3
+  - [-1, 1, AConv, [32]]                     # 4 /16
+head:
+  - [-1, 1, nn.Upsample, [None, 2, nearest]] # 5
+  - [[-1, 3], 1, Concat, [1]]                # 6
+  - [-1, 1, ELAN1, [16, 16, 8]]              # 7 main P3
+  - [3, 1, Conv, [16, 3, 1]]                 # 8 auxiliary P3
+  - [4, 1, Conv, [32, 3, 1]]                 # 9 auxiliary P4
+  - [[8, 9, 7, 4], 1, DualDDetect, [nc]]     # 10
+"""
+
 
 @pytest.fixture(autouse=True)
 def _one_thread(single_thread):
@@ -27,6 +47,13 @@ def _one_thread(single_thread):
 def tiny_yaml(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("models") / "rtdetr-tiny.yaml"
     path.write_text(TINY_YAML)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_yolo_yaml(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "yolov9-tiny.yaml"
+    path.write_text(TINY_YOLO_YAML)
     return path
 
 

@@ -16,6 +16,19 @@ def test_demo_reaches_map50_of_one_half(tmp_path):
     assert len(list(out["predict_dir"].glob("*.jpg"))) == 8
 
 
+@pytest.mark.slow
+def test_yolo_demo_reaches_map50_of_one_half(tmp_path):
+    """`rtdet demo model=yolov9-demo.yaml`: the small GELAN with its family's demo settings, same bar."""
+    from rtdet.engine.demo import family_demo_settings, run_demo
+
+    torch.set_num_threads(2)
+    out = run_demo(model="yolov9-demo.yaml", project=str(tmp_path / "demo"), verbose=False)
+    assert out["metrics"]["mAP50"] >= 0.5, out["metrics"]
+    args = out["train_dir"] / "args.yaml"
+    assert "optimizer: SGD" in args.read_text()  # the YOLOv9 recipe, with cfg/demo/yolov9.yaml on top
+    assert family_demo_settings("yolov9")["nbs"] == 0 and family_demo_settings("nonexistent") == {}
+
+
 def test_demo_rejects_unknown_settings(tmp_path):
     from rtdet.engine.demo import run_demo
     from rtdet.engine.settings import SettingsError

@@ -152,6 +152,61 @@ def test_fused_channels_last_prediction_matches_and_leaves_the_callers_model_alo
     torch.testing.assert_close(fast.scores, plain.scores, rtol=1e-3, atol=1e-4)
 
 
+# ------------------------------------------------------------------ the same predictor with a YOLOv9 head
+def _yolo_predicting(tiny_yolo_yaml, box_xyxy_in: list[float], score: float = 0.9, cls: int = 1):
+    """A real YOLOv9 model whose head answers one dense prediction per anchor: the given box (input pixels) with
+    `score` on class `cls` at one anchor, copies of it at low score elsewhere (NMS must remove them)."""
+    model = build_model(str(tiny_yolo_yaml), nc=2, names=["a", "b"]).eval()
+    x1, y1, x2, y2 = box_xyxy_in
+
+    def head_forward(feats, targets=None):
+        b, n = feats[0].shape[0], sum(f.shape[2] * f.shape[3] for f in feats[2:])
+        dense = torch.zeros(b, 6, n)
+        dense[:, :4] = torch.tensor([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1])[None, :, None]
+        dense[:, 4 + cls] = 0.3
+        dense[:, 4 + cls, 0] = score
+        return dense, dense
+
+    model.head.forward = head_forward
+    return model
+
+
+def test_yolo_boxes_are_mapped_back_to_original_pixels_after_nms(tiny_yolo_yaml):
+    h0, w0, imgsz = 60, 120, 64
+    target = np.array([30.0, 15.0, 90.0, 45.0])
+    r = imgsz / w0  # letterbox: scale 64/120, 16 px padding above and below
+    model = _yolo_predicting(tiny_yolo_yaml, [target[0] * r, target[1] * r + 16, target[2] * r, target[3] * r + 16])
+    image = np.full((h0, w0, 3), 100, np.uint8)
+    results = Predictor({"imgsz": imgsz, "train_pipeline": "plain", "save": False, "verbose": False, "fuse": False},
+                        model=model)(image)
+    assert len(results[0]) == 1  # the copies are suppressed
+    assert results[0].boxes[0].tolist() == pytest.approx(target.tolist(), abs=0.5)
+    assert results[0].labels.tolist() == [1] and results[0].scores[0] == pytest.approx(0.9)
+    assert len(Predictor({"imgsz": imgsz, "conf": 0.95, "save": False, "fuse": False}, model=model)(image)[0]) == 0
+
+
+def test_yolo_prediction_runs_the_deployed_model_and_matches(tiny_yolo_yaml):
+    """fuse=true predicts with the inference form (PGI branch dropped, BN folded): the same detections."""
+    from rtdet.engine.predictor import prepare_for_inference
+    from rtdet.nn.heads.yolo import DDetect
+
+    torch.manual_seed(0)
+    model = build_model(str(tiny_yolo_yaml), nc=2, names=["a", "b"]).eval()
+    with torch.no_grad():
+        for branch in (*model.head.cv4, *model.head.cv5):  # distinct scores and boxes, many above conf
+            branch[-1].weight.normal_(0, 0.3)
+            branch[-1].bias.normal_(0, 1)
+    image = np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8)
+    settings = {"imgsz": 64, "conf": 0.05, "max_det": 50, "save": False, "verbose": False}
+    plain = Predictor({**settings, "fuse": False, "channels_last": False}, model=model)(image)[0]
+    fast = Predictor({**settings, "fuse": True, "channels_last": True}, model=model)(image)[0]
+    assert isinstance(prepare_for_inference(model, True, False).head, DDetect)
+    assert len(plain) > 5 and len(fast) == len(plain)
+    torch.testing.assert_close(fast.scores, plain.scores, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(fast.boxes, plain.boxes, rtol=1e-3, atol=1e-2)
+
+
+# ------------------------------------------------------------------ the same predictor with an RTMDet head
 def test_rtmdet_predictions_are_clipped_thinned_by_nms_and_mapped_back(rtmdet_yaml):
     """A dense head's answer goes through its decode (clip to the input) and class-aware NMS."""
     from rtdet.nn.heads.rtmdet import RTMDetPredictions

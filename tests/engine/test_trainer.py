@@ -189,21 +189,123 @@ def test_criterion_gets_only_the_family_keys():
 
 @pytest.mark.slow
 def test_ddp_under_torchrun_on_cpu(tiny_settings, tmp_path):
-    """Two processes (Gloo on CPU) run the same trainer code: each reads half of every batch, rank 0 writes."""
+    """Two processes (Gloo on CPU) run the same trainer code: each reads half of every batch, rank 0 validates
+    and writes. Launched four times in a row: teardown used to hang in about one run of four (a rank blocked
+    in process-group / DDP destruction after the other had exited), which a single run cannot catch.
+    patience=1 makes the early-stopping decision matter: rank 0 decides it and broadcasts it, since only
+    rank 0 validates and ranks that decided alone would stop at different epochs and deadlock."""
     import subprocess
     import sys
 
-    args = {**tiny_settings, "epochs": 1, "val": True, "project": str(tmp_path / "ddp")}
-    tokens = [f"{k}={v}" for k, v in args.items()]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "rtdet", "train"]
-    out = subprocess.run([*cmd, *tokens], capture_output=True, text=True, env=env, timeout=180)
+    for attempt in range(4):
+        project = tmp_path / f"ddp{attempt}"
+        args = {**tiny_settings, "epochs": 3, "patience": 1, "val": True, "project": str(project)}
+        out = subprocess.run([*cmd, *(f"{k}={v}" for k, v in args.items())], capture_output=True, text=True,
+                             env=env, timeout=180)
+        assert out.returncode == 0, f"run {attempt + 1}: {out.stderr[-3000:]}"
+        run = project / "train" / "train"
+        assert (run / "weights" / "last.pt").is_file() and (run / "results.csv").is_file()
+        assert not (project / "train" / "train2").exists()  # only rank 0 made a run folder
+        ckpt = load_checkpoint(run / "weights" / "last.pt")
+        assert not any(k.startswith("module.") for k in ckpt["model"]["state_dict"])  # unwrapped from DDP
+        rows = list(csv.DictReader((run / "results.csv").open()))
+        assert len(rows) == ckpt["epoch"] + 1  # every completed epoch, early stop or not
+
+
+# ------------------------------------------------------------------ the same trainer with a YOLOv9 (PGI) head
+def test_yolo_training_steps_lower_the_loss_on_synthetic(tiny_settings, tiny_yolo_yaml):
+    trainer = Trainer({**tiny_settings, "model": str(tiny_yolo_yaml), "optimizer": "SGD", "lr0": 0.02,
+                       "warmup_iters": 0, "nbs": 0, "clip_grad": 0})
+    trainer.setup()
+    assert trainer.family == "yolov9" and trainer.criterion.reduction == "sum" and trainer.loss_scale == 1.0
+    before, after = _loss_before_after(trainer, steps=8)
+    assert after < 0.8 * before, (before, after)
+
+
+def test_dual_branch_training_steps_lower_the_loss_on_coco128(coco128, tiny_yolo_yaml, tmp_path):
+    trainer = Trainer({"model": str(tiny_yolo_yaml), "data": str(coco128 / "data.yaml"), "imgsz": 96, "batch": 2,
+                       "workers": 0, "device": "cpu", "project": str(tmp_path), "val": False, "verbose": False,
+                       "train_pipeline": "plain", "optimizer": "SGD", "lr0": 0.01, "warmup_iters": 0, "nbs": 0,
+                       "fraction": 0.05})
+    trainer.setup()
+    assert trainer.model.nc == 80
+    batch = next(iter(trainer.train_loader))
+    out = trainer.model(batch["img"], batch)
+    assert out.aux is not None  # both branches are trained
+    before, after = _loss_before_after(trainer, steps=10)
+    assert after < 0.9 * before, (before, after)
+
+
+def test_nominal_batch_accumulates_sum_losses_and_scales_weight_decay(tiny_settings, tiny_yolo_yaml):
+    from rtdet.engine.trainer import nominal_batch
+
+    assert nominal_batch(16, 1, 64, 5e-4) == (4, 5e-4)  # the official batch 16: four batches per step
+    assert nominal_batch(128, 1, 64, 5e-4) == (1, 1e-3)  # 8 GPUs x 16: one step per batch, twice the decay
+    assert nominal_batch(16, 3, 0, 5e-4) == (3, 5e-4)  # off: `accumulate` as set
+    trainer = Trainer({**tiny_settings, "model": str(tiny_yolo_yaml), "nbs": 8, "weight_decay": 1e-3})
+    trainer.setup()
+    assert trainer.accumulate == 2 and trainer.steps_per_epoch == 1
+    assert {g["weight_decay"] for g in trainer.optimizer.param_groups} == {0.0, 1e-3}
+    b1, b2 = list(trainer.train_loader)[:2]
+    trainer.train_step(b1, step=False)
+    trainer.train_step(b2, step=False)
+    accumulated = [p.grad.clone() for p in trainer.model.parameters() if p.grad is not None]
+    trainer.optimizer.zero_grad()
+    total = sum(trainer.criterion(trainer.model(b["img"], b), b)[0] for b in (b1, b2))  # sums, not averages
+    total.backward()
+    summed = [p.grad for p in trainer.model.parameters() if p.grad is not None]
+    for a, s in zip(accumulated, summed, strict=True):
+        torch.testing.assert_close(a, s, rtol=1e-4, atol=1e-6)
+
+
+def test_yolo_run_folder_and_validation(tiny_settings, tiny_yolo_yaml):
+    trainer = Trainer({**tiny_settings, "model": str(tiny_yolo_yaml), "epochs": 1, "val": True, "nbs": 0})
+    metrics = trainer.train()
+    assert {"mAP50-95", "mAP50"} <= set(metrics)
+    rows = list(csv.DictReader((trainer.save_dir / "results.csv").open()))
+    assert {"train/box", "train/cls", "train/dfl"} <= set(rows[0])
+    ckpt = load_checkpoint(trainer.save_dir / "weights" / "last.pt")
+    assert ckpt["args"]["optimizer"] == "SGD" and ckpt["args"]["box"] == 7.5  # the recipe and the loss defaults
+
+
+def test_yolo_ctrl_c_then_resume_reproduces_the_uninterrupted_run(tiny_settings, tiny_yolo_yaml):
+    """The same exact-resume guarantee for a YOLOv9 run with a nominal batch (two batches per optimizer step)."""
+    settings = {**tiny_settings, "model": str(tiny_yolo_yaml), "epochs": 3, "nbs": 4, "batch": 2}
+    reference = Trainer({**settings, "name": "reference"})
+    reference.train()
+    assert reference.accumulate == 2 and reference.steps_per_epoch == 2
+
+    interrupted = Trainer({**settings, "name": "interrupted"})
+
+    def ctrl_c(t):
+        if (t.epoch, t.batch_index) == (1, 0):  # mid-window: the stop waits for the step that ends it
+            os.kill(os.getpid(), signal.SIGINT)
+
+    interrupted.add_callback("on_train_batch_end", ctrl_c)
+    with pytest.raises(KeyboardInterrupt, match="saved"):
+        interrupted.train()
+    last = interrupted.save_dir / "weights" / "last.pt"
+    assert (load_checkpoint(last)["epoch"], load_checkpoint(last)["step_in_epoch"]) == (1, 2)
+    Trainer({"resume": str(last)}).train()
+    _assert_same(reference.save_dir / "weights" / "last.pt", last)
+
+
+@pytest.mark.slow
+def test_yolo_ddp_under_torchrun_on_cpu(tiny_settings, tiny_yolo_yaml, tmp_path):
+    """DDP with a sum-reduced (YOLOv9) loss: both processes step together, rank 0 writes one run."""
+    import subprocess
+    import sys
+
+    args = {**tiny_settings, "model": str(tiny_yolo_yaml), "epochs": 1, "val": True, "nbs": 0,
+            "project": str(tmp_path / "ddp")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "rtdet", "train"]
+    out = subprocess.run([*cmd, *(f"{k}={v}" for k, v in args.items())], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    run = tmp_path / "ddp" / "train" / "train"
-    assert (run / "weights" / "last.pt").is_file() and (run / "results.csv").is_file()
-    assert not (tmp_path / "ddp" / "train" / "train2").exists()  # only rank 0 made a run folder
-    ckpt = load_checkpoint(run / "weights" / "last.pt")
-    assert not any(k.startswith("module.") for k in ckpt["model"]["state_dict"])  # unwrapped from DDP
+    ckpt = load_checkpoint(tmp_path / "ddp" / "train" / "train" / "weights" / "last.pt")
+    assert ckpt["args"]["box"] == 7.5 and not any(k.startswith("module.") for k in ckpt["model"]["state_dict"])
 
 
 # ----------------------------------------------------------------------------------------------- RTMDet
@@ -261,7 +363,7 @@ def test_sync_bn_is_ignored_outside_multi_gpu_ddp(rtmdet_settings, caplog):
 
 def test_rtmdet_stage_two_starts_at_its_epoch_and_survives_resume(rtmdet_settings):
     """10 epochs: stage 2 (no mosaic / mixup) is the last epoch, 10 * 280/300 -> epoch 9, also when the run
-    is interrupted after epoch 4 and resumed."""
+    is interrupted at the end of epoch 5 (index 4) and resumed."""
     def record(into):
         def on_batch(t):
             into.setdefault(t.epoch, set()).add(tuple(t.train_loader.dataset.pipeline().names))
@@ -277,7 +379,7 @@ def test_rtmdet_stage_two_starts_at_its_epoch_and_survives_resume(rtmdet_setting
     first.add_callback("on_fit_epoch_end", lambda t: t.request_stop() if t.epoch == 4 else None)
     with pytest.raises(KeyboardInterrupt):
         first.train()
-    assert sorted(seen) == [0, 1, 2, 3, 4, 5]  # stopped after the first step of epoch 6
+    assert sorted(seen) == [0, 1, 2, 3, 4]  # a stop asked at the end of an epoch saves there
     resumed = Trainer({"resume": str(first.save_dir / "weights" / "last.pt")})
     resumed.add_callback("on_train_batch_end", record(seen))
     resumed.train()

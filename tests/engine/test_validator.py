@@ -108,3 +108,79 @@ def test_validator_standalone_on_a_checkpoint(tiny_settings, tmp_path):
     assert v.args["imgsz"] == 64  # inherited from the checkpoint's training settings
     assert set(metrics) >= {"mAP50-95", "mAP50"} and 0.0 <= metrics["mAP50"] <= 1.0
     assert (v.save_dir / "predictions.json").is_file() and v.save_dir.parent.name == "val"
+
+
+def test_unreadable_image_is_left_out_never_replaced_and_no_labels_means_unavailable(letterbox_data, tiny_yaml,
+                                                                                    tmp_path, caplog):
+    """Validation never scores another image in the place of one it cannot decode (issue 8: one image was
+    counted twice); and a split without labels reports mAP as unavailable (None), not COCO's -1."""
+    from rtdet.data.dataset import DetectionDataset
+    from rtdet.data.loader import build_dataloader
+
+    args = resolve_settings({"imgsz": 64, "workers": 0, "verbose": False, "val_pipeline": "plain"}, "rtdetr")
+    data = loaders.load_data(letterbox_data)
+    loader = loaders.val_loader(data, args, batch_size=2)
+    outputs, _ = _controlled_outputs(loader)
+    (letterbox_data.parent / "images" / "000002.png").write_bytes(b"overwritten since the check")
+    model = build_model(str(tiny_yaml), nc=2, names=["a", "b"]).eval()
+    model.forward = lambda x, targets=None: outputs.pop(0)
+    v = Validator(args=args)
+    metrics = v.run(model, loader)
+    assert [Path(f).name for f in v.skipped] == ["000002.png"]
+    assert "left out of the metrics: " in caplog.text and "000002.png" in caplog.text
+    assert {p["image_id"] for p in v.predictions} == {1, 3}  # image 2 was not replaced by 1 or 3
+    assert metrics["mAP50"] is not None
+
+    for f in (letterbox_data.parent / "labels").iterdir():
+        f.unlink()
+    bare = DetectionDataset(data, "val", 64, "plain", augment=False, cache_dir=False, verbose=False)
+    model.forward = lambda x, targets=None: torch.zeros(x.shape[0], 5, 6)
+    metrics = Validator(args=args).run(model, build_dataloader(bare, 2, 0, shuffle=False))
+    assert metrics["mAP50-95"] is None and metrics["mAP50"] is None and metrics["mAP_large"] is None
+    assert fitness(metrics) is None
+
+
+# ------------------------------------------------------------------ the same validator with a YOLOv9 head
+def _as_dense(outputs: list[torch.Tensor], imgsz: int, nc: int = 2) -> list[torch.Tensor]:
+    """The controlled [B, k, 6] rows as a YOLO head's eval output [B, 4 + nc, k]: (cx, cy, w, h) in input pixels
+    and one-hot class scores; NMS then keeps exactly these boxes (none overlaps another of its class)."""
+    dense = []
+    for out in outputs:
+        boxes = out[..., :4] * imgsz
+        scores = torch.nn.functional.one_hot(out[..., 5].long(), nc).float() * out[..., 4:5]
+        dense.append(torch.cat([boxes, scores], -1).transpose(1, 2))
+    return dense
+
+
+def test_validator_map_equals_the_metrics_wrapper_with_a_yolo_head(letterbox_data, tiny_yolo_yaml, tmp_path):
+    args = resolve_settings({"imgsz": 64, "workers": 0, "verbose": False, "val_pipeline": "plain"}, "yolov9")
+    data = loaders.load_data(letterbox_data)
+    loader = loaders.val_loader(data, args, batch_size=2)
+    outputs, expected = _controlled_outputs(loader)
+    dense = _as_dense(outputs, 64)
+
+    model = build_model(str(tiny_yolo_yaml), nc=2, names=["a", "b"]).eval()
+    assert model.head.needs_nms
+    model.forward = lambda x, targets=None: dense.pop(0)
+    metrics = Validator(args=args).run(model, loader, save_dir=tmp_path)
+
+    stems = sorted(IMAGES)
+    ref = evaluate_coco([np.array([b[1:] for b in IMAGES[s][1]], np.float64) for s in stems],
+                        [np.array([b[0] for b in IMAGES[s][1]]) for s in stems], [expected[s][0] for s in stems],
+                        [expected[s][1] for s in stems], [expected[s][2] for s in stems], nc=2, names=["a", "b"])
+    assert metrics["mAP50-95"] == pytest.approx(ref.map, abs=1e-6)
+    assert metrics["mAP50"] == pytest.approx(ref.map50, abs=1e-6)
+    assert 0.2 < metrics["mAP50"] < 1.0
+
+
+def test_validator_standalone_on_a_yolo_checkpoint(tiny_settings, tiny_yolo_yaml, tmp_path):
+    from rtdet.engine.trainer import Trainer
+
+    trainer = Trainer({**tiny_settings, "model": str(tiny_yolo_yaml), "epochs": 1, "nbs": 0})
+    trainer.train()
+    v = Validator({"data": tiny_settings["data"], "project": str(tmp_path / "runs"), "verbose": False,
+                   "workers": 0})
+    metrics = v(str(trainer.save_dir / "weights" / "best.pt"))
+    assert v.args["imgsz"] == 64 and v.args["iou"] == 0.7 and v.args["box"] == 7.5  # checkpoint + yolov9 recipe
+    assert set(metrics) >= {"mAP50-95", "mAP50"} and 0.0 <= metrics["mAP50"] <= 1.0
+    assert (v.save_dir / "predictions.json").is_file()

@@ -1,5 +1,5 @@
-"""Community RT-DETR YAMLs with plug-in modules build unchanged and match the published parameter counts
-(targets.md); the one naming unpublished modules fails clearly and builds once they are registered."""
+"""Community RT-DETR and YOLOv9 YAMLs with plug-in modules build unchanged and match the published parameter
+counts (targets.md); the one naming unpublished modules fails clearly and builds once they are registered."""
 
 from __future__ import annotations
 
@@ -84,3 +84,18 @@ def test_rtdetr_l_shsa_builds_once_the_modules_are_registered(community_yaml):
         unregister("RepC4")
     with pytest.raises(ModelConfigError, match="CCRI"):
         build_model(path)
+
+
+def test_yolov9_c_dysample(community_yaml):
+    """Seed 001 of the users' recipes: YOLOv9-C (PGI auxiliary branch) with DySample as its second upsampler."""
+    from rtdet.nn.heads.yolo import DDetect, DualDDetect
+
+    model = build_model(community(community_yaml, "yolov9-c-DySample.yaml"))
+    assert count_parameters(model) == 51_198_496 == 51_182_080 + 16_416
+    ups = [m for m in model.model if isinstance(m, DySample)]
+    assert [m.i for m in ups] == [14] and count_parameters(ups[0]) == 16_416 and ups[0].in_channels == 512
+    assert isinstance(model.head, DualDDetect) and model.strides == [8, 16, 32, 8, 16, 32]
+    main, aux = run_eval(model, 64, 96)
+    assert main.shape == aux.shape == (1, 84, 8 * 12 + 4 * 6 + 2 * 3)
+    deployed = model.fuse()  # the auxiliary branch goes, DySample (in the main neck) stays
+    assert isinstance(deployed.head, DDetect) and count_parameters(deployed) == 25_288_768 + 16_416

@@ -128,3 +128,16 @@ def test_bad_ratio_pad_is_a_clear_error():
         boxes_to_original(torch.zeros(1, 4), (1.0, 0.0, 0.0))
     with pytest.raises(ValueError, match="must be > 0"):
         boxes_to_original(torch.zeros(1, 4), ((0.0, 1.0), (0.0, 0.0)))
+
+
+def test_ltrb_distances_round_trip_and_clamp():
+    from rtdet.ops.boxes import ltrb_to_xyxy, xyxy_to_ltrb
+
+    points = torch.tensor([[10.0, 20.0], [0.5, 0.5]])
+    ltrb = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.5, 0.5, 2.0, 0.0]])
+    boxes = ltrb_to_xyxy(points, ltrb)
+    assert boxes.tolist() == [[9.0, 18.0, 13.0, 24.0], [0.0, 0.0, 2.5, 0.5]]
+    torch.testing.assert_close(xyxy_to_ltrb(points, boxes), ltrb)
+    # the DFL range: sides beyond max_dist (or behind the point) are clamped
+    far = xyxy_to_ltrb(points[:1], torch.tensor([[12.0, 0.0, 40.0, 21.0]]), max_dist=14.99)
+    assert far[0].tolist() == pytest.approx([0.0, 14.99, 14.99, 1.0])

@@ -66,3 +66,27 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(mask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_unreadable_checkpoints_never_repeat_torchs_weights_only_advice(tmp_path):
+    """torch's message advises loading with weights_only=False, which would run the file's code: never."""
+    obj = tmp_path / "obj.pt"
+    torch.save({"model": object()}, obj)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    for path, expected in ((obj, "holds Python objects"), (junk, "cannot be read as a checkpoint")):
+        with pytest.raises(CheckpointError) as err:
+            load_checkpoint(path)
+        msg = str(err.value)
+        assert expected in msg and "weights_only" not in msg and "\n" not in msg
+
+
+def test_stale_temporaries_are_recognised_by_their_name(tmp_path):
+    from rtdet.utils.checkpoint import remove_stale_temporaries
+
+    (tmp_path / ".last.pt.x1y2z3.tmp").write_bytes(b"\0" * 10)
+    (tmp_path / "keep.tmp").write_text("a user's file")
+    (tmp_path / ".hidden").write_text("not ours")
+    removed = remove_stale_temporaries(tmp_path)
+    assert [(p.name, size) for p, size in removed] == [(".last.pt.x1y2z3.tmp", 10)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", "keep.tmp"]

@@ -18,7 +18,11 @@ A head is the last row of a model YAML, registered with ``@register(channels="he
 * ``postprocess(outputs, img_shape, conf, iou, max_det, multi_label)`` -- per-image
   :class:`Detections` in input pixels: ``decode`` then :func:`finalize` (score threshold, NMS where the
   family needs it, ``max_det``). An ONNX Runtime session's decoded outputs go through the same
-  ``finalize``, so both backends give the same detections.
+  ``finalize``, so both backends give the same detections;
+* ``deploy_inputs()`` / ``deploy_head()`` -- for a head with training-only inputs (YOLOv9's PGI
+  auxiliary branch): which of its inputs inference keeps, and the head that reads only those.
+  :meth:`~rtdet.nn.model.DetectionModel.fuse` swaps that head in and drops the rows that fed only the
+  other inputs. The defaults (None, the head itself) mean the head is its own inference form.
 """
 
 from __future__ import annotations
@@ -106,6 +110,14 @@ class DetectionHead(nn.Module, ABC):
     @abstractmethod
     def decode(self, outputs, img_shape: tuple[int, int]) -> Decoded:
         """Eval output -> :class:`Decoded` (boxes xyxy in pixels of the (h, w) input). Traceable."""
+
+    def deploy_inputs(self) -> list[int] | None:
+        """Positions (in this head's inputs) of the maps inference still reads; None: all of them."""
+        return None
+
+    def deploy_head(self) -> DetectionHead:
+        """The head inference runs, reading only the inputs at :meth:`deploy_inputs` (default: this head)."""
+        return self
 
     def postprocess(self, outputs, img_shape: tuple[int, int], conf: float = 0.25, iou: float = 0.7,
                     max_det: int = 300, multi_label: bool = False) -> list[Detections]:

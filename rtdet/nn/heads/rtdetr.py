@@ -57,7 +57,7 @@ def make_anchors(
             (torch.arange(w, dtype=torch.float32, device=device) + 0.5) / w,
             indexing="ij",
         )
-        wh = torch.full((h * w, 2), grid_size * 2.0**lvl, dtype=torch.float32, device=device)
+        wh = torch.full_like(cx, grid_size * 2.0**lvl).reshape(-1, 1).expand(-1, 2)  # traced sizes stay traced
         parts.append(torch.cat([cx.reshape(-1, 1), cy.reshape(-1, 1), wh], 1))
     boxes = torch.cat(parts)[None]
     valid = ((boxes > eps) & (boxes < 1 - eps)).all(-1, keepdim=True)
@@ -90,7 +90,7 @@ class RTDETRDecoder(DetectionHead):
 
     family = "rtdetr"
     needs_nms = False  # one query per object: the top-k is final
-    dynamic = False  # True: rebuild anchors on every call (dynamic-shape export)
+    dynamic = False  # True (set by the exporter for dynamic=True): anchors follow the traced input size
 
     def __init__(
         self,
@@ -170,9 +170,9 @@ class RTDETRDecoder(DetectionHead):
     def anchors(self, shapes: Sequence[tuple[int, int]], device: torch.device,
                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Anchors [1, L, 4] (logits, +inf where invalid) and valid mask [1, L, 1], cached per shapes."""
-        key = (tuple(tuple(s) for s in shapes), device, dtype)
         if self.dynamic or is_tracing():
-            return make_anchors(key[0], device=device, dtype=dtype)
+            return make_anchors(shapes, device=device, dtype=dtype)
+        key = (tuple(tuple(s) for s in shapes), device, dtype)
         if self._anchor_cache is None or self._anchor_cache[0] != key:
             anchors, valid = make_anchors(key[0], device=device, dtype=dtype)
             self._anchor_cache = (key, anchors, valid)
@@ -184,7 +184,9 @@ class RTDETRDecoder(DetectionHead):
         tokens, shapes = [], []
         for proj, f in zip(self.input_proj, feats):
             f = proj(f)
-            shapes.append((int(f.shape[2]), int(f.shape[3])))
+            # sizes stay graph values in a dynamic-shape export; plain ints (constants) otherwise
+            traced = self.dynamic and is_tracing()
+            shapes.append(tuple(f.shape[2:4]) if traced else (int(f.shape[2]), int(f.shape[3])))
             tokens.append(f.flatten(2).transpose(1, 2))
         return torch.cat(tokens, 1), shapes
 
@@ -256,7 +258,10 @@ class RTDETRDecoder(DetectionHead):
             raise TypeError(f"RTDETRDecoder.decode expects the eval output [B, k, 6], got {got}; "
                             f"run the model in eval mode")
         h, w = img_shape
-        scale = outputs.new_tensor([w, h, w, h])
+        if isinstance(h, torch.Tensor):  # traced sizes (dynamic-shape export): keep them in the graph
+            scale = torch.stack([w, h, w, h]).to(outputs.dtype)
+        else:
+            scale = outputs.new_tensor([w, h, w, h])
         boxes = torch.minimum(cxcywh_to_xyxy(outputs[..., :4]).clamp(min=0) * scale, scale)
         return Decoded(boxes, outputs[..., 4], outputs[..., 5].round().long())
 

@@ -10,4 +10,5 @@ from rtdet.nn.modules import (  # noqa: F401
     resnet,
     shvit,
     transformer,
+    yolov9,
 )

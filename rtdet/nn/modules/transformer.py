@@ -64,8 +64,10 @@ def sincos_pos_embed_2d(
         raise ValueError(f"2-D sin-cos position embedding needs a channel count divisible by 4, got {dim}")
     quarter = dim // 4
     omega = 1.0 / temperature ** (torch.arange(quarter, dtype=torch.float32, device=device) / quarter)
-    ys = torch.arange(h, dtype=torch.float32, device=device).repeat_interleave(w)  # row of each token
-    xs = torch.arange(w, dtype=torch.float32, device=device).repeat(h)  # column of each token
+    # row and column of each token; meshgrid (not repeat_interleave) so traced sizes stay in an export
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=device),
+                            torch.arange(w, dtype=torch.float32, device=device), indexing="ij")
+    ys, xs = ys.reshape(-1), xs.reshape(-1)
     out_y = ys[:, None] * omega[None]
     out_x = xs[:, None] * omega[None]
     emb = torch.cat([out_y.sin(), out_y.cos(), out_x.sin(), out_x.cos()], dim=1)
@@ -204,7 +206,7 @@ def multi_scale_deformable_attn(
     sampled = []
     start = 0
     for lvl, (h, w) in enumerate(shapes):
-        v = value[:, :, start:start + h * w].unflatten(-1, (h, w))
+        v = value[:, :, start:start + h * w].view(b * n_heads, head_dim, h, w)
         sampled.append(F.grid_sample(v, grids[:, :, lvl], mode="bilinear", padding_mode="zeros",
                                      align_corners=False))  # [B*nH, Dh, Lq, nP]
         start += h * w
@@ -262,7 +264,7 @@ class MSDeformAttn(nn.Module):
     ) -> torch.Tensor:
         b, n_q = query.shape[:2]
         n_v = value.shape[1]
-        if sum(h * w for h, w in value_shapes) != n_v:
+        if not is_tracing() and sum(h * w for h, w in value_shapes) != n_v:
             raise ValueError(f"value has {n_v} tokens but value_shapes {list(value_shapes)} describe "
                              f"{sum(h * w for h, w in value_shapes)}")
         nh, nl, npt = self.n_heads, self.n_levels, self.n_points

@@ -94,6 +94,8 @@ def test_a_head_must_be_the_last_row(toy_head):
 
 def test_head_rule_rejects_a_bad_class_count(toy_head):
     with pytest.raises(ModelConfigError, match=r"row 3 \(ToyHead\): the number of classes must be a positive"):
+        build_model({**YAML, "head": [[[1, 2], 1, "ToyHead", [0]]]})
+    with pytest.raises(ModelConfigError, match=r"nc \(the number of classes\) must be a positive integer"):
         build_model(YAML, nc=0)
 
 

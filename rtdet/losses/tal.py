@@ -1,0 +1,240 @@
+"""The YOLOv9 loss: task-aligned assignment (TOOD, Feng et al. 2021), BCE classification, CIoU and
+distribution focal loss (GFL, Li et al. 2020) on the boxes, and PGI's auxiliary branch weighted in.
+
+Follows the official ``utils/loss_tal_dual.py`` / ``utils/tal/assigner.py`` (and the Ultralytics port's
+``v8DetectionLoss``, which computes the same thing):
+
+* assignment, per image and branch, on detached predictions in input pixels: a GT's candidates are the
+  anchors whose cell centre lies inside it; their alignment is ``score(gt class)^alpha * CIoU^beta``
+  (CIoU clamped at 0); each GT takes its ``topk`` best-aligned candidates; an anchor taken by several
+  GTs keeps the one it overlaps most (highest CIoU); the target score of a positive is its alignment
+  normalised per GT so that the GT's best anchor gets that anchor's CIoU;
+* cls: BCE with logits against those soft scores, summed, / max(sum of target scores, 1);
+* box: (1 - CIoU) of each positive weighted by its target score, same normaliser; dfl: the two-bin
+  cross entropy of each side's distribution at the target distance (stride units, clamped to
+  reg_max - 1.01), mean over the four sides, weighted and normalised the same way;
+* branches: the main branch counts fully, the auxiliary branch (DualDDetect) ``aux_weight`` = 0.25;
+  each branch is assigned on its own and normalised by its own target-score sum;
+* total = (box * 7.5 + cls * 0.5 + dfl * 1.5) * batch size: the loss is a sum over images
+  (:attr:`YOLOCriterion.reduction` = "sum"), so the official SGD learning rate transfers.
+
+Everything runs as whole-batch tensor code (both branches at once): no Python loop over images, GTs or
+anchors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rtdet.losses.common import batch_targets
+from rtdet.ops.boxes import elementwise_iou, ltrb_to_xyxy, xyxy_to_ltrb
+from rtdet.utils.schema import Setting
+
+__all__ = ["Assignment", "TaskAlignedAssigner", "dfl_loss", "YOLOCriterion"]
+
+
+class Assignment(NamedTuple):
+    """Per-anchor targets of a batch (B images, N anchors, C classes)."""
+
+    fg: torch.Tensor  # [B, N] bool: the anchor is a positive
+    gt_index: torch.Tensor  # [B, N] int64: slot of its GT in the padded targets (0 for negatives)
+    boxes: torch.Tensor  # [B, N, 4] xyxy (pixels) of its GT (the slot-0 box for negatives)
+    scores: torch.Tensor  # [B, N, C] soft class targets: normalised alignment on the GT's class, else 0
+
+
+class TaskAlignedAssigner:
+    """Task-aligned assignment of GTs to anchor points, for a whole batch at once.
+
+    Args: topk candidates per GT, alpha (classification exponent), beta (localisation exponent), eps
+    (the references' 1e-9 for "strictly inside" and the normalisation).
+    """
+
+    def __init__(self, topk: int = 10, alpha: float = 0.5, beta: float = 6.0, eps: float = 1e-9):
+        self.topk, self.alpha, self.beta, self.eps = int(topk), float(alpha), float(beta), float(eps)
+
+    @torch.no_grad()
+    def __call__(self, scores: torch.Tensor, boxes: torch.Tensor, points: torch.Tensor, gt_cls: torch.Tensor,
+                 gt_boxes: torch.Tensor, gt_mask: torch.Tensor) -> Assignment:
+        """scores [B, N, C] probabilities, boxes [B, N, 4] xyxy predicted, points [N, 2] anchor centres (same
+        units as the boxes), gt_cls [B, M] int, gt_boxes [B, M, 4] xyxy, gt_mask [B, M] bool (real GTs)."""
+        b, n, c = scores.shape
+        m = gt_boxes.shape[1]
+        if m == 0:
+            return Assignment(torch.zeros(b, n, dtype=torch.bool, device=scores.device),
+                              torch.zeros(b, n, dtype=torch.int64, device=scores.device),
+                              torch.zeros_like(boxes), torch.zeros_like(scores))
+        candidate = self.candidates(points, gt_boxes) & gt_mask[..., None]  # [B, M, N]
+        overlaps, align = self.alignment(scores, boxes, gt_cls, gt_boxes, candidate)
+        k = min(self.topk, n)
+        top = torch.zeros_like(candidate).scatter_(-1, align.topk(k, dim=-1).indices, True)
+        claims = top & candidate  # GT m takes anchor a
+        claims = self.one_gt_per_anchor(claims, overlaps)
+        fg = claims.any(1)
+        gt_index = claims.to(torch.int8).argmax(1)  # [B, N]
+
+        labels = gt_cls.gather(1, gt_index)
+        target_boxes = gt_boxes.gather(1, gt_index[..., None].expand(-1, -1, 4))
+        # normalise per GT: its best anchor's target is that anchor's IoU, the others scale with alignment
+        align = align * claims
+        best_align = align.amax(-1, keepdim=True)  # [B, M, 1]
+        best_overlap = (overlaps * claims).amax(-1, keepdim=True)
+        quality = (align * best_overlap / (best_align + self.eps)).amax(1)  # [B, N]
+        target_scores = F.one_hot(labels, c).to(scores.dtype) * (quality * fg)[..., None]
+        return Assignment(fg, gt_index, target_boxes, target_scores)
+
+    def candidates(self, points: torch.Tensor, gt_boxes: torch.Tensor) -> torch.Tensor:
+        """[B, M, N] bool: anchor centre strictly inside the GT box (every side's distance > eps)."""
+        return xyxy_to_ltrb(points[None, None], gt_boxes[:, :, None]).amin(-1) > self.eps
+
+    def alignment(self, scores: torch.Tensor, boxes: torch.Tensor, gt_cls: torch.Tensor, gt_boxes: torch.Tensor,
+                  candidate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """CIoU (clamped >= 0) and alignment score^alpha * CIoU^beta of every candidate pair, 0 elsewhere
+        ([B, M, N] each); only candidate pairs are computed."""
+        ib, im, ia = candidate.nonzero(as_tuple=True)
+        overlaps = torch.zeros(candidate.shape, dtype=boxes.dtype, device=boxes.device)
+        align = torch.zeros_like(overlaps)
+        iou = elementwise_iou(gt_boxes[ib, im], boxes[ib, ia], kind="ciou").clamp(min=0).to(boxes.dtype)
+        overlaps[ib, im, ia] = iou
+        align[ib, im, ia] = scores[ib, ia, gt_cls[ib, im]].to(boxes.dtype).pow(self.alpha) * iou.pow(self.beta)
+        return overlaps, align
+
+    @staticmethod
+    def one_gt_per_anchor(claims: torch.Tensor, overlaps: torch.Tensor) -> torch.Tensor:
+        """An anchor claimed by several GTs keeps only the claiming GT it overlaps most ([B, M, N] bool)."""
+        contested = claims.sum(1) > 1  # [B, N]
+        if not bool(contested.any()):
+            return claims
+        best = overlaps.masked_fill(~claims, -1.0).argmax(1)  # [B, N]
+        keep = torch.zeros_like(claims).scatter_(1, best[:, None], True)
+        return torch.where(contested[:, None], keep, claims)
+
+
+def dfl_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Distribution focal loss: logits [P, 4, R] over bins 0..R-1, target distances [P, 4] in [0, R-1).
+
+    The target t falls between bins floor(t) and floor(t) + 1; the loss is the cross entropy at each of
+    them weighted by the linear-interpolation weights, summed, then averaged over the four sides -> [P].
+    """
+    left = target.long()
+    w_left = (left + 1).to(target.dtype) - target
+    flat = logits.reshape(-1, logits.shape[-1])
+    ce_left = F.cross_entropy(flat, left.reshape(-1), reduction="none").view(left.shape)
+    ce_right = F.cross_entropy(flat, (left + 1).reshape(-1), reduction="none").view(left.shape)
+    return (ce_left * w_left + ce_right * (1 - w_left)).mean(-1)
+
+
+class YOLOCriterion(nn.Module):
+    """YOLOv9 loss for DDetect / DualDDetect / Detect outputs (see the module docstring).
+
+    ``criterion(outputs, batch) -> (total, {"box", "cls", "dfl"})``: ``outputs`` a
+    :class:`~rtdet.nn.heads.yolo.YOLOTrainOutput`, ``batch`` the trainer's batch (its padded targets).
+    The logged terms are the gained losses per image (they sum to total / batch size).
+    """
+
+    SETTINGS: tuple[Setting, ...] = (
+        Setting("box", 7.5, float, "CIoU box loss gain", low=0.0),
+        Setting("cls", 0.5, float, "BCE classification loss gain", low=0.0),
+        Setting("dfl", 1.5, float, "distribution focal loss gain", low=0.0),
+        Setting("tal_topk", 10, int, "task-aligned assigner: candidates kept per GT", low=1),
+        Setting("tal_alpha", 0.5, float, "task-aligned assigner: exponent of the class score", low=0.0),
+        Setting("tal_beta", 6.0, float, "task-aligned assigner: exponent of the CIoU", low=0.0),
+        Setting("aux_weight", 0.25, float, "weight of the PGI auxiliary branch (DualDDetect) in every term",
+                low=0.0),
+    )
+    DEFAULTS: dict[str, Any] = {st.name: st.default for st in SETTINGS}
+    reduction = "sum"  # the loss is a sum over the batch's images: the trainer sums it over accumulated batches
+
+    def __init__(self, nc: int, strides: Sequence[int], reg_max: int = 16, **hyp: Any):
+        super().__init__()
+        unknown = sorted(set(hyp) - set(self.DEFAULTS))
+        if unknown:
+            raise ValueError(f"YOLOCriterion: unknown hyper-parameter(s) {unknown}; accepted keys and defaults: "
+                             + ", ".join(f"{k}={v}" for k, v in self.DEFAULTS.items()))
+        h = {**self.DEFAULTS, **{st.name: st.check(hyp[st.name]) for st in self.SETTINGS if st.name in hyp}}
+        if not strides:
+            raise ValueError("YOLOCriterion needs the head's strides (build the model first: head.setup sets them)")
+        self.nc, self.strides, self.reg_max = int(nc), [int(s) for s in strides], int(reg_max)
+        self.hyp = h
+        self.gains = {"box": h["box"], "cls": h["cls"], "dfl": h["dfl"]}
+        self.aux_weight = h["aux_weight"]
+        self.assigner = TaskAlignedAssigner(h["tal_topk"], h["tal_alpha"], h["tal_beta"])
+        self.register_buffer("bins", torch.arange(self.reg_max, dtype=torch.float32), persistent=False)
+
+    def extra_repr(self) -> str:
+        return f"nc={self.nc}, strides={self.strides}, reg_max={self.reg_max}, " + ", ".join(
+            f"{k}={v}" for k, v in self.hyp.items())
+
+    # ------------------------------------------------------------------ pieces
+    def _flatten(self, maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-level maps -> bin logits [B, N, 4, R] and class logits [B, N, C], float32."""
+        b = maps[0].shape[0]
+        flat = torch.cat([m.float().flatten(2) for m in maps], 2).transpose(1, 2)  # [B, N, 4R + C]
+        dist, logits = flat.split((4 * self.reg_max, self.nc), -1)
+        return dist.reshape(b, -1, 4, self.reg_max), logits
+
+    def _branches(self, outputs) -> tuple[list[list[torch.Tensor]], torch.Tensor]:
+        """The branches' maps (main first) and their weights [K]."""
+        main, aux = outputs.main, outputs.aux
+        if len(main) != len(self.strides):
+            raise ValueError(f"YOLOCriterion was built for {len(self.strides)} levels, got {len(main)} maps")
+        branches, weights = [main], [1.0]
+        if aux is not None:
+            if [a.shape for a in aux] != [m.shape for m in main]:
+                raise ValueError(f"auxiliary maps {[tuple(a.shape) for a in aux]} do not match the main maps "
+                                 f"{[tuple(m.shape) for m in main]}")
+            branches.append(aux)
+            weights.append(self.aux_weight)
+        return branches, torch.tensor(weights, device=main[0].device)
+
+    # ------------------------------------------------------------------ loss
+    def forward(self, outputs, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        from rtdet.nn.heads.yolo import make_anchors
+
+        branches, weights = self._branches(outputs)
+        k = len(branches)
+        main = branches[0]
+        device, b = main[0].device, main[0].shape[0]
+        shapes = [tuple(m.shape[2:]) for m in main]
+        with torch.autocast(device.type, enabled=False):
+            parts = [self._flatten(br) for br in branches]
+            dist = torch.cat([p[0] for p in parts])  # [K*B, N, 4, R], branch-major
+            logits = torch.cat([p[1] for p in parts])  # [K*B, N, C]
+            points, stride = make_anchors(shapes, self.strides, device, torch.float32)
+            img_shape = (shapes[0][0] * self.strides[0], shapes[0][1] * self.strides[0])
+            targets = batch_targets(batch, b, self.nc)
+            gt_boxes = targets.xyxy(img_shape).to(device=device, dtype=torch.float32).repeat(k, 1, 1)
+            gt_cls, gt_mask = targets.cls.to(device).repeat(k, 1), targets.mask.to(device).repeat(k, 1)
+
+            ltrb = dist.softmax(-1) @ self.bins  # [K*B, N, 4] stride units
+            boxes = ltrb_to_xyxy(points, ltrb)  # grid units of each level
+            a = self.assigner(logits.detach().sigmoid(), boxes.detach() * stride, points * stride, gt_cls, gt_boxes,
+                              gt_mask)
+            norm = a.scores.view(k, -1).sum(-1).clamp(min=1)  # [K] each branch's target-score sum
+
+            cls = F.binary_cross_entropy_with_logits(logits, a.scores, reduction="none").view(k, -1).sum(-1) / norm
+            box, dfl = self._box_terms(dist, boxes, points, stride, a, k, b)
+            box, dfl = box / norm, dfl / norm
+            terms = {"box": (weights * box).sum() * self.gains["box"],
+                     "cls": (weights * cls).sum() * self.gains["cls"],
+                     "dfl": (weights * dfl).sum() * self.gains["dfl"]}
+            total = sum(terms.values()) * b
+        return total, {name: v.detach() for name, v in terms.items()}
+
+    def _box_terms(self, dist: torch.Tensor, boxes: torch.Tensor, points: torch.Tensor, stride: torch.Tensor,
+                   a: Assignment, k: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Un-normalised (1 - CIoU) and DFL sums per branch [K], weighted by each positive's target score."""
+        row, anchor = a.fg.nonzero(as_tuple=True)
+        weight = a.scores[row, anchor].sum(-1)
+        target = a.boxes[row, anchor] / stride[anchor]  # grid units, like the predictions
+        ciou = elementwise_iou(boxes[row, anchor], target, kind="ciou")
+        target_ltrb = xyxy_to_ltrb(points[anchor], target, self.reg_max - 1 - 0.01)
+        dfl = dfl_loss(dist[row, anchor], target_ltrb)
+        branch = torch.div(row, b, rounding_mode="floor")
+        zeros = torch.zeros(k, device=dist.device) + 0.0 * dist.sum()  # keeps the graph when nothing is positive
+        return (zeros.index_add(0, branch, (1.0 - ciou) * weight),
+                zeros.index_add(0, branch, dfl * weight))
