@@ -160,12 +160,38 @@ def dense_nms(boxes: torch.Tensor, scores: torch.Tensor, conf: float = 0.25, iou
     img, anchor, label, score = img[chosen], anchor[chosen], label[chosen], score[chosen]
     cand = boxes[img, anchor]
     group = img if agnostic else img * c + label
-    keep = batched_nms(cand.float(), score.float(), group, iou)
+    keep = _first_survivors(cand.float(), score.float(), group, img, rank[chosen], b, iou, max_det)
     keep = keep[torch.sort(img[keep], stable=True).indices]  # by image, best first inside each image
     keep = keep[_rank_in_group(img[keep], b) < max_det]
     counts = torch.bincount(img[keep], minlength=b).tolist()
     out_boxes, out_scores, out_labels = (t[keep].split(counts) for t in (cand, score, label))
     return list(zip(out_boxes, out_scores, out_labels))
+
+
+def _first_survivors(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, img: torch.Tensor,
+                     rank: torch.Tensor, n_img: int, iou: float, max_det: int) -> torch.Tensor:
+    """Indices of candidates that NMS over all of them keeps, complete for each image's best ``max_det``.
+
+    Greedy NMS decides a box from the boxes ranked above it alone, so the survivors among an image's k best
+    candidates are exactly its survivors that rank that high: once they number ``max_det``, the rest of
+    its candidates cannot change its answer. NMS therefore runs on each image's best 4 · max_det
+    candidates first and again, on 4x as many, only for the images still short of max_det survivors --
+    the same result as one NMS over every candidate (validation's 30,000 per image) at a fraction of the
+    cost. Candidates are sorted by image, then rank (``rank`` = position inside the image).
+    """
+    counts = torch.bincount(img, minlength=n_img)
+    limit = torch.full((n_img,), 4 * max_det, dtype=torch.int64, device=img.device)
+    done = torch.zeros(n_img, dtype=torch.bool, device=img.device)
+    found = []
+    while not bool(done.all()):
+        idx = ((rank < limit[img]) & ~done[img]).nonzero(as_tuple=True)[0]
+        kept = idx[batched_nms(boxes[idx], scores[idx], groups[idx], iou)]
+        n_kept = torch.bincount(img[kept], minlength=n_img)
+        final = ~done & ((n_kept >= max_det) | (limit >= counts))
+        found.append(kept[final[img[kept]]])
+        done |= final
+        limit = limit * 4
+    return torch.cat(found) if found else torch.empty(0, dtype=torch.int64, device=img.device)
 
 
 def _rank_in_group(group: torch.Tensor, n_groups: int) -> torch.Tensor:

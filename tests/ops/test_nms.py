@@ -153,3 +153,23 @@ def test_dense_nms_caps_candidates_per_image_and_rejects_bad_shapes():
     assert ks.tolist() == pytest.approx([0.9, 0.8])
     with pytest.raises(ValueError, match=r"expected boxes \[B, N, 4\]"):
         dense_nms(boxes[0], scores)
+
+
+@pytest.mark.parametrize("max_det", [1, 3, 40])
+def test_dense_nms_stops_early_with_the_same_answer_as_nms_over_every_candidate(max_det):
+    """Heavy suppression (one class, clustered boxes, tied scores): few survivors among each image's best
+    4 x max_det candidates, so the search widens; the answer equals NMS over every candidate."""
+    from rtdet.ops.nms import dense_nms
+
+    b, n = 4, 300
+    boxes_np, scores_np, _ = clustered_boxes(b * n, 1, seed=7, tied_scores=True)
+    boxes = torch.from_numpy(boxes_np).view(b, n, 4)
+    scores = torch.from_numpy(scores_np).view(b, n, 1).clamp(min=0.01)
+    scores[2, :, 0] = 0.0  # an image without candidates
+    scores[3, 5:, 0] = 0.0  # one with fewer candidates than 4 x max_det
+    got = dense_nms(boxes, scores, conf=0.005, iou=0.3, max_det=max_det)
+    want = dense_reference(boxes, scores, 0.005, 0.3, max_det, multi_label=False)
+    for (gb, gs, gl), (wb, ws, wl) in zip(got, want):
+        np.testing.assert_array_equal(gs.numpy(), ws)
+        np.testing.assert_array_equal(gb.numpy(), wb)
+    assert len(got[2][0]) == 0 and 0 < len(got[3][0]) <= 5
