@@ -1,7 +1,8 @@
 """Forward latency of models at one image size: eager and fused, NCHW and channels_last, side by side;
 then fused PyTorch against its ONNX export in ONNX Runtime for several models.
 
-    python benchmarks/latency.py                       # rtdetr-l, yolov9t, yolov9-c; 640, batch 1, 2 threads
+    python benchmarks/latency.py                       # rtdetr-l, yolov9t, yolov9-c, rtmdet-tiny, rtmdet-s; 640
+    python benchmarks/latency.py --model rtmdet-tiny.yaml rtmdet-s.yaml    # some models, one table each
     python benchmarks/latency.py --model rtdetr-x.yaml --imgsz 640 --runs 20
     python benchmarks/latency.py --ort-models rtdetr-l.yaml,yolov9-c.yaml --ort-opt all
     python benchmarks/latency.py --quick               # a 64x64 check that every row runs (timings meaningless)
@@ -47,7 +48,7 @@ def time_interleaved(models: dict[str, torch.nn.Module], x: torch.Tensor, warmup
     return times
 
 
-DEFAULT_MODELS = ["rtdetr-l.yaml", "yolov9t.yaml", "yolov9-c.yaml"]
+DEFAULT_MODELS = ["rtdetr-l.yaml", "yolov9t.yaml", "yolov9-c.yaml", "rtmdet-tiny.yaml", "rtmdet-s.yaml"]
 ORT_MODELS = "rtdetr-l.yaml,rtdetr-l-dysample.yaml,yolov9-c.yaml,yolov9t.yaml,rtmdet-s.yaml"
 
 

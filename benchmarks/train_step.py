@@ -1,12 +1,15 @@
 """Training-step time: forward + loss + backward + optimizer step (the trainer's own ``train_step``), median
-over several steps, on the CPU: rtdetr-l and yolov9t at 640 batch 2, the two demo models at 256 batch 8.
+over several steps, on the CPU: rtdetr-l, yolov9t and rtmdet-tiny at 640 batch 2, the two demo models at 256
+batch 8.
 
     .venv/bin/python benchmarks/train_step.py [--threads 2] [--steps 5] [--out table.md]
+    .venv/bin/python benchmarks/train_step.py --models rtmdet-tiny.yaml   # some of the cases
     .venv/bin/python benchmarks/train_step.py --quick     # tiny sizes, one step: checks the script runs
 
 Inputs are synthetic shapes images (rtdet.data.synthetic) so the loss sees real boxes; the settings are each
-family recipe's (RT-DETR: AdamW, Hungarian matching with denoising; YOLOv9: SGD, task-aligned assignment;
-both with EMA and gradient clipping). Prints a markdown table; ``--out`` also writes it.
+family recipe's (RT-DETR: AdamW, Hungarian matching with denoising, clipping; YOLOv9: SGD, task-aligned
+assignment, clipping; RTMDet: AdamW, dynamic soft-label assignment, no clipping; all with EMA). Prints a
+markdown table; ``--out`` also writes it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from rtdet.engine.trainer import Trainer  # noqa: E402
 CASES = [  # (model, imgsz, batch)
     ("rtdetr-l.yaml", 640, 2),
     ("yolov9t.yaml", 640, 2),
+    ("rtmdet-tiny.yaml", 640, 2),
     ("rtdetr-demo.yaml", 256, 8),
     ("yolov9-demo.yaml", 256, 8),
 ]
@@ -60,10 +64,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--out", type=Path, default=None, help="write the table (markdown) to this file")
+    ap.add_argument("--models", nargs="+", default=None, help="only these cases (model YAML names)")
     ap.add_argument("--quick", action="store_true", help="64x64, batch 2, one step: checks the script")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cases = [(m, 64, 2) for m, _, _ in CASES] if args.quick else CASES
+    cases = [c for c in CASES if args.models is None or c[0] in args.models]
+    if args.quick:
+        cases = [(m, 64, 2) for m, _, _ in cases]
     if args.quick:
         args.steps = 1
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,7 +88,7 @@ def main() -> None:
           f"{r['min_s']:.2f} s | {r['img_s']:.1f} |" for r in rows),
         "",
         f"{args.threads} threads, median of {args.steps} steps after one warm-up step; forward + the family's loss "
-        f"+ backward + the recipe's optimizer step + gradient clipping + EMA update. "
+        f"+ backward + the recipe's optimizer step (gradient clipping where the recipe clips) + EMA update. "
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores (load average {load:.1f} when measured), "
         f"Python {platform.python_version()}, torch {torch.__version__}.",
     ]

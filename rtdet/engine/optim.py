@@ -7,6 +7,10 @@ bias toward zero only hurts).
 
 The schedule is per optimizer step: a linear warmup from 0 (biases: from ``warmup_bias_lr``) into one of
 linear / cosine / flat-cosine / constant decay toward ``lr0 * lrf``.
+
+``lr_batch`` (when > 0) says which batch ``lr0`` was tuned for: the run's learning rate is
+``lr0 * images per optimizer step / lr_batch``, the linear scaling rule (Goyal et al. 2017) that mmengine's
+``auto_scale_lr`` applies and that RTMDet's users follow (0.004 for 8 GPUs x 32 images -> 0.00025 at 16).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import math
 import torch
 import torch.nn as nn
 
-__all__ = ["LRSchedule", "build_optimizer", "param_groups", "warmup_steps"]
+__all__ = ["LRSchedule", "build_optimizer", "param_groups", "scaled_lr", "warmup_steps"]
 
 # Modules whose parameters never get weight decay (RMSNorm only exists in torch >= 2.4).
 _NO_DECAY_MODULES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.Embedding,
@@ -77,6 +81,14 @@ def build_optimizer(model: nn.Module, name: str = "AdamW", lr0: float = 1e-3, mo
     if key == "SGD":
         return torch.optim.SGD(groups, lr=lr0, momentum=momentum, nesterov=True)
     raise ValueError(f"optimizer={name!r} is not supported; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def scaled_lr(lr0: float, images_per_step: int, lr_batch: int = 0) -> float:
+    """``lr0`` for a run whose optimizer steps see ``images_per_step`` images: unchanged when ``lr_batch``
+    is 0, else scaled linearly by ``images_per_step / lr_batch``."""
+    if lr_batch < 0 or images_per_step < 1:
+        raise ValueError(f"lr_batch must be >= 0 and the batch >= 1, got lr_batch={lr_batch}, batch={images_per_step}")
+    return float(lr0) if lr_batch == 0 else float(lr0) * images_per_step / lr_batch
 
 
 def warmup_steps(warmup_iters: int, warmup_epochs: float, steps_per_epoch: int, total_steps: int,

@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from rtdet.engine import loaders
 from rtdet.engine.errors import Interrupted, NonFiniteLossError
-from rtdet.engine.optim import LRSchedule, build_optimizer, warmup_steps
+from rtdet.engine.optim import LRSchedule, build_optimizer, scaled_lr, warmup_steps
 from rtdet.engine.rundir import latest_run, run_dir
 from rtdet.engine.settings import (
     SettingsError,
@@ -223,6 +223,7 @@ class Trainer:
             family = model.head.family
             resolved = resolve_settings({k: v for k, v in user.items() if k != "model"}, family, "train")
             resolved["model"] = args["model"]
+            _model_pipeline(resolved, user, model)
             args = resolved
             set_seed(int(args["seed"]) + self.rank, bool(args["deterministic"]))
         self.family = model.head.family
@@ -260,6 +261,7 @@ class Trainer:
         self.criterion = self.model.head.build_criterion(criterion_hyperparameters(args, self.model.head))
         if hasattr(self.criterion, "to"):
             self.criterion = self.criterion.to(self.device)
+        self.model = _maybe_sync_bn(self.model, bool(args.get("sync_bn")), self.world, self.device)
         if self.world > 1:
             # A head that uses every parameter on every step may say so (skips DDP's extra graph traversal).
             unused = bool(getattr(self.model.head, "ddp_find_unused_parameters", True))
@@ -275,17 +277,22 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(self.train_loader) / self.accumulate)
         self.epochs = int(args["epochs"])
         total_steps = self.steps_per_epoch * self.epochs
-        self.optimizer = build_optimizer(de_parallel(self.model), args["optimizer"], float(args["lr0"]),
+        self.lr0 = scaled_lr(float(args["lr0"]), self.batch_size * self.world * self.accumulate,
+                             int(args.get("lr_batch") or 0))
+        if self.lr0 != float(args["lr0"]):
+            LOGGER.info(f"lr0 {args['lr0']:g} is for batch {args['lr_batch']}; this run's optimizer steps see "
+                        f"{self.batch_size * self.world * self.accumulate} images: lr {self.lr0:.4g} (linear scaling)")
+        self.optimizer = build_optimizer(de_parallel(self.model), args["optimizer"], self.lr0,
                                          float(args["momentum"]), weight_decay,
                                          float(args["backbone_lr_ratio"]))
         warmup = warmup_steps(int(args["warmup_iters"]), float(args["warmup_epochs"]), self.steps_per_epoch,
                               total_steps, float(args["warmup_max_fraction"]))
-        self.schedule = LRSchedule(self.optimizer, float(args["lr0"]), total_steps, args["scheduler"],
+        self.schedule = LRSchedule(self.optimizer, self.lr0, total_steps, args["scheduler"],
                                    float(args["lrf"]), warmup, float(args["flat_fraction"]),
                                    float(args["warmup_bias_lr"]), float(args["momentum"]),
                                    float(args["warmup_momentum"]))
-        self.ema = ModelEMA(de_parallel(self.model), float(args["ema_decay"]), float(args["ema_tau"])) if (
-            args["ema"]) else None
+        self.ema = ModelEMA(de_parallel(self.model), float(args["ema_decay"]), float(args["ema_tau"]),
+                            schedule=str(args.get("ema_schedule") or "ramp")) if args["ema"] else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.validator = Validator(args={**args, "verbose": False}) if self.val_loader is not None else None
         if self.world > 1 and int(args["batch"]) < self.world:
@@ -635,6 +642,26 @@ def nominal_batch(batch: int, accumulate: int, nbs: int, weight_decay: float) ->
         return max(accumulate, 1), weight_decay
     steps = max(round(nbs / batch), 1)
     return steps, weight_decay * batch * steps / nbs
+
+
+def _model_pipeline(args: dict, user: dict, model: DetectionModel) -> None:
+    """A model YAML may name the training pipeline its reference uses at that scale (``train_pipeline:``,
+    e.g. RTMDet-tiny's smaller caches): it wins over the family recipe, the user's own choice over both."""
+    preferred = (getattr(model, "yaml", None) or {}).get("train_pipeline")
+    if preferred and user.get("train_pipeline") is None:
+        args["train_pipeline"] = preferred
+
+
+def _maybe_sync_bn(model: nn.Module, wanted: bool, world: int, device: torch.device) -> nn.Module:
+    """SyncBatchNorm across DDP processes when asked and possible (several CUDA processes); otherwise the
+    model keeps its BatchNorm (SyncBN fails on the CPU and is pointless in one process)."""
+    if not wanted:
+        return model
+    if world > 1 and device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    LOGGER.warning(f"sync_bn=true ignored: it needs several CUDA processes (DDP), this run has {world} on "
+                   f"{device.type}; BatchNorm stays per process")
+    return model
 
 
 def _cli_value(v: Any) -> str:

@@ -1,6 +1,7 @@
 """ImageNet backbone checkpoints (official and timm ConvNeXt V2, official and timm SHViT) -> rtdet.
 
-    report = load_convnextv2_weights(model.model[0], torch.load("convnextv2_atto_1k_224_ema.pt"))
+    sd = torch.load("convnextv2_atto_1k_224_ema.pt", map_location="cpu", weights_only=True)
+    report = load_convnextv2_weights(model.model[0], sd)
     print(report)              # "official layout: loaded 152/152 tensors; missing 0; unexpected 0; dropped 4 (...)"
 
     # or in a model YAML, on the backbone row:  - [-1, 1, convnextv2_atto, [weights=convnextv2_atto_1k_224_ema.pt]]

@@ -150,16 +150,27 @@ class ModelEMA:
     """Exponential moving average of a model's floating-point state (weights and BN statistics).
 
     ``decay_t = decay * (1 - exp(-updates / tau))`` ramps the decay from 0 so the average follows the
-    model early in training (the RT-DETR / YOLO convention). ``ema.model`` is a frozen copy in eval mode.
+    model early in training (the RT-DETR / YOLO convention). ``schedule="exp-momentum"`` is mmdetection's
+    ExpMomentumEMA (momentum = 1 - decay, gamma = tau): the same ramp, except that the first update copies
+    the weights. Buffers are averaged too (mmdetection's ``update_buffers=True``); a tensor shared by
+    several modules (RTMDet's head convolutions) is averaged once per update. ``ema.model`` is a frozen
+    copy in eval mode.
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = 2000.0, updates: int = 0):
+    SCHEDULES = ("ramp", "exp-momentum")
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = 2000.0, updates: int = 0,
+                 schedule: str = "ramp"):
+        if schedule not in self.SCHEDULES:
+            raise ValueError(f"ema_schedule={schedule!r} is not supported; choose one of {', '.join(self.SCHEDULES)}")
         self.model = copy.deepcopy(de_parallel(model)).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.decay_max, self.tau, self.updates = float(decay), float(tau), int(updates)
+        self.decay_max, self.tau, self.updates, self.schedule = float(decay), float(tau), int(updates), schedule
 
     def decay(self) -> float:
+        if self.schedule == "exp-momentum" and self.updates <= 1:
+            return 0.0  # the first update copies the model
         return self.decay_max * (1.0 - math.exp(-self.updates / self.tau)) if self.tau > 0 else self.decay_max
 
     @torch.no_grad()
@@ -167,16 +178,22 @@ class ModelEMA:
         self.updates += 1
         d = self.decay()
         current = de_parallel(model).state_dict()
-        for k, v in self.model.state_dict().items():
+        # named_parameters / named_buffers list a shared tensor once (a state dict repeats it per owner);
+        # buffers outside the state dict (non-persistent constants) are not averaged
+        tensors = {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}
+        for k, v in tensors.items():
+            if k not in current:
+                continue
             if v.dtype.is_floating_point:
                 v.mul_(d).add_(current[k].detach().to(v.dtype), alpha=1.0 - d)
             else:
                 v.copy_(current[k])
 
     def state_dict(self) -> dict:
-        return {"updates": self.updates, "decay": self.decay_max, "tau": self.tau}
+        return {"updates": self.updates, "decay": self.decay_max, "tau": self.tau, "schedule": self.schedule}
 
     def load_state_dict(self, state: dict) -> None:
         self.updates = int(state["updates"])
         self.decay_max = float(state.get("decay", self.decay_max))
         self.tau = float(state.get("tau", self.tau))
+        self.schedule = str(state.get("schedule", self.schedule))

@@ -35,8 +35,8 @@ def test_family_pipelines_and_their_switch_epochs():
     assert names_by_stage("yolov9", 500)[1] == (485, ["RandomAffine", "RandomHSV", "RandomFlip"])
     rtm = names_by_stage("rtmdet", 300)
     assert rtm[0] == (0, ["CachedMosaic", "RandomResize", "RandomCrop", "YOLOXHSVRandomAug", "RandomFlip", "Pad",
-                          "CachedMixUp", "FilterBoxes"])
-    assert rtm[1] == (280, ["RandomResize", "RandomCrop", "YOLOXHSVRandomAug", "RandomFlip", "Pad", "FilterBoxes"])
+                          "CachedMixUp"])
+    assert rtm[1] == (280, ["RandomResize", "RandomCrop", "YOLOXHSVRandomAug", "RandomFlip", "Pad"])
     assert names_by_stage("rtdetr", 72) == [(0, ["PhotometricDistort", "ZoomOut", "IoUCrop", "FilterBoxes",
                                                  "RandomFlip", "Resize", "FilterBoxes"])]
     # a run shorter than the switch never switches (as Ultralytics close_mosaic / mmdet switch_epoch)
@@ -96,3 +96,34 @@ def test_bad_specs(spec, match):
 def test_unknown_transform_fails_at_build_with_suggestion():
     with pytest.raises(PipelineConfigError, match="unknown transform 'Mosaik'.*Did you mean Mosaic"):
         PipelineSchedule.from_spec(load_pipeline_spec([{"name": "Mosaik"}]), 320, 1)
+
+
+@pytest.mark.parametrize("name", ["rtmdet", "rtmdet-s", "rtmdet-tiny"])
+def test_rtmdet_stage_two_is_the_last_20_of_300_epochs_of_any_run(name):
+    """mmdetection switches at epoch 280 of 300; here at 280/300 of the run, whatever its length."""
+    assert [start for start, _ in names_by_stage(name, 300)] == [0, 280]
+    assert [start for start, _ in names_by_stage(name, 37)] == [0, 35]  # 37 * 280/300 = 34.5 -> the last 2
+    assert [start for start, _ in names_by_stage(name, 10)] == [0, 9]  # the last epoch
+    assert len(names_by_stage(name, 5)) == 1  # 4.7 rounds to 5: too short for a stage 2
+    stage1, stage2 = (names for _, names in names_by_stage(name, 300))
+    assert "CachedMosaic" in stage1 and "CachedMixUp" in stage1
+    assert not {"CachedMosaic", "CachedMixUp"} & set(stage2) and "RandomResize" in stage2
+
+
+def test_rtmdet_caches_and_jitter_follow_the_configs_of_each_scale():
+    """mmdet configs: tiny FIFO caches 20 / 10 and MixUp p 0.5; s and m/l/x random-pop caches 40 / 20 with
+    MixUp p 1; scale jitter U(0.5, 2.0) for tiny / s, U(0.1, 2.0) for m / l / x, in both stages."""
+    expected = {"rtmdet-tiny": (20, False, 10, False, 0.5, 0.5), "rtmdet-s": (40, True, 20, True, 1.0, 0.5),
+                "rtmdet": (40, True, 20, True, 1.0, 0.1)}
+    for name, (mosaic, mosaic_pop, mixup, mixup_pop, mixup_p, low) in expected.items():
+        spec = load_pipeline_spec(name)
+        by_name = {t["name"]: t for t in spec.train}
+        assert (by_name["CachedMosaic"]["max_cached_images"], by_name["CachedMosaic"]["random_pop"]) == (mosaic,
+                                                                                                        mosaic_pop)
+        mix = by_name["CachedMixUp"]
+        assert (mix["max_cached_images"], mix["random_pop"], mix["p"], mix["ratio_range"]) == (mixup, mixup_pop,
+                                                                                                mixup_p, [1.0, 1.0])
+        assert by_name["RandomResize"] == {"name": "RandomResize", "scale": 2.0, "ratio_range": [low, 2.0]}
+        stage2 = {t["name"]: t for t in spec.stages[0]["train"]}
+        assert stage2["RandomResize"] == {"name": "RandomResize", "scale": 1.0, "ratio_range": [low, 2.0]}
+        assert spec.val == [{"name": "LetterBox", "center": False, "interpolation": "linear"}]

@@ -73,3 +73,60 @@ def tiny_settings(tiny_yaml, tiny_data, tmp_path) -> dict:
     return {"model": str(tiny_yaml), "data": str(tiny_data), "imgsz": 64, "batch": 4, "epochs": 2, "workers": 0,
             "device": "cpu", "project": str(tmp_path / "runs"), "val": False, "plots": False, "verbose": False,
             "train_pipeline": "plain", "lr0": 1e-3, "warmup_iters": 1, "seed": 0, "deterministic": True}
+
+
+# A real RTMDet graph (input normalisation, CSPNeXt stem / CSP layers / SPP, CSPNeXtPAFPN rows, the shared-conv
+# head) at widths of 8-32 channels: a training step takes milliseconds. It names its pipeline as the
+# built-in RTMDet YAMLs do.
+RTMDET_TINY_YAML = """\
+nc: 2
+batchnorm: {eps: 1.0e-5, momentum: 0.1}
+train_pipeline: rtmdet-tiny
+backbone:
+  - [-1, 1, InputNormalize, [[103.53, 116.28, 123.675], [57.375, 57.12, 58.395], bgr]]  # 0
+  - [-1, 1, CSPNeXtStem, [4, 8]]              # 1 /2
+  - [-1, 1, Conv, [16, 3, 2]]                 # 2 /4
+  - [-1, 1, CSPLayer, [16, True, True]]       # 3
+  - [-1, 1, Conv, [16, 3, 2]]                 # 4 /8
+  - [-1, 1, CSPLayer, [16, True, True]]       # 5
+  - [-1, 1, Conv, [32, 3, 2]]                 # 6 /16
+  - [-1, 1, CSPLayer, [32, True, True]]       # 7
+  - [-1, 1, Conv, [32, 3, 2]]                 # 8 /32
+  - [-1, 1, SPPBottleneck, [32]]              # 9
+  - [-1, 1, CSPLayer, [32, False, True]]      # 10
+head:
+  - [-1, 1, Conv, [32, 1, 1]]                 # 11
+  - [-1, 1, nn.Upsample, [None, 2, nearest]]  # 12
+  - [[-1, 7], 1, Concat, [1]]                 # 13
+  - [-1, 1, CSPLayer, [32, False, False]]     # 14
+  - [-1, 1, Conv, [16, 1, 1]]                 # 15
+  - [-1, 1, nn.Upsample, [None, 2, nearest]]  # 16
+  - [[-1, 5], 1, Concat, [1]]                 # 17
+  - [-1, 1, CSPLayer, [16, False, False]]     # 18
+  - [-1, 1, Conv, [16, 3, 2]]                 # 19
+  - [[-1, 15], 1, Concat, [1]]                # 20
+  - [-1, 1, CSPLayer, [32, False, False]]     # 21
+  - [-1, 1, Conv, [32, 3, 2]]                 # 22
+  - [[-1, 11], 1, Concat, [1]]                # 23
+  - [-1, 1, CSPLayer, [32, False, False]]     # 24
+  - [18, 1, Conv, [16, 3, 1]]                 # 25
+  - [21, 1, Conv, [16, 3, 1]]                 # 26
+  - [24, 1, Conv, [16, 3, 1]]                 # 27
+  - [[25, 26, 27], 1, RTMDetSepBNHead, [nc, 16, 2, False]]  # 28
+"""
+
+
+@pytest.fixture(scope="session")
+def rtmdet_yaml(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "rtmdet-micro.yaml"
+    path.write_text(RTMDET_TINY_YAML)
+    return path
+
+
+@pytest.fixture
+def rtmdet_settings(rtmdet_yaml, tiny_data, tmp_path) -> dict:
+    """Trainer settings for a seconds-long deterministic CPU run of the micro RTMDet (the RTMDet recipe,
+    with a learning rate for batch 4 and a short warmup)."""
+    return {"model": str(rtmdet_yaml), "data": str(tiny_data), "imgsz": 64, "batch": 4, "epochs": 2, "workers": 0,
+            "device": "cpu", "project": str(tmp_path / "runs"), "val": False, "plots": False, "verbose": False,
+            "lr0": 2e-3, "lr_batch": 0, "warmup_iters": 1, "seed": 0, "deterministic": True}

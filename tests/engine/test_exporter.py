@@ -222,22 +222,14 @@ def test_exporter_writes_checks_and_reports(tiny_yaml, tiny_data, tmp_path):
 
 
 # ---------------------------------------------------------------------------------- other families
-# One model of each NMS family (YOLOv9 official dual / Ultralytics port, RTMDet). Their families live on
-# other branches until merged: a model this checkout does not have is skipped, not failed.
+# One model of each NMS family: YOLOv9 (official dual head / Ultralytics port) and RTMDet.
 FAMILY_YAMLS = ["yolov9-t.yaml", pytest.param("yolov9t.yaml", marks=pytest.mark.slow), "rtmdet-tiny.yaml"]
-
-
-def _built_in(name: str):
-    try:
-        return build_model(name)
-    except FileNotFoundError as e:
-        pytest.skip(f"{name} is not in this checkout ({e})")
 
 
 @pytest.mark.parametrize("name", FAMILY_YAMLS)
 def test_family_export_matches_pytorch(name, tmp_path):
     torch.manual_seed(0)
-    model = _built_in(name).eval()
+    model = build_model(name).eval()
     x = check_image(sample_image(), (64, 64), 2)
     file = export_onnx(model, tmp_path / "m.onnx", imgsz=64, batch=2, dynamic=True, count_flops=False)
     from rtdet.engine.onnx_backend import load_onnx_model

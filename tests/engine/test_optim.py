@@ -83,3 +83,30 @@ def test_warmup_is_capped_on_short_runs():
     assert warmup_steps(2000, 3.0, steps_per_epoch=10, total_steps=300, max_fraction=0.1) == 30
     assert warmup_steps(0, 3.0, steps_per_epoch=10, total_steps=1000, max_fraction=0.1) == 30
     assert warmup_steps(0, 3.0, steps_per_epoch=100, total_steps=1000, max_fraction=0.1) == 100
+
+
+def test_linear_lr_scaling_by_batch():
+    from rtdet.engine.optim import scaled_lr
+
+    assert scaled_lr(0.004, 256, 256) == pytest.approx(0.004)
+    assert scaled_lr(0.004, 16, 256) == pytest.approx(0.00025)  # what RTMDet users write for one GPU of 16
+    assert scaled_lr(0.004, 16, 0) == 0.004  # lr_batch 0: lr0 as given
+    with pytest.raises(ValueError, match="lr_batch"):
+        scaled_lr(0.004, 16, -1)
+
+
+def test_rtmdet_groups_list_shared_convs_once_and_never_decay_norms_or_biases(rtmdet_yaml):
+    model = build_model(str(rtmdet_yaml), nc=2)
+    groups = param_groups(model, weight_decay=0.05)
+    listed = [p for g in groups for p in g["params"]]
+    assert len(listed) == len({id(p) for p in listed}) == len(list(model.parameters()))  # no duplicates
+    shared = model.head.cls_convs[0][0].conv.weight
+    assert shared is model.head.cls_convs[2][0].conv.weight and sum(p is shared for p in listed) == 1
+    decay = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    for name, p in model.named_parameters():
+        module = model.get_submodule(name.rsplit(".", 1)[0])
+        is_norm_or_bias = isinstance(module, nn.BatchNorm2d) or name.endswith(".bias")
+        assert (id(p) not in decay) == is_norm_or_bias, name
+    assert id(model.model[3].attention.fc.weight) in decay  # ChannelAttention's 1x1 conv weight decays
+    opt = build_optimizer(model, "AdamW", lr0=0.004, weight_decay=0.05)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(listed)

@@ -204,3 +204,45 @@ def test_yolo_prediction_runs_the_deployed_model_and_matches(tiny_yolo_yaml):
     assert len(plain) > 5 and len(fast) == len(plain)
     torch.testing.assert_close(fast.scores, plain.scores, rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(fast.boxes, plain.boxes, rtol=1e-3, atol=1e-2)
+
+
+# ------------------------------------------------------------------ the same predictor with an RTMDet head
+def test_rtmdet_predictions_are_clipped_thinned_by_nms_and_mapped_back(rtmdet_yaml):
+    """A dense head's answer goes through its decode (clip to the input) and class-aware NMS."""
+    from rtdet.nn.heads.rtmdet import RTMDetPredictions
+
+    model = build_model(str(rtmdet_yaml), nc=2, names=["a", "b"]).eval()
+    h0, w0, imgsz = 60, 120, 64  # letterbox: scale 64/120, 16 px above and below (centred "plain" letterbox)
+    boxes = torch.tensor([[10.0, 20.0, 40.0, 40.0], [11.0, 20.0, 40.0, 41.0], [50.0, 30.0, 80.0, 44.0]])
+    scores = torch.tensor([[0.1, 0.9], [0.1, 0.8], [0.7, 0.0]])  # the second duplicates the first
+
+    def head_forward(feats, targets=None):
+        return RTMDetPredictions(boxes[None].expand(feats[0].shape[0], -1, -1), scores[None].expand(
+            feats[0].shape[0], -1, -1))
+
+    model.head.forward = head_forward
+    image = np.full((h0, w0, 3), 100, np.uint8)
+    r = Predictor({"imgsz": imgsz, "train_pipeline": "plain", "conf": 0.25, "iou": 0.65, "save": False,
+                   "verbose": False}, model=model)(image)[0]
+    assert r.labels.tolist() == [1, 0] and r.scores.tolist() == pytest.approx([0.9, 0.7])
+    r_in = imgsz / w0
+    assert r.boxes[0].tolist() == pytest.approx([10 / r_in, (20 - 16) / r_in, 40 / r_in, (40 - 16) / r_in], abs=0.5)
+    assert r.boxes[1, 2] == pytest.approx(w0, abs=0.5)  # clipped at the input's right edge (x 64), then mapped
+
+
+def test_rtmdet_fused_channels_last_model_gives_the_same_outputs(rtmdet_yaml):
+    """What predict runs (BN folded, shared head convs fused per level, NHWC) equals the trained graph."""
+    from rtdet.engine.predictor import prepare_for_inference
+
+    torch.manual_seed(0)
+    model = build_model(str(rtmdet_yaml), nc=2, names=["a", "b"]).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.8, 1.2)
+    fast = prepare_for_inference(model, fuse=True, channels_last=True)  # a fused copy
+    x = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        a, b = model(x), fast(x)
+    torch.testing.assert_close(b.scores, a.scores, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(b.boxes, a.boxes, rtol=1e-4, atol=1e-3)

@@ -171,3 +171,17 @@ def test_imgsz_is_rounded_up_to_the_largest_stride(tiny_yaml, caplog):
         assert check_imgsz(args, model) == stride * 3
     assert args["imgsz"] == stride * 3 and f"largest stride {stride}" in caplog.text
     assert check_imgsz({"imgsz": stride * 2}, model) == stride * 2
+
+
+def test_rtmdet_recipe_and_loss_keys():
+    r = resolve_settings({}, family="rtmdet")
+    assert (r["optimizer"], r["lr0"], r["lr_batch"], r["weight_decay"]) == ("AdamW", 0.004, 256, 0.05)
+    assert (r["scheduler"], r["flat_fraction"], r["lrf"], r["warmup_iters"]) == ("flat-cosine", 0.5, 0.05, 1000)
+    assert (r["ema_decay"], r["ema_tau"], r["ema_schedule"]) == (0.9998, 2000, "exp-momentum")
+    assert (r["iou"], r["max_det"], r["conf"], r["epochs"]) == (0.65, 300, None, 300)
+    assert r["qfl_beta"] == 2.0 and r["giou_weight"] == 2.0 and r["dsl_topk"] == 13  # the criterion's defaults
+    assert resolve_settings({"dsl_topk": 9}, family="rtmdet")["dsl_topk"] == 9
+    with pytest.raises(SettingsError, match="loss setting of the rtdetr family"):
+        resolve_settings({"loss_vfl": 1.0}, family="rtmdet")
+    with pytest.raises(SettingsError, match="loss setting of the rtmdet family"):
+        resolve_settings({"qfl_beta": 1.0}, family="rtdetr")

@@ -33,6 +33,39 @@ def test_ema_ramps_its_decay_and_averages_weights_and_buffers():
     assert other.updates == 1 and other.decay_max == 0.9 and other.tau == 10
 
 
+def test_ema_exp_momentum_schedule_copies_first_then_follows_mmdetection():
+    """mmdetection ExpMomentumEMA(momentum m, gamma g): step 0 copies, step k>0 keeps
+    (1 - m) * (1 - exp(-(1 + k) / g)) of the average."""
+    model = nn.Linear(2, 2)
+    ema = ModelEMA(model, decay=1 - 0.0002, tau=2000, schedule="exp-momentum")
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    assert torch.equal(ema.model.weight, model.weight)  # the first update is a copy
+    previous = ema.model.weight.clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    momentum = (1 - 0.0002) * math.exp(-(1 + 1) / 2000) + 0.0002  # mmdetection's formula at steps = 1
+    assert torch.allclose(ema.model.weight, (1 - momentum) * previous + momentum * model.weight)
+    assert ModelEMA(model, schedule="exp-momentum").state_dict()["schedule"] == "exp-momentum"
+    with pytest.raises(ValueError, match="ema_schedule"):
+        ModelEMA(model, schedule="swa")
+
+
+def test_ema_averages_a_shared_tensor_once_per_update():
+    """A weight owned by several modules (RTMDet's head convs) appears once per owner in a state dict."""
+    shared = nn.Linear(2, 2)
+    model = nn.ModuleList([nn.Sequential(shared), nn.Sequential(shared), nn.Sequential(shared)])
+    ema = ModelEMA(model, decay=0.5, tau=0)
+    start = ema.model[0][0].weight.clone()
+    with torch.no_grad():
+        shared.weight.add_(1.0)
+    ema.update(model)
+    assert ema.model[0][0].weight is ema.model[2][0].weight  # still shared in the copy
+    assert torch.allclose(ema.model[0][0].weight, 0.5 * start + 0.5 * shared.weight)  # not 0.5 ** 3
+
+
 def test_rng_state_round_trips_through_a_weights_only_checkpoint():
     torch.manual_seed(1)
     np.random.seed(2)

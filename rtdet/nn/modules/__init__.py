@@ -1,3 +1,14 @@
 """Built-in modules, by origin. Importing this package registers them all."""
 
-from rtdet.nn.modules import common, convnextv2, dysample, hgnet, resnet, shvit, transformer, yolov9  # noqa: F401
+from rtdet.nn.modules import (  # noqa: F401
+    common,
+    convnextv2,
+    cspnext,
+    dysample,
+    hgnet,
+    preprocess,
+    resnet,
+    shvit,
+    transformer,
+    yolov9,
+)
