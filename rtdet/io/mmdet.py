@@ -149,13 +149,14 @@ def _literal(node: ast.AST) -> Any:
     """The value of a config expression built from literals, ``dict(...)``, lists, tuples and dicts. A bare
     name or attribute (``type=CSPNeXt`` in lazy-import configs) becomes its dotted text; anything else
     (a call, arithmetic) becomes ``"<expression text>"``. Nothing is evaluated."""
-    if isinstance(node, ast.Constant):
-        return node.value
+    if isinstance(node, ast.Constant):  # bytes, Ellipsis, complex: text (what a checkpoint may hold is plain)
+        plain_value = node.value is None or isinstance(node.value, bool | int | float | str)
+        return node.value if plain_value else repr(node.value)
     if isinstance(node, ast.List | ast.Tuple | ast.Set):
         values = [_literal(e) for e in node.elts]
         return tuple(values) if isinstance(node, ast.Tuple) else values
     if isinstance(node, ast.Dict):
-        return {_literal(k): _literal(v) for k, v in zip(node.keys, node.values) if k is not None}
+        return {_key(_literal(k)): _literal(v) for k, v in zip(node.keys, node.values) if k is not None}
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict" and not node.args:
         return {kw.arg: _literal(kw.value) for kw in node.keywords if kw.arg is not None}
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
@@ -167,6 +168,10 @@ def _literal(node: ast.AST) -> Any:
     return f"<{ast.unparse(node)[:80]}>"
 
 
+def _key(value: Any) -> Any:
+    return value if value is None or isinstance(value, bool | int | float | str) else str(value)
+
+
 def read_config_text(text: Any) -> tuple[dict | None, str]:
     """(the top-level assignments of an mmengine config dumped as Python text, a note): ``model = dict(...)``
     -> ``{"model": {...}}``. (None, why) when there is no text or it is not Python."""
@@ -174,12 +179,12 @@ def read_config_text(text: Any) -> tuple[dict | None, str]:
         return None, "no config text in meta"
     try:
         tree = ast.parse(text)
-    except (SyntaxError, ValueError) as e:
-        return None, f"the config text in meta is not Python ({type(e).__name__}: {e})"
-    config: dict = {}
-    for stmt in tree.body:
-        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
-            config[stmt.targets[0].id] = _literal(stmt.value)
+        config: dict = {}
+        for stmt in tree.body:
+            if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+                config[stmt.targets[0].id] = _literal(stmt.value)
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
+        return None, f"the config text in meta is not Python ({type(e).__name__}: {str(e)[:80]})"
     return config, "config text in meta"
 
 

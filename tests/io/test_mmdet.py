@@ -21,7 +21,7 @@ import torch.nn as nn
 from rtdet import Detector, build_model
 from rtdet.cli import main
 from rtdet.io import WeightLoadError, convert_file, load_model
-from rtdet.io.mmdet import MMDET_RTMDET_KEYS, STANDARD_SCALES, rtmdet_yaml, scaled_arch
+from rtdet.io.mmdet import MMDET_RTMDET_KEYS, STANDARD_SCALES, read_config_text, rtmdet_yaml, scaled_arch
 from rtdet.io.safe_pickle import ForeignObject, read_torch_file
 from rtdet.nn.builder import load_model_yaml
 from rtdet.utils.checkpoint import CheckpointError
@@ -480,3 +480,16 @@ def test_a_pre_1_6_file_that_pickles_objects_or_code_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match=r"payload\.pth: not a torch checkpoint .* pre-1\.6 format with objects"):
         load_model(path)
     assert not _Payload.ran
+
+
+def test_the_config_text_is_read_not_run():
+    """Only literals are read from meta['cfg']: calls and names stay text, nothing is imported or called."""
+    config, note = read_config_text("model = dict(type='RTMDet', backbone=dict(deepen_factor=0.33, arch=-1),\n"
+                                    "    hook=__import__('os').system('touch /tmp/rtdet-pwned'), lazy=mmdet.CSPNeXt)\n"
+                                    "x = [1, (2, 3), {'k': ...}]\n")
+    assert note == "config text in meta" and not Path("/tmp/rtdet-pwned").exists()
+    assert config == {"model": {"type": "RTMDet", "backbone": {"deepen_factor": 0.33, "arch": -1},
+                                "hook": "<__import__('os').system('touch /tmp/rtdet-pwned')>", "lazy": "mmdet.CSPNeXt"},
+                      "x": [1, (2, 3), {"k": "Ellipsis"}]}
+    assert read_config_text("model = dict(") == (None, "the config text in meta is not Python (SyntaxError: '(' was "
+                                                      "never closed (<unknown>, line 1))")
