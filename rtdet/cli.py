@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from rtdet.engine.settings import DEFAULT_CFG, SettingsError, check_settings, parse_value, resolve_settings
+from rtdet.engine.settings import DEFAULT_CFG, SettingsError, check_settings, parse_value, resolve_settings, schema
 
 __all__ = ["entrypoint", "main", "parse_args", "CLIError"]
 
@@ -168,7 +168,8 @@ def cmd_convert(tokens: list[str]) -> None:
                            f"(`rtdet convert help` lists them)")
         args[key] = value.strip()
     source = args.get("source") or _need("source", "convert", "rtdetr-l.pt")
-    set_verbosity(str(args.get("verbose", "true")).lower() not in ("false", "0", "no"))
+    # The same strict boolean as every other verb's verbose= (verbose=maybe is an error, not true).
+    set_verbosity(schema()["verbose"].check(parse_value(args.get("verbose", "true"))))
     out, loaded = convert_file(source, to=args.get("to") or None, format=args.get("format") or "auto")
     LOGGER.info(f"{source}: {loaded.description}, {'EMA' if loaded.ema else 'model'} weights")
     if loaded.report is not None:

@@ -141,6 +141,8 @@ def _cases(w: dict) -> list[dict]:
         ("val batch=-1", ["val", f"model={w['ckpt']}", f"data={w['data']}", "batch=-1", "project={P}"], 2, "batch=-1"),
         ("not key=value", ["train", "epochs", "3"], 2, "key=value"),
         ("unknown verb", ["trian"], 2, "Did you mean: train"),
+        ("convert verbose=maybe", ["convert", f"source={w['ckpt']}", "verbose=maybe"], 2, "verbose='maybe'"),
+        ("convert unknown key", ["convert", f"source={w['ckpt']}", "formt=auto"], 2, "Did you mean format="),
         # section 2: model YAMLs, exit 1 naming the file and the row
         *[(f"info {name}", ["info", f"model={root / (name + '.yaml')}", "imgsz=64"], 1, f"{name}.yaml")
           for name in BAD_YAMLS],
