@@ -134,7 +134,8 @@ def cmd_compare(args: dict) -> None:
         raise
 
 
-CONVERT_KEYS = {"source": "the foreign checkpoint to convert (Ultralytics RT-DETR, ConvNeXt V2, SHViT ...)",
+CONVERT_KEYS = {"source": "the foreign checkpoint to convert (Ultralytics RT-DETR / YOLOv9, official YOLOv9, "
+                          "ConvNeXt V2, SHViT ...)",
                 "to": "where to write the rtdet checkpoint (default: <source stem>-rtdet.pt beside it)",
                 "format": "auto (recognise the file), or one of the formats listed by `rtdet convert help`",
                 "verbose": "print the conversion report (default true)"}

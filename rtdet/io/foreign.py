@@ -11,6 +11,8 @@ exactly as ``nn.Module.state_dict`` does, so the keys and their order are those 
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +21,8 @@ import torch
 from rtdet.io.safe_pickle import ForeignObject, _NumpyArray
 from rtdet.utils.checkpoint import CheckpointError
 
-__all__ = ["is_module", "module_state_dict", "to_float32", "attribute", "plain", "class_name"]
+__all__ = ["is_module", "module_state_dict", "to_float32", "attribute", "plain", "class_name", "model_record",
+           "stored_yaml", "stored_names"]
 
 
 def class_name(obj: Any) -> str:
@@ -118,3 +121,44 @@ def plain(value: Any, depth: int = 0) -> Any:
 
 def _plain_key(key: Any) -> Any:
     return key if isinstance(key, str | int | float | bool) or key is None else str(key)
+
+
+# ------------------------------------------------------------------------------ YOLO-lineage model records
+# Ultralytics and the official YOLOv9 repository (both descended from YOLOv5) save a dict whose 'model' and
+# 'ema' entries are pickled DetectionModels carrying their model YAML dict (``.yaml``) and class names.
+def model_record(obj: Any, prefer_ema: bool = True) -> tuple[ForeignObject | None, str]:
+    """(the pickled model a checkpoint dict holds, the entry it came from): 'ema' before 'model' when
+    ``prefer_ema`` (the weights that were validated), else the other way round; (None, "") when neither
+    holds a pickled module."""
+    if not isinstance(obj, dict):
+        return None, ""
+    for key in (("ema", "model") if prefer_ema else ("model", "ema")):
+        value = obj.get(key)
+        if is_module(value):
+            return value, key
+    return None, ""
+
+
+def stored_yaml(record: ForeignObject, source: str) -> dict:
+    """The model YAML dict a pickled model carries, as plain data, named after the YAML file it was built
+    from (``yaml_file``, an attribute of the model or a key of the dict), else after ``source``."""
+    d = copy.deepcopy(plain(attribute(record, "yaml")))
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{source}: the model stored in the checkpoint carries no model YAML dict")
+    rows = list(d.get("backbone") or []) + list(d.get("head") or [])
+    if not rows:
+        raise CheckpointError(f"{source}: the model YAML stored in the checkpoint has no rows")
+    built_from = d.get("yaml_file") or attribute(record, "yaml_file")
+    d["name"] = Path(str(built_from or source)).stem or "model"
+    d["yaml_file"] = f"{source} (model YAML stored in the checkpoint)"
+    return d
+
+
+def stored_names(record: ForeignObject) -> dict[int, str] | None:
+    """The class names a pickled model carries (a dict or a list), None when it has none."""
+    names = plain(attribute(record, "names"))
+    if isinstance(names, dict):
+        return {int(k): str(v) for k, v in names.items()}
+    if isinstance(names, list):
+        return dict(enumerate(map(str, names)))
+    return None

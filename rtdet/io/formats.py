@@ -25,10 +25,11 @@ if TYPE_CHECKING:
 __all__ = ["ForeignFormat", "ConvertContext", "Converted", "register_format", "formats", "find_format",
            "FORMAT_MODULES"]
 
-# One line per source. The YOLOv9 (Ultralytics port and official) and mmdetection RTMDet converters
-# join here when their families land.
+# One line per source.
 FORMAT_MODULES = (
     "rtdet.io.ultralytics",
+    "rtdet.io.yolov9",
+    "rtdet.io.mmdet",
     "rtdet.io.backbones",
 )
 
@@ -106,7 +107,6 @@ def find_format(obj: Any, source: str, name: str = "auto") -> ForeignFormat:
     raise CheckpointError(
         f"{source}: not a checkpoint rtdet knows how to convert ({_describe(obj)}). Known formats: "
         + "; ".join(f"{f.name} ({f.description})" for f in known.values())
-        + ". YOLOv9 and mmdetection RTMDet checkpoints are not supported yet."
     )
 
 

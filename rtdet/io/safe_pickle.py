@@ -476,7 +476,8 @@ def read_checkpoint(path: str | Path) -> Any:
     if not is_zip_checkpoint(path):
         raise CheckpointError(
             f"{path}: not a torch checkpoint (torch.save writes a zip archive; this file is not one). It may be "
-            f"truncated, another kind of file, or in PyTorch's pre-1.6 format, which rtdet does not read."
+            f"truncated, another kind of file, or in PyTorch's pre-1.6 format with objects inside, which rtdet "
+            f"does not read (pre-1.6 files of tensors and plain types load)."
         )
     try:
         with zipfile.ZipFile(path) as zf:
@@ -504,6 +505,13 @@ def read_torch_file(path: str | Path) -> tuple[Any, str]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    if not is_zip_checkpoint(path) and path.stat().st_size > 0:
+        # PyTorch's pre-1.6 format (mmdetection's publish_model.py still writes it): readable when it holds
+        # only tensors and plain types; anything else gets read_checkpoint's clear error
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True), "weights_only"
+        except Exception:
+            read_checkpoint(path)
     if not is_zip_checkpoint(path) or _is_torchscript(path):
         read_checkpoint(path)  # raises the clear error for empty / truncated / other files, TorchScript
     try:

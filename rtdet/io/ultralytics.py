@@ -12,18 +12,27 @@ record, carries ``.yaml`` (the model dict it was built from), ``.names``, ``.arg
 ``nn.Sequential`` with one module per YAML row (tensor keys ``model.<row>.<...>``), in fp16.
 
 rtdet builds the model from that YAML and loads the tensors by name. Which key table applies is chosen
-by the head module of the YAML's last row (:data:`HEAD_TABLES`); RT-DETR is the first. The community
+by the head module of the YAML's last row (:data:`HEAD_TABLES`): RT-DETR here, the YOLOv9 port's Detect in
+:mod:`rtdet.io.yolov9`. The community
 variants (DySample upsamplers, ConvNeXt V2 backbones -- published Ultralytics forks keep the package
 name and the checkpoint layout) use the same table.
 """
 
 from __future__ import annotations
 
-import copy
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-from rtdet.io.foreign import attribute, class_name, is_module, module_state_dict, plain, to_float32
+from rtdet.io.foreign import (
+    attribute,
+    class_name,
+    model_record,
+    module_state_dict,
+    plain,
+    stored_names,
+    stored_yaml,
+    to_float32,
+)
 from rtdet.io.formats import ConvertContext, Converted, ForeignFormat, register_format
 from rtdet.io.rules import KeyTable, drop, load_into, rename
 from rtdet.io.safe_pickle import ForeignObject
@@ -42,56 +51,31 @@ RTDETR_KEYS = KeyTable("Ultralytics RT-DETR", [
            "stages)"),
 ])
 
-# YAML name of the head module (last row) -> the key table for that family, and the family's name.
+# YAML name of the head module (last row) -> the key table for that family, the family's name, and an
+# optional adjustment of the stored YAML to what the tensors show.
 HEAD_TABLES: dict[str, KeyTable] = {}
 _FAMILY: dict[str, str] = {}
+YamlAdjust = Callable[[dict, dict], dict]  # (stored YAML dict, renamed tensors) -> YAML dict to build
+_ADJUST: dict[str, YamlAdjust] = {}
 
 
-def register_head(head: str, table: KeyTable, family: str) -> None:
-    """Convert Ultralytics models whose last row is ``head`` with ``table`` (the YOLOv9 port's Detect head
-    joins this way: a module with its key table and ``register_head("Detect", YOLO_KEYS, "YOLO")``, listed
-    in ``rtdet.io.formats.FORMAT_MODULES``)."""
+def register_head(head: str, table: KeyTable, family: str, adjust: YamlAdjust | None = None) -> None:
+    """Convert Ultralytics models whose last row is ``head`` with ``table``. ``adjust(yaml, tensors)``, when
+    given, returns the YAML to build: for what the stored YAML leaves to the Ultralytics version that wrote
+    it (the YOLOv9 port's Detect class branch, :mod:`rtdet.io.yolov9`)."""
     HEAD_TABLES[head], _FAMILY[head] = table, family
+    if adjust is not None:
+        _ADJUST[head] = adjust
 
 
 register_head("RTDETRDecoder", RTDETR_KEYS, "RT-DETR")
 
 
-def _model_record(obj: Any, prefer_ema: bool) -> tuple[ForeignObject | None, str]:
-    if not isinstance(obj, dict):
-        return None, ""
-    order = ("ema", "model") if prefer_ema else ("model", "ema")
-    for key in order:
-        value = obj.get(key)
-        if is_module(value):
-            return value, key
-    return None, ""
-
-
 def is_ultralytics_checkpoint(obj: Any) -> bool:
     """A dict whose 'model' / 'ema' is a pickled ``ultralytics.*`` model carrying its YAML."""
-    record, _ = _model_record(obj, True)
+    record, _ = model_record(obj, True)
     return record is not None and record.cls_name.startswith("ultralytics.") and isinstance(
         attribute(record, "yaml"), dict)
-
-
-def _yaml_of(record: ForeignObject, source: str) -> dict:
-    d = copy.deepcopy(plain(attribute(record, "yaml")))
-    rows = list(d.get("backbone") or []) + list(d.get("head") or [])
-    if not rows:
-        raise CheckpointError(f"{source}: the model YAML stored in the checkpoint has no rows")
-    d["name"] = Path(str(d.get("yaml_file") or "model")).stem or "model"
-    d["yaml_file"] = f"{source} (model YAML stored in the checkpoint)"
-    return d
-
-
-def _names(record: ForeignObject) -> dict[int, str] | None:
-    names = plain(attribute(record, "names"))
-    if isinstance(names, dict):
-        return {int(k): str(v) for k, v in names.items()}
-    if isinstance(names, list):
-        return dict(enumerate(map(str, names)))
-    return None
 
 
 def _train_args(obj: dict, record: ForeignObject) -> dict:
@@ -105,22 +89,23 @@ def convert_ultralytics(obj: Any, ctx: ConvertContext) -> Converted:
     """An Ultralytics checkpoint as an rtdet model built from the checkpoint's own YAML."""
     from rtdet.nn.model import DetectionModel
 
-    record, entry = _model_record(obj, ctx.prefer_ema)
+    record, entry = model_record(obj, ctx.prefer_ema)
     if record is None:
         raise CheckpointError(f"{ctx.source}: neither 'ema' nor 'model' holds a model")
-    d = _yaml_of(record, ctx.source)
+    d = stored_yaml(record, ctx.source)
     head = str((list(d.get("backbone") or []) + list(d.get("head") or []))[-1][2])
     table = HEAD_TABLES.get(head)
     if table is None:
         raise CheckpointError(
             f"{ctx.source}: an Ultralytics {class_name(record).rsplit('.', 1)[-1]} whose head is {head}; rtdet "
-            f"converts Ultralytics models with a {', '.join(HEAD_TABLES)} head so far (YOLO heads come with the "
-            f"YOLOv9 family)"
+            f"converts Ultralytics models with a {', '.join(HEAD_TABLES)} head (RT-DETR, the YOLOv9 port)"
         )
     sd, cast = to_float32(module_state_dict(record, where=ctx.source))
     mapped, dropped = table.apply(sd)
+    if head in _ADJUST:
+        d = _ADJUST[head](d, mapped)
     model = DetectionModel(d, load_weights=False)  # the YAML's own nc; the names come from the checkpoint
-    names = _names(record)
+    names = stored_names(record)
     if names is not None and len(names) == model.nc:
         model.names = names
     report = load_into(model, mapped, table.name, dropped=dropped, dropped_why=[table.why_dropped(k) for k in dropped],
@@ -142,6 +127,7 @@ def _hint(mapped: dict, model) -> str:
 
 
 register_format(ForeignFormat(
-    "ultralytics", "Ultralytics RT-DETR (rtdetr-l/x/resnet50/resnet101 and community variants)",
+    "ultralytics", "Ultralytics RT-DETR (rtdetr-l/x/resnet50/resnet101 and community variants) and YOLOv9 port "
+                   "(yolov9t/s/m/c/e)",
     detect=is_ultralytics_checkpoint, convert=convert_ultralytics,
 ))

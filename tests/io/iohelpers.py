@@ -50,8 +50,22 @@ ULTRALYTICS_CLASSES = {
     "ConvNeXtV2Block": ("ultralytics.nn.backbone.convnextv2", "Block"),
     "LayerNorm2d": ("ultralytics.nn.backbone.convnextv2", "LayerNorm"),
     "GRN": ("ultralytics.nn.backbone.convnextv2", "GRN"),
+    # the YOLOv9 port (ultralytics 8.3: RepCSP / RepBottleneck / RepConv hold RepNCSP's tensors under its names)
+    "RepNCSPELAN4": ("ultralytics.nn.modules.block", "RepNCSPELAN4"),
+    "RepNCSP": ("ultralytics.nn.modules.block", "RepCSP"),
+    "RepNBottleneck": ("ultralytics.nn.modules.block", "RepBottleneck"),
+    "RepConvN": ("ultralytics.nn.modules.conv", "RepConv"),
+    "ELAN1": ("ultralytics.nn.modules.block", "ELAN1"),
+    "AConv": ("ultralytics.nn.modules.block", "AConv"),
+    "ADown": ("ultralytics.nn.modules.block", "ADown"),
+    "SPPELAN": ("ultralytics.nn.modules.block", "SPPELAN"),
+    "CBLinear": ("ultralytics.nn.modules.block", "CBLinear"),
+    "CBFuse": ("ultralytics.nn.modules.block", "CBFuse"),
+    "DFL": ("ultralytics.nn.modules.block", "DFL"),
+    "Detect": ("ultralytics.nn.modules.head", "Detect"),
 }
 TOP = ("ultralytics.nn.tasks", "RTDETRDetectionModel")
+YOLO_TOP = ("ultralytics.nn.tasks", "DetectionModel")
 NAMESPACE = ("ultralytics.utils", "IterableSimpleNamespace")
 
 
@@ -79,6 +93,15 @@ def define_class(module: types.ModuleType, name: str, base: type = nn.Module, **
     cls = type(name, (base,), {"__module__": module.__name__, "__qualname__": name, **attrs})
     setattr(module, name, cls)
     return cls
+
+
+def define_classes(mods: dict[str, types.ModuleType], table: dict[str, tuple[str, str]]) -> dict[str, type]:
+    """rtdet class name -> a throw-away class of the foreign (module, name); rtdet classes that the source
+    implements with one class (RT-DETR's RepConv and GELAN's RepConvN are both Ultralytics' RepConv) share it."""
+    made: dict[tuple[str, str], type] = {}
+    for where in dict.fromkeys(table.values()):
+        made[where] = define_class(mods[where[0]], where[1])
+    return {rt: made[where] for rt, where in table.items()}
 
 
 def fp16_exact(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -124,18 +147,18 @@ def ultralytics_tree(model: nn.Module, classes: dict[str, type], top_cls: type, 
 
 def save_ultralytics(model: nn.Module, path: Path, yaml_name: str, *, layout: str = "final",
                      raw: nn.Module | None = None, classifier: bool = False,
-                     names: dict[int, str] | None = None) -> Path:
+                     names: dict[int, str] | None = None, top: tuple[str, str] = TOP) -> Path:
     """Write ``model`` (an rtdet DetectionModel) as an Ultralytics checkpoint.
 
     layout: "final" (what strip_optimizer leaves: the EMA in 'model', 'ema' None, epoch -1), "last" (a
     recent last.pt: 'model' None, the EMA in 'ema', optimizer state), or "old" (8.0-8.2: 'model' = ``raw``
     and 'ema' = ``model``). ``classifier`` adds the ConvNeXt V2 classifier (norm + head) the community
-    backbone module carries to row 0."""
+    backbone module carries to row 0. ``top``: the model class (RT-DETR's, or YOLO_TOP for the YOLOv9 port)."""
     names = names or {i: f"class{i}" for i in range(model.nc)}
-    modules = sorted({m for m, _ in ULTRALYTICS_CLASSES.values()} | {TOP[0], NAMESPACE[0]})
+    modules = sorted({m for m, _ in ULTRALYTICS_CLASSES.values()} | {top[0], NAMESPACE[0]})
     with throwaway_modules(*modules) as mods:
-        classes = {rt: define_class(mods[m], n) for rt, (m, n) in ULTRALYTICS_CLASSES.items()}
-        top_cls = define_class(mods[TOP[0]], TOP[1])
+        classes = define_classes(mods, ULTRALYTICS_CLASSES)
+        top_cls = define_class(mods[top[0]], top[1])
         ns_cls = define_class(mods[NAMESPACE[0]], NAMESPACE[1], base=types.SimpleNamespace)
         train_args = {"task": "detect", "mode": "train", "model": "rtdetr-l.pt", "data": "coco8.yaml", "epochs": 3,
                       "imgsz": 320, "batch": 4, "optimizer": "auto", "lr0": 0.01, "amp": True, "save_dir":

@@ -121,8 +121,10 @@ def test_the_convert_verb(tmp_path, foreign, capsys):
     assert main(["convert"]) == 2
     assert main(["convert", f"source={out}"]) == 1
     assert "already an rtdet checkpoint" in capsys.readouterr().err
+    assert main(["convert", f"source={path}", "format=mmpose"]) == 1
+    assert "unknown checkpoint format 'mmpose'" in capsys.readouterr().err
     assert main(["convert", f"source={path}", "format=mmdet"]) == 1
-    assert "unknown checkpoint format 'mmdet'" in capsys.readouterr().err
+    assert "does not look like a mmdetection RTMDet" in capsys.readouterr().err
     assert main(["convert", "help"]) == 0
     assert "ultralytics" in capsys.readouterr().out
 

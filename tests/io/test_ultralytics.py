@@ -184,10 +184,11 @@ def test_unknown_modules_and_heads_are_clear_errors(tmp_path):
     odd.write_text(TINY["resnet"].replace("[2, 1, Conv,", "[2, 1, CCRI,"))
     with pytest.raises(ModelConfigError, match="unknown module 'CCRI'"):
         load_model(save_ultralytics(source, tmp_path / "odd.pt", str(odd)))
-    yolo = tmp_path / "yolo.yaml"
-    yolo.write_text(TINY["resnet"].replace(DECODER, "Detect, [nc]"))
-    with pytest.raises(CheckpointError, match="whose head is Detect"):
-        load_model(save_ultralytics(source, tmp_path / "yolo.pt", str(yolo)))
+    seg = tmp_path / "seg.yaml"  # a head whose Ultralytics family rtdet does not convert
+    seg.write_text(TINY["resnet"].replace(DECODER, "Segment, [nc, 32, 256]"))
+    with pytest.raises(CheckpointError, match="whose head is Segment; rtdet converts Ultralytics models with a "
+                                              "RTDETRDecoder, Detect head"):
+        load_model(save_ultralytics(source, tmp_path / "seg.pt", str(seg)))
 
 
 def test_a_weights_path_in_the_stored_yaml_is_not_read_again(tmp_path):
