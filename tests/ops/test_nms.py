@@ -172,4 +172,5 @@ def test_dense_nms_stops_early_with_the_same_answer_as_nms_over_every_candidate(
     for (gb, gs, gl), (wb, ws, wl) in zip(got, want):
         np.testing.assert_array_equal(gs.numpy(), ws)
         np.testing.assert_array_equal(gb.numpy(), wb)
+        np.testing.assert_array_equal(gl.numpy(), wl)
     assert len(got[2][0]) == 0 and 0 < len(got[3][0]) <= 5
