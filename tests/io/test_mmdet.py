@@ -431,7 +431,7 @@ def test_entry_points_take_mmdet_files(tmp_path, capsys):
     assert f"mmdetection RTMDet layout: loaded {n}/{n} tensors" in capsys.readouterr().out
 
 
-def test_val_and_predict_take_an_mmdet_file(tmp_path, capsys):
+def test_val_predict_and_export_take_an_mmdet_file(tmp_path, capsys):
     from rtdet.data.synthetic import make_synthetic_dataset
 
     data = make_synthetic_dataset(tmp_path / "data", n_train=2, n_val=2, imgsz=64, n_classes=2, size_range=(0.3, 0.6),
@@ -445,6 +445,9 @@ def test_val_and_predict_take_an_mmdet_file(tmp_path, capsys):
     assert main(["predict", f"model={path}", f"source={data.parent / 'images' / 'val'}", *common]) == 0
     out = capsys.readouterr().out
     assert "converted in memory" in out and "2 image(s) processed" in out
+    assert main(["export", f"model={path}", f"project={tmp_path / 'runs'}", "imgsz=64", "device=cpu"]) == 0
+    exported = list((tmp_path / "runs" / "export").rglob("*.onnx"))
+    assert len(exported) == 1 and "converted in memory" in capsys.readouterr().out
 
 
 @pytest.mark.slow
