@@ -29,6 +29,18 @@ def test_yolo_demo_reaches_map50_of_one_half(tmp_path):
     assert family_demo_settings("yolov9")["nbs"] == 0 and family_demo_settings("nonexistent") == {}
 
 
+@pytest.mark.slow
+def test_rtmdet_demo_reaches_map50_of_one_half(tmp_path):
+    """`rtdet demo model=rtmdet-tiny.yaml`: the RTMDet recipe with cfg/demo/rtmdet.yaml on top, same bar."""
+    from rtdet.engine.demo import family_demo_settings, run_demo
+
+    torch.set_num_threads(2)
+    out = run_demo(model="rtmdet-tiny.yaml", project=str(tmp_path / "demo"), verbose=False)
+    assert out["metrics"]["mAP50"] >= 0.5, out["metrics"]
+    assert "optimizer: AdamW" in (out["train_dir"] / "args.yaml").read_text()
+    assert family_demo_settings("rtmdet")["lr_batch"] == 0  # this run's own lr, not scaled from batch 256
+
+
 def test_demo_rejects_unknown_settings(tmp_path):
     from rtdet.engine.demo import run_demo
     from rtdet.engine.settings import SettingsError
