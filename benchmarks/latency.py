@@ -25,6 +25,7 @@ import platform
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -96,8 +97,8 @@ def ort_rows(names: list[str], x: torch.Tensor, threads: int, opt_level: str, wa
     print(f"\nfused PyTorch (channels_last) vs ONNX Runtime {_ort_version()} (static export, graph optimisation "
           f"{opt_level}, {threads} intra-op threads), {x.shape[2]}x{x.shape[3]}, batch {x.shape[0]}; model forward "
           f"and the head's decode in both (the exported graph holds decode)")
-    print("| model | fused PyTorch ms | ONNX Runtime ms | ORT / PyTorch |")
-    print("|---|---|---|---|")
+    print("| model | fused GFLOPs | fused PyTorch ms | ONNX Runtime ms | ORT / PyTorch | ORT GFLOP/s |")
+    print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             try:
@@ -113,7 +114,35 @@ def ort_rows(names: list[str], x: torch.Tensor, threads: int, opt_level: str, wa
             times = time_interleaved({"pytorch": pytorch, "ort": OrtForward(path, threads, opt_level)}, x, warmup,
                                      runs)
             pt, ort = statistics.median(times["pytorch"]), statistics.median(times["ort"])
-            print(f"| {name} | {pt:.1f} | {ort:.1f} | {ort / pt:.2f} |")
+            gflops = fused.flops(shape) * x.shape[0]
+            print(f"| {name} | {gflops:.1f} | {pt:.1f} | {ort:.1f} | {ort / pt:.2f} | {gflops / ort * 1e3:.0f} |")
+    conv_throughput(threads, opt_level, warmup, runs)
+
+
+def conv_throughput(threads: int, opt_level: str, warmup: int, runs: int) -> None:
+    """What this machine's convolutions can do: one 3x3 256 -> 256 conv on an 80x80 map (the stride-8 neck
+    convolutions that dominate rtdetr-l), in fused PyTorch NHWC and in ONNX Runtime. A whole model cannot
+    run faster than its GFLOPs at this rate."""
+    from rtdet.engine.onnx_backend import make_session
+
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1).eval()
+    x = torch.randn(1, 256, 80, 80)
+    gflop = 2 * 80 * 80 * 256 * 256 * 9 / 1e9
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "conv.onnx"
+        with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice, as in rtdet export
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(conv, (x,), str(path), opset_version=17, dynamo=False, input_names=["x"])
+        session = make_session(path, "cpu", threads, opt_level)
+        nhwc = copy.deepcopy(conv).to(memory_format=torch.channels_last)
+
+        class Session(torch.nn.Module):
+            def forward(self, x):
+                return session.run(None, {"x": x.numpy()})
+
+        times = time_interleaved({"PyTorch, channels_last": nhwc, "ONNX Runtime": Session()}, x, warmup, runs)
+    print(f"\none 3x3 conv, 256 -> 256 channels, 80x80 ({gflop:.2f} GFLOPs), {threads} threads: "
+          + ", ".join(f"{k} {gflop / statistics.median(t) * 1e3:.0f} GFLOP/s" for k, t in times.items()))
 
 
 class _Decoded(torch.nn.Module):
@@ -135,7 +164,8 @@ def _ort_version() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", nargs="+", default=DEFAULT_MODELS, help="model YAMLs, timed one after another")
+    parser.add_argument("--model", nargs="*", default=DEFAULT_MODELS,
+                        help="model YAMLs, timed one after another (none: only the ORT table)")
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)

@@ -158,4 +158,4 @@ def test_the_default_postprocess_is_decode_then_finalize(toy_head):
     dets = model.head.postprocess(out, (64, 64), conf=0.4, iou=0.5)
     assert len(dets) == 2
     for d in dets:  # identical boxes: at most one per class survives class-aware NMS
-        assert 1 <= len(d) <= 3 and len(set(d.labels.tolist())) == len(d)
+        assert len(d) in (1, 2, 3) and len(set(d.labels.tolist())) == len(d)
