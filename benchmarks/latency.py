@@ -5,6 +5,7 @@ then fused PyTorch against its ONNX export in ONNX Runtime for several models.
     python benchmarks/latency.py --model rtmdet-tiny.yaml rtmdet-s.yaml    # some models, one table each
     python benchmarks/latency.py --model rtdetr-x.yaml --imgsz 640 --runs 20
     python benchmarks/latency.py --ort-models rtdetr-l.yaml,yolov9-c.yaml --ort-opt all
+    python benchmarks/latency.py --model               # the ORT table alone
     python benchmarks/latency.py --quick               # a 64x64 check that every row runs (timings meaningless)
 
 "fused" is ``model.fuse()``, the inference form: BN folded, RepConv / RepConvN branches merged and, for
@@ -14,7 +15,9 @@ deployed model (25.3M parameters) and its eager rows the training-time graph (51
 Prints a markdown table per model (median / min over the timed runs after warm-up, ratio to eager). The
 ORT table times, per model, the fused channels_last PyTorch model (what ``rtdet predict`` runs) and its
 static export in ONNX Runtime in the same interleaved rounds, and records the threads and the graph
-optimisation level. Models that this checkout does not have are skipped with a message.
+optimisation level, and each export's GFLOP/s next to what one large 3x3 convolution alone reaches in
+both runtimes (how close a model is to the machine's convolution throughput). Models that this checkout
+does not have are skipped with a message.
 """
 
 from __future__ import annotations
