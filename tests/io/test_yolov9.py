@@ -356,6 +356,25 @@ def test_entry_points_take_official_files(tmp_path, capsys):
     assert "official YOLOv9 layout: loaded" in capsys.readouterr().out
 
 
+def test_cli_val_predict_and_export_take_an_official_training_graph(tmp_path, capsys):
+    """A yolov9-* file (PGI auxiliary branch, DualDDetect) straight into the CLI: converted in memory; the
+    export is the deploy form (auxiliary branch dropped), checked in ONNX Runtime before it succeeds."""
+    from rtdet.data.synthetic import make_synthetic_dataset
+    from rtdet.engine.exporter import read_metadata
+
+    data = make_synthetic_dataset(tmp_path / "data", n_train=2, n_val=2, imgsz=64, n_classes=3, max_objects=2)
+    d, source = tiny("dual")
+    path = save_official(source, tmp_path / "yolov9-c.pt", d, names=NAMES)
+    common = [f"project={tmp_path / 'runs'}", "imgsz=64", "device=cpu"]
+    assert main(["val", f"model={path}", f"data={data}", "workers=0", *common]) == 0
+    assert main(["predict", f"model={path}", f"source={data.parent / 'images' / 'val'}", *common]) == 0
+    assert main(["export", f"model={path}", *common]) == 0
+    assert capsys.readouterr().out.count("converted in memory") == 3
+    exported, = (tmp_path / "runs" / "export").rglob("*.onnx")
+    meta = read_metadata(exported)
+    assert meta["family"] == "yolov9" and meta["params_deploy"] < meta["params"]  # the auxiliary branch is gone
+
+
 # ------------------------------------------------------------------------------------------ Ultralytics port
 PORT = {
     # yolov9t / s / m: ELAN1, AConv, RepNCSPELAN4 (RepCSP x2), SPPELAN, Detect
