@@ -135,7 +135,7 @@ def cmd_compare(args: dict) -> None:
 
 
 CONVERT_KEYS = {"source": "the foreign checkpoint to convert (Ultralytics RT-DETR / YOLOv9, official YOLOv9, "
-                          "ConvNeXt V2, SHViT ...)",
+                          "mmdetection RTMDet, ConvNeXt V2, SHViT ...)",
                 "to": "where to write the rtdet checkpoint (default: <source stem>-rtdet.pt beside it)",
                 "format": "auto (recognise the file), or one of the formats listed by `rtdet convert help`",
                 "verbose": "print the conversion report (default true)"}
