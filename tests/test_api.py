@@ -7,17 +7,9 @@ import torch
 from rtdet.api import Detector
 from rtdet.engine.results import Results
 from rtdet.nn.model import DetectionModel
+from tests.tiny_models import tiny_rtdetr_yaml
 
-TINY = """\
-nc: 2
-backbone:
-  - [-1, 1, Conv, [8, 3, 2]]
-  - [-1, 1, Conv, [16, 3, 2]]
-  - [-1, 1, Conv, [16, 3, 2]]
-  - [-1, 1, Conv, [32, 3, 2]]
-head:
-  - [[2, 3], 1, RTDETRDecoder, [nc, 32, 10, 2, 2, 1, 64, 0.0, None, -1, 10]]
-"""
+TINY = tiny_rtdetr_yaml(nc=2, queries=10, denoising=10)
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -20,18 +20,10 @@ import pytest
 import torch
 
 from rtdet.cli import main
+from tests.tiny_models import tiny_rtdetr_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = """\
-nc: 2
-backbone:
-  - [-1, 1, Conv, [8, 3, 2]]
-  - [-1, 1, Conv, [16, 3, 2]]
-  - [-1, 1, Conv, [16, 3, 2]]
-  - [-1, 1, Conv, [32, 3, 2]]
-head:
-  - [[2, 3], 1, RTDETRDecoder, [nc, 32, 10, 2, 2, 1, 64, 0.0, None, -1, 10]]
-"""
+TINY = tiny_rtdetr_yaml(nc=2, queries=10, denoising=10)
 
 # Runs each argv of a JSON list in a forked child: its stdout / stderr go to files, an exception escaping
 # main() prints its traceback and exits 1, as the interpreter would. Prints [exit status, ...] as JSON.

@@ -10,6 +10,7 @@ import torch
 
 from rtdet.cli import CLIError, main, parse_args
 from rtdet.engine.settings import SettingsError
+from tests.tiny_models import tiny_rtdetr_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,9 +80,7 @@ def test_train_val_predict_verbs(tmp_path, capsys):
     data = make_synthetic_dataset(tmp_path / "data", n_train=4, n_val=2, imgsz=64, n_classes=2,
                                   size_range=(0.3, 0.6), max_objects=2)
     model = tmp_path / "tiny.yaml"
-    model.write_text("nc: 2\nbackbone:\n  - [-1, 1, Conv, [8, 3, 2]]\n  - [-1, 1, Conv, [16, 3, 2]]\n"
-                     "  - [-1, 1, Conv, [16, 3, 2]]\n  - [-1, 1, Conv, [32, 3, 2]]\nhead:\n"
-                     "  - [[2, 3], 1, RTDETRDecoder, [nc, 32, 10, 2, 2, 1, 64, 0.0, None, -1, 10]]\n")
+    model.write_text(tiny_rtdetr_yaml(nc=2))
     common = [f"project={tmp_path / 'runs'}", "workers=0", "verbose=false", "device=cpu"]
     assert main(["train", f"model={model}", f"data={data}", "epochs=1", "imgsz=64", "batch=2", "plots=false",
                  "train_pipeline=plain", *common]) == 0

@@ -5,18 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.tiny_models import tiny_rtdetr_yaml
+
 # Two pyramid levels, hidden 32, one decoder layer, 20 queries and 20 denoising queries: a real RT-DETR
 # (AIFI-free) small enough that a training step takes milliseconds.
-TINY_YAML = """\
-nc: 2
-backbone:
-  - [-1, 1, Conv, [8, 3, 2]]    # 0 /2
-  - [-1, 1, Conv, [16, 3, 2]]   # 1 /4
-  - [-1, 1, Conv, [16, 3, 2]]   # 2 /8
-  - [-1, 1, Conv, [32, 3, 2]]   # 3 /16
-head:
-  - [[2, 3], 1, RTDETRDecoder, [nc, 32, 20, 2, 2, 1, 64, 0.0, None, -1, 20]]
-"""
+TINY_YAML = tiny_rtdetr_yaml(nc=2, queries=20, denoising=20)
 
 # Two levels (/8, /16), a main GELAN neck and an auxiliary branch of single Convs, DualDDetect: a real YOLOv9
 # with PGI in miniature (about 0.1M parameters).

@@ -15,19 +15,11 @@ from rtdet.io import convert_file, load_model
 from rtdet.io.load import default_output
 from rtdet.utils.checkpoint import CheckpointError
 from tests.io.iohelpers import fp16_exact, same_outputs, save_ultralytics
+from tests.tiny_models import tiny_rtdetr_yaml
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-TINY = """\
-nc: 3
-backbone:
-  - [-1, 1, Conv, [8, 3, 2]]
-  - [-1, 1, Conv, [16, 3, 2]]
-  - [-1, 1, Conv, [16, 3, 2]]
-  - [-1, 1, Conv, [32, 3, 2]]
-head:
-  - [[2, 3], 1, RTDETRDecoder, [nc, 32, 20, 2, 2, 1, 64, 0.0, None, -1, 10]]
-"""
+TINY = tiny_rtdetr_yaml(nc=3, queries=20, denoising=10)
 
 
 @pytest.fixture
