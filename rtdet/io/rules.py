@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from rtdet.utils.checkpoint import CheckpointError
 
-__all__ = ["KeyRule", "KeyTable", "rename", "drop", "ConversionReport", "WeightLoadError", "load_into"]
+__all__ = ["KeyRule", "KeyTable", "rename", "drop", "ConversionReport", "WeightLoadError", "load_into", "looks_fused"]
 
 _SHOW = 10  # keys listed per category in messages
 
@@ -176,6 +176,13 @@ class ConversionReport:
                 more = f" (+{len(keys) - _SHOW} more)" if len(keys) > _SHOW else ""
                 lines.append(f"  {len(keys)} {name}: {', '.join(keys[:_SHOW])}{more}")
         return "\n".join(lines)
+
+
+def looks_fused(mapped: Mapping[str, torch.Tensor], module: nn.Module) -> bool:
+    """True when the file holds biased convolutions where the model has Conv + BN: weights saved after
+    ``fuse()`` (BN folded into the conv), which no unfused model can take."""
+    own = module.state_dict()
+    return any(k.endswith(".conv.bias") and k not in own for k in mapped)
 
 
 def load_into(module: nn.Module, mapped: Mapping[str, torch.Tensor], layout: str, *, dropped: Iterable[str] = (),

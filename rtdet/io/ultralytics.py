@@ -34,7 +34,7 @@ from rtdet.io.foreign import (
     to_float32,
 )
 from rtdet.io.formats import ConvertContext, Converted, ForeignFormat, register_format
-from rtdet.io.rules import KeyTable, drop, load_into, rename
+from rtdet.io.rules import KeyTable, drop, load_into, looks_fused, rename
 from rtdet.io.safe_pickle import ForeignObject
 from rtdet.utils.checkpoint import CheckpointError
 
@@ -118,8 +118,7 @@ def convert_ultralytics(obj: Any, ctx: ConvertContext) -> Converted:
 
 def _hint(mapped: dict, model) -> str:
     """Why an Ultralytics checkpoint might not fit the model built from its own YAML."""
-    own = model.state_dict()
-    if any(k.endswith(".conv.bias") and k not in own for k in mapped):
+    if looks_fused(mapped, model):
         return ("The checkpoint looks fused (Conv+BN folded into biased convolutions, as model.fuse() leaves "
                 "it); export the unfused weights from Ultralytics instead.")
     return ("The YAML stored in the checkpoint names rtdet modules whose parameters differ from the ones that "

@@ -39,7 +39,7 @@ from typing import Any
 
 from rtdet.io.foreign import attribute, model_record, module_state_dict, plain, stored_names, stored_yaml, to_float32
 from rtdet.io.formats import ConvertContext, Converted, ForeignFormat, register_format
-from rtdet.io.rules import KeyTable, load_into, rename
+from rtdet.io.rules import KeyTable, load_into, looks_fused, rename
 from rtdet.io.ultralytics import register_head
 from rtdet.utils.checkpoint import CheckpointError
 
@@ -112,8 +112,7 @@ def convert_official_yolov9(obj: Any, ctx: ConvertContext) -> Converted:
 
 def _hint(mapped: dict, model) -> str:
     """Why a YOLOv9 checkpoint might not fit the model built from its own YAML."""
-    own = model.state_dict()
-    if any(k.endswith(".conv.bias") and k not in own for k in mapped):
+    if looks_fused(mapped, model):
         return ("The checkpoint looks fused (Conv+BN folded into biased convolutions and RepConvN merged, as "
                 "model.fuse() leaves it); save the unfused weights instead (rtdet fuses them itself for export).")
     return ("The YAML stored in the checkpoint names modules whose parameters differ from rtdet's: a modified "

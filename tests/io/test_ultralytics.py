@@ -6,6 +6,7 @@ and training args on the model object, the dict layout of a finished or an in-tr
 
 from __future__ import annotations
 
+import copy
 import sys
 
 import pytest
@@ -161,6 +162,15 @@ def test_a_new_class_count_reinitialises_only_the_head(tmp_path, caplog):
         if k not in loaded.reinitialised:
             assert torch.equal(new[k], v), k  # backbone, neck and the class-independent head tensors kept
     assert "3 -> 5 classes" in caplog.text and "re-initialised" in caplog.text
+
+
+def test_a_fused_checkpoint_is_named_as_such(tmp_path):
+    """Weights saved after fuse() (BN folded into biased convs) cannot fill the unfused model its YAML
+    builds: the error says the file looks fused and what to do."""
+    yaml_path, source = tiny(tmp_path, "resnet")
+    fused = save_ultralytics(copy.deepcopy(source).fuse(), tmp_path / "fused.pt", str(yaml_path))
+    with pytest.raises(WeightLoadError, match="looks fused"):
+        load_model(fused)
 
 
 def test_a_real_mismatch_fails_naming_the_first_bad_key(tmp_path):
