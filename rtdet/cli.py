@@ -249,7 +249,7 @@ def _report(verb: str, e: BaseException) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status (0 ok, 2 bad command line or setting, 1 a file it names is
-    missing or invalid, or the run failed, 130 / 143 interrupted by SIGINT / SIGTERM). See
+    missing or invalid, or the run failed, 130 / 143 interrupted by SIGINT / SIGTERM, 141 output pipe closed). See
     :mod:`rtdet.engine.errors`. ``RTDET_TRACEBACK=1`` re-raises unexpected errors with their traceback."""
     from rtdet.engine.errors import USER_ERRORS, Interrupted
 
@@ -284,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CLIError, SettingsError) as e:
         _report(verb, e)
         return 2
+    except BrokenPipeError:  # `rtdet ... | head` closed the pipe: stop quietly, as other command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader went away
     except Interrupted as e:
         print(f"rtdet {verb}: {e}", file=sys.stderr)
         return 128 + e.signum

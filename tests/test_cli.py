@@ -127,3 +127,13 @@ def test_train_resume_from_the_command_line(tmp_path):
     assert load_checkpoint(last)["epoch"] == 1
     assert not (project / "train" / "train2").exists()
     assert main(["train", f"data={data}"]) == 2  # neither a model nor resume
+
+
+def test_a_closed_output_pipe_ends_quietly():
+    """`rtdet ... | head`: when the reader goes away the command stops with 141 (128 + SIGPIPE) and no
+    error line, as other command-line tools do."""
+    proc = subprocess.Popen([sys.executable, "-m", "rtdet", "convert", "help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before rtdet writes
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and b"error" not in err, err

@@ -5,6 +5,7 @@
     exit 1    a file it names is missing, unreadable or invalid (model YAML, checkpoint, dataset, pipeline,
               image / video source), or the run failed (a NaN loss): USER_ERRORS
     exit 130  interrupted by SIGINT (Ctrl-C), 143 by SIGTERM, after last.pt was saved: Interrupted
+    exit 141  the output pipe was closed (`rtdet ... | head`): BrokenPipeError, no message
 """
 
 from __future__ import annotations
