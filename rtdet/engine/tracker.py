@@ -54,7 +54,8 @@ def make_tracker(name: str, fps: float = 30.0):
 
 
 def track_frame(tracker, r: Results) -> Results:
-    """``r`` with only the boxes the tracker confirmed, and their ids (``Results.ids``)."""
+    """``r`` with only the boxes the tracker confirmed, and their ids (``Results.ids``, from 1 as in MOT files;
+    the library counts from 0)."""
     import supervision as sv
 
     dets = sv.Detections(xyxy=r.boxes.numpy().astype(np.float32).reshape(-1, 4),
@@ -64,7 +65,7 @@ def track_frame(tracker, r: Results) -> Results:
     xyxy = np.asarray(out.xyxy, np.float32).reshape(-1, 4)[keep]
     return Results(r.orig_img, r.path, torch.from_numpy(xyxy), torch.from_numpy(np.asarray(out.confidence,
                    np.float32)[keep]), torch.from_numpy(np.asarray(out.class_id, np.int64)[keep]), r.names, r.frame,
-                   r.speed_ms, uid=r.uid, ids=torch.from_numpy(np.asarray(out.tracker_id, np.int64)[keep]))
+                   r.speed_ms, uid=r.uid, ids=torch.from_numpy(np.asarray(out.tracker_id, np.int64)[keep] + 1))
 
 
 def mot_rows(r: Results, frame: int) -> list[str]:
