@@ -127,7 +127,8 @@ class Predictor:
             self.setup()
         source = source if source is not None else self.overrides.get("source")
         if source is None:
-            raise SettingsError("predict needs a source: an image, a folder, a glob, a video or a numpy array")
+            raise SettingsError("predict needs a source: an image, a folder, a glob, a video, a .txt list, a webcam "
+                                "index, a stream URL or a numpy array")
         predictions: list[dict] = []
         n = 0
         frames = iter_source(source, bool(self.args["stream_buffer"]), float(self.args["stream_timeout"]))
