@@ -81,6 +81,22 @@ def test_every_family_tracks_into_a_video_and_a_mot_file(family, clip, tmp_path,
     cap.release()
 
 
+def test_still_images_form_one_sequence(tmp_path, tiny_yaml):
+    frames, _ = render_track_clip(n_frames=5, n_objects=1, imgsz=64, seed=0)
+    (tmp_path / "seq").mkdir()
+    for k, img in enumerate(frames):
+        cv2.imwrite(str(tmp_path / "seq" / f"{k:06d}.jpg"), img)
+    model = build_model(str(tiny_yaml), nc=2, names=["a", "b"]).eval()
+    _fixed_postprocess(model.head)
+    tracker = Tracker({"imgsz": 64, "batch": 1, "fuse": False, "save": True, "project": str(tmp_path / "runs"),
+                       "verbose": False}, model=model)
+    results = list(tracker.stream(str(tmp_path / "seq")))
+    assert [len(r) for r in results][-3:] == [1, 1, 1] and {int(i) for r in results for i in r.ids} == {1}
+    mot = _read_mot(tracker.save_dir / "mot" / "images.txt")
+    assert mot[:, 0].tolist() == list(range(6 - len(mot), 6))  # frame numbers 1..5 along the sequence
+    assert sorted(p.name for p in tracker.save_dir.glob("*.jpg")) == [f"{k:06d}.jpg" for k in range(5)]
+
+
 def test_tracking_an_onnx_model(clip, tmp_path, tiny_yaml):
     pytest.importorskip("onnxruntime")
     from rtdet.engine.exporter import Exporter
