@@ -146,6 +146,71 @@ def test_stopping_early_stops_the_reader_thread(http_video):
     assert not _stream_threads()
 
 
+def _bar_position(img) -> int:
+    """The frame number the http_video fixture drew: a white bar at columns 2k..2k+3."""
+    return int(round((img.mean(axis=(0, 2)) > 128).nonzero()[0].mean() - 1.5)) // 2
+
+
+@pytest.fixture
+def flaky_server(tmp_path):
+    """Serves a 60-frame video (noisy, so that FFmpeg's opening probe is a small part of it) over HTTP,
+    cutting the connection half-way through the first ``drops`` responses (a dropped network link); frame k
+    has a white bar at columns 2k..2k+3. Yields (url, state)."""
+    writer = cv2.VideoWriter(str(tmp_path / "noisy.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (160, 120))
+    g = np.random.default_rng(0)
+    for k in range(60):
+        frame = g.integers(0, 100, (120, 160, 3), dtype=np.uint8)
+        frame[:, 2 * k:2 * k + 4] = 255
+        writer.write(frame)
+    writer.release()
+    data = (tmp_path / "noisy.avi").read_bytes()
+    state = {"drops": 1, "hits": 0}
+
+    class Flaky(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            state["hits"] += 1
+            rng = self.headers.get("Range")
+            start = int(rng.split("=")[1].split("-")[0]) if rng else 0
+            body = data[start:]
+            self.send_response(206 if rng else 200)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Accept-Ranges", "bytes")
+            if rng:
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.end_headers()
+            if state["hits"] <= state["drops"]:
+                self.wfile.write(body[:len(body) // 2])
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/clip.avi", state
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_real_dropped_connection_reconnects_and_carries_on(flaky_server):
+    url, state = flaky_server
+    frames = list(iter_source(url, stream_buffer=True, timeout=3))
+    assert state["hits"] >= 2  # the cut response, then the reconnection (FFmpeg's seeks add range requests)
+    assert [f.frame for f in frames] == list(range(60))
+    assert [_bar_position(f.img) for f in frames] == list(range(60))  # each frame once, at its place
+
+
+def test_a_connection_that_drops_again_is_one_clear_error(flaky_server):
+    url, state = flaky_server
+    state["drops"] = 100
+    with pytest.raises(SourceError, match="the stream stopped after .* frames and did not come back"):
+        list(iter_source(url, stream_buffer=True, timeout=3))
+    assert not _stream_threads()
+
+
 class _FakeCapture:
     """A capture that gives ``n`` frames, then fails (a dropped connection)."""
 
