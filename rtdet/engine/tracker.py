@@ -135,6 +135,9 @@ class Tracker(Predictor):
 
     def setup(self) -> None:
         super().setup()
+        if self.args["save_txt"] or self.args["save_json"]:
+            raise SettingsError("save_txt / save_json are predict settings: track writes one MOT file per video or "
+                                "stream (mot/<stem>.txt) with save=true")
         make_tracker(self.args["tracker"])  # a missing package fails here, before any run folder
         if self.args.get("conf") is None:
             self.conf = TRACK_CONF

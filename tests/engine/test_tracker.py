@@ -124,3 +124,6 @@ def test_rtdet_track_on_the_command_line(clip, tmp_path, tiny_yaml, capsys):
     assert main(["track", f"model={tiny_yaml}", f"source={clip}", "tracker=deepsort"]) == 2  # a bad setting
     err = capsys.readouterr().err
     assert "tracker" in err and "bytetrack" in err and len(err.strip().splitlines()) == 1
+    assert main(["track", f"model={tiny_yaml}", f"source={clip}", "save_txt=true", "name=refused",
+                 f"project={tmp_path / 'runs'}"]) == 2  # MOT files, not YOLO labels: said, before any folder
+    assert "mot/<stem>.txt" in capsys.readouterr().err and not (tmp_path / "runs" / "track" / "refused").exists()
