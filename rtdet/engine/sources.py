@@ -325,6 +325,8 @@ class _StreamReader(threading.Thread):
     def run(self) -> None:
         try:
             self._loop()
+        except Exception as e:  # e.g. cv2.error from a broken decoder: the consumer reports it, not the thread
+            self.error = f"source '{self.item.where}': reading the stream failed after {self.read} frames ({e})"
         finally:
             self.cap.release()
             self._put(self._END, block=True)
