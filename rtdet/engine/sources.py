@@ -246,7 +246,7 @@ def _fetch_image(url: str, timeout: float) -> np.ndarray:
         with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (the user's own URL)
             data = r.read(URL_IMAGE_MAX_BYTES + 1)
     except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = getattr(e, "reason", None) or e
+        reason = f"HTTP {e.code} {e.reason}" if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", e)
         raise SourceError(f"source '{url}': cannot fetch the image ({reason}); check the address and the "
                           f"network") from None
     if len(data) > URL_IMAGE_MAX_BYTES:

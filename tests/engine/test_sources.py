@@ -130,6 +130,16 @@ def test_an_http_video_is_read_as_a_stream(http_video):
     assert frames[5].img.shape == (32, 48, 3) and frames[5].video["fps"] == pytest.approx(10.0)
 
 
+def test_an_image_url_is_fetched_and_decoded(http_video, tmp_path):
+    _img(tmp_path / "served" / "bus.jpg", 90, (20, 30))
+    url = http_video.replace("clip.avi", "bus.jpg")
+    [frame] = list(iter_source(url))
+    assert frame.item.kind == "url_image" and frame.img.shape == (20, 30, 3) and frame.frame is None
+    assert frame.item.uid.endswith("_bus.jpg") and frame.path == url
+    with pytest.raises(SourceError, match=r"missing.png': cannot fetch the image \(HTTP 404 "):
+        list(iter_source(http_video.replace("clip.avi", "missing.png")))
+
+
 def test_a_slow_consumer_skips_frames_of_a_live_stream(http_video):
     seen = []
     for f in iter_source(http_video, stream_buffer=False):
