@@ -1,5 +1,7 @@
 """Tracking: ids stay with their objects, the MOT file parses, every family and ONNX track the same way."""
 
+import sys
+
 import cv2
 import numpy as np
 import pytest
@@ -127,3 +129,11 @@ def test_rtdet_track_on_the_command_line(clip, tmp_path, tiny_yaml, capsys):
     assert main(["track", f"model={tiny_yaml}", f"source={clip}", "save_txt=true", "name=refused",
                  f"project={tmp_path / 'runs'}"]) == 2  # MOT files, not YOLO labels: said, before any folder
     assert "mot/<stem>.txt" in capsys.readouterr().err and not (tmp_path / "runs" / "track" / "refused").exists()
+
+
+def test_without_the_tracking_package_the_message_says_what_to_install(monkeypatch):
+    from rtdet.engine.settings import SettingsError
+
+    monkeypatch.setitem(sys.modules, "trackers", None)  # as if not installed: import raises ImportError
+    with pytest.raises(SettingsError, match=r"pip install 'rtdet\[track\]'"):
+        make_tracker("ocsort")
