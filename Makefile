@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	# torch first, pinned, so no dependency pulls a newer (CUDA) build
 	$(BIN)/pip install torch==2.13.0
 	$(BIN)/pip install -e ".[dev]"
+	# the tracking tests' library, without the GUI opencv-python it declares (rtdet has the headless one;
+	# both install a cv2 package, and the GUI one needs libGL): its other dependencies are in [dev]
+	$(BIN)/pip install --no-deps "trackers>=2.6"
 	touch $(STAMP)
 
 setup: $(STAMP)

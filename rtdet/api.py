@@ -10,6 +10,8 @@
     metrics = det.val(data="coco128.yaml")             # {"mAP50-95": ..., "mAP50": ..., ...}
     for r in det.predict("images/", conf=0.3):          # list[Results]
         print(r.path, r.boxes, r.scores, r.labels)
+    for r in det.track("clip.mp4", tracker="bytetrack"):  # one Results per frame, r.ids = track ids
+        print(r.frame, r.ids, r.boxes)
     onnx = det.export(dynamic=True)                    # runs/export/<name>/<model>.onnx, checked in ONNX Runtime
     Detector(onnx).val(data="coco128.yaml")            # the same metrics through ONNX Runtime
 
@@ -99,6 +101,17 @@ class Detector:
         predictor = Predictor(self._with_inherited(overrides), model=self.model)
         self.predictor = predictor
         return predictor.stream(source) if stream else predictor(source)
+
+    def track(self, source, **overrides) -> Iterator[Results]:
+        """Per-frame detections linked into tracks (``Results.ids``), frame after frame, for a video, stream,
+        webcam or image sequence; ``tracker="bytetrack" | "sort" | "ocsort"`` (needs ``pip install
+        rtdet[track]``). ``save=True`` writes the annotated video and MOT files to runs/track/<name>."""
+        from rtdet.engine.tracker import Tracker
+
+        overrides.setdefault("save", False)
+        tracker = Tracker(self._with_inherited(overrides), model=self.model)
+        self.tracker = tracker
+        return tracker.stream(source)
 
     def export(self, **overrides) -> Path:
         """ONNX export of the deploy form, checked against ONNX Runtime; returns the file's path.

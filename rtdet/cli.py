@@ -25,6 +25,8 @@ Verbs:
   train     train a model on a dataset                      rtdet train model=rtdetr-l.yaml data=coco128.yaml
   val       COCO mAP of a trained model on a val split      rtdet val model=best.pt data=coco128.yaml
   predict   detect objects in images, folders, videos       rtdet predict model=best.pt source=images/ conf=0.3
+            streams, webcams, URLs, globs, .txt lists          rtdet predict model=best.pt source=rtsp://cam/live
+  track     track objects in a video / stream (IDs, MOT)    rtdet track model=best.pt source=clip.mp4 tracker=bytetrack
   export    ONNX export, checked with ONNX Runtime          rtdet export model=best.pt dynamic=true
   benchmark params, GFLOPs, latency, memory, mAP            rtdet benchmark model=a.yaml,b.yaml formats=pytorch,onnx
   compare   train variants over seeds, test differences     rtdet compare models=a.yaml,b.yaml data=d.yaml seeds=3
@@ -104,6 +106,19 @@ def cmd_predict(args: dict) -> None:
         n_images += 1
         n_boxes += len(r)
     print(f"{n_images} image(s) processed, {n_boxes} detections")
+
+
+def cmd_track(args: dict) -> None:
+    from rtdet.engine.tracker import Tracker
+
+    model = args.pop("model", None) or _need("model", "track", "runs/train/train/weights/best.pt")
+    source = args.pop("source", None) or _need("source", "track", "clip.mp4")
+    tracker = Tracker(args, model=model)
+    n_frames, ids = 0, set()
+    for r in tracker.stream(source):
+        n_frames += 1
+        ids.update(r.ids.tolist())
+    print(f"{n_frames} frame(s) tracked, {len(ids)} track(s)")
 
 
 def cmd_export(args: dict) -> None:
@@ -221,6 +236,7 @@ VERBS: dict[str, Callable[[dict], int | None]] = {
     "train": cmd_train,
     "val": cmd_val,
     "predict": cmd_predict,
+    "track": cmd_track,
     "demo": cmd_demo,
     "export": cmd_export,
     "benchmark": cmd_benchmark,

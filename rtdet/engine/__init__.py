@@ -1,4 +1,4 @@
-"""The family-agnostic engine: settings, Trainer, Validator, Predictor and their Results.
+"""The family-agnostic engine: settings, Trainer, Validator, Predictor, Tracker and their Results.
 
 Imported lazily so that ``rtdet.engine.settings`` (used by the command line to check arguments) stays light.
 """
@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["Predictor", "Results", "Trainer", "Validator"]
+__all__ = ["Predictor", "Results", "Tracker", "Trainer", "Validator"]
 
-_WHERE = {"Trainer": "trainer", "Validator": "validator", "Predictor": "predictor", "Results": "results"}
+_WHERE = {"Trainer": "trainer", "Validator": "validator", "Predictor": "predictor", "Results": "results",
+          "Tracker": "tracker"}
 
 
 def __getattr__(name: str):

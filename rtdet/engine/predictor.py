@@ -1,4 +1,4 @@
-"""Predictor: detections on images, folders, globs, videos and numpy arrays.
+"""Predictor: detections on images, folders, globs, videos, streams and numpy arrays.
 
     results = Predictor({"model": "best.pt", "conf": 0.3})("images/")     # list[Results]
     for r in Predictor({"model": "best.pt"}).stream("video.mp4"): ...    # one Results per frame
@@ -7,18 +7,15 @@ Images are prepared with the same deterministic transforms validation uses (the 
 the model was trained with: letterbox or stretch to ``imgsz``), the model runs in eval mode, the head's
 ``postprocess`` gives boxes in network-input pixels, and ``ratio_pad`` maps them back to the image.
 Annotated images / videos go to ``runs/predict/<name>`` (``save``), with optional YOLO txt labels
-(``save_txt``) and a COCO ``predictions.json`` (``save_json``).
+(``save_txt``) and a COCO ``predictions.json`` (``save_json``). Every output is keyed by the unique id of
+its item (rtdet/engine/sources.py): ``a/img.jpg`` and ``b/img.jpg``, or ``x.jpg`` and ``x.png``, never share
+a file or an image id.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import glob
 import os
-import re
-import sys
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -32,7 +29,8 @@ from rtdet.engine.errors import SourceError
 from rtdet.engine.results import Results
 from rtdet.engine.rundir import run_dir
 from rtdet.engine.settings import SettingsError, check_imgsz, check_settings, resolve_settings
-from rtdet.engine.validator import image_id_of, input_spec
+from rtdet.engine.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Frame, iter_source, opencv_messages
+from rtdet.engine.validator import input_spec
 from rtdet.io.load import load_model
 from rtdet.nn.model import DetectionModel
 from rtdet.ops.boxes import boxes_to_original
@@ -41,138 +39,9 @@ from rtdet.utils.checkpoint import atomic_write_bytes, atomic_write_text
 from rtdet.utils.logging import LOGGER, set_verbosity
 from rtdet.utils.torch_utils import select_device
 
-__all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "Predictor", "iter_source"]
+__all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "Predictor", "iter_source", "opencv_messages"]
 
-IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpeg", ".mpg", ".wmv", ".webm")
 PREDICT_CONF = 0.25
-
-
-# ---------------------------------------------------------------------------------- sources
-def _expand(source) -> Iterator[tuple[str, np.ndarray | str]]:
-    """(kind, item): ('array', ndarray) | ('image', path) | ('video', path), in a stable order."""
-    if isinstance(source, np.ndarray):
-        yield "array", source
-        return
-    if isinstance(source, list | tuple):
-        for s in source:
-            yield from _expand(s)
-        return
-    if not isinstance(source, str | Path):
-        raise SourceError(f"source: expected a path, a glob, a numpy array (HWC BGR) or a list of them; "
-                          f"got {type(source).__name__}")
-    text = str(source)
-    path = Path(text).expanduser()
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES)
-        if not files:
-            raise FileNotFoundError(f"source '{text}': the folder holds no images or videos "
-                                    f"({' '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)})")
-        for f in files:
-            yield from _expand(f)
-        return
-    if any(ch in text for ch in "*?["):
-        files = sorted(p for p in glob.glob(text, recursive=True)
-                       if Path(p).suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES)
-        if not files:
-            raise FileNotFoundError(f"source '{text}': the pattern matches no image or video files")
-        for f in files:
-            yield from _expand(f)
-        return
-    if not path.is_file():
-        raise FileNotFoundError(f"source '{text}': no such file or folder")
-    suffix = path.suffix.lower()
-    if suffix in VIDEO_SUFFIXES:
-        yield "video", str(path)
-    elif suffix in IMAGE_SUFFIXES:
-        yield "image", str(path)
-    else:
-        raise SourceError(f"source '{text}': unknown file type '{suffix}'; images: {' '.join(IMAGE_SUFFIXES)}, "
-                          f"videos: {' '.join(VIDEO_SUFFIXES)}")
-
-
-def iter_source(source) -> Iterator[tuple[np.ndarray, str, int | None, dict | None]]:
-    """Every picture of a source as (BGR image, path, frame index or None, video info or None)."""
-    n_arrays = 0
-    for kind, item in _expand(source):
-        if kind == "array":
-            img = item
-            if img.ndim == 2:
-                img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-            if img.ndim != 3 or img.shape[2] not in (3, 4) or img.dtype != np.uint8:
-                raise SourceError(f"source array {n_arrays}: expected an HWC uint8 BGR image, got shape "
-                                  f"{img.shape} dtype {img.dtype}")
-            if img.shape[2] == 4:
-                img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-            yield img, f"image{n_arrays}.jpg", None, None
-            n_arrays += 1
-        elif kind == "image":
-            yield _read_image(item), item, None, None
-        else:
-            yield from _read_video(item)
-
-
-def _read_image(path: str) -> np.ndarray:
-    """A BGR image; SourceError naming the file when it cannot be decoded."""
-    with opencv_messages() as said:
-        img = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise SourceError(f"source '{path}': cannot be decoded as an image{_said(said)}; the file may be truncated "
-                          f"or not an image")
-    return img
-
-
-def _read_video(path: str) -> Iterator[tuple[np.ndarray, str, int, dict]]:
-    """Every frame of a video; SourceError naming the file (and what OpenCV / FFmpeg said) when it cannot be
-    opened or holds no frame. Stopping before the frame count its header promises is reported, not hidden."""
-    with opencv_messages() as said:
-        cap = cv2.VideoCapture(path)
-        ok, frame = cap.read() if cap.isOpened() else (False, None)
-    if not ok:
-        cap.release()
-        what = "cannot open this video" if not cap.isOpened() else "cannot read a single frame of this video"
-        raise SourceError(f"source '{path}': OpenCV {what}{_said(said)}; the file may be truncated, corrupt or in "
-                          f"a format this OpenCV build does not decode")
-    info = {"fps": cap.get(cv2.CAP_PROP_FPS) or 25.0, "frames": int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)}
-    k = 0
-    try:
-        while ok:
-            yield frame, path, k, info
-            k += 1
-            ok, frame = cap.read()
-    finally:
-        cap.release()
-    if 0 < k < info["frames"]:
-        LOGGER.warning(f"source '{path}': read {k} of the {info['frames']} frames its header announces; the rest "
-                       f"cannot be decoded (truncated file?)")
-
-
-@contextlib.contextmanager
-def opencv_messages() -> Iterator[list[str]]:
-    """What OpenCV and FFmpeg print on the process's stderr (C code, not Python warnings) while the block
-    runs, as a list of lines filled in on exit; errors can then quote it instead of hiding it."""
-    said: list[str] = []
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real stderr (embedded interpreter): nothing to capture
-        yield said
-        return
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield said
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            said += [line.strip() for line in tmp.read().decode(errors="replace").splitlines() if line.strip()]
-
-
-def _said(lines: list[str]) -> str:
-    """' (OpenCV: moov atom not found)' with the distinct messages, '' when it said nothing."""
-    text = "; ".join(dict.fromkeys(re.sub(r"^\[[^]]*\]\s*", "", line) for line in lines))
-    return f" (OpenCV: {text[:300]})" if text else ""
 
 
 def prepare_for_inference(model: DetectionModel, fuse: bool, channels_last: bool) -> DetectionModel:
@@ -197,6 +66,17 @@ def _chunks(it: Iterable, n: int) -> Iterator[list]:
             chunk = []
     if chunk:
         yield chunk
+
+
+def picture_name(f: Frame) -> str:
+    """Where a still picture's annotated copy goes: its id, with .jpg when the id has no image suffix."""
+    uid = f.item.uid
+    return uid if Path(uid).suffix.lower() in IMAGE_SUFFIXES else f"{uid}.jpg"
+
+
+def frame_stem(f: Frame) -> str:
+    """The unique stem of one picture's outputs: the item's stem, plus _<frame> for a video or stream frame."""
+    return f.item.stem if f.frame is None else f"{f.item.stem}_{f.frame}"
 
 
 # ---------------------------------------------------------------------------------- predictor
@@ -247,16 +127,19 @@ class Predictor:
             self.setup()
         source = source if source is not None else self.overrides.get("source")
         if source is None:
-            raise SettingsError("predict needs a source: an image, a folder, a glob, a video or a numpy array")
+            raise SettingsError("predict needs a source: an image, a folder, a glob, a video, a .txt list, a webcam "
+                                "index, a stream URL or a numpy array")
         predictions: list[dict] = []
         n = 0
+        frames = iter_source(source, bool(self.args["stream_buffer"]), float(self.args["stream_timeout"]))
         try:
-            for chunk in _chunks(iter_source(source), max(int(self.args["batch"]), 1)):
-                for r, info in zip(self._predict_chunk(chunk), (c[3] for c in chunk)):
-                    self._save(r, info, predictions)
+            for chunk in _chunks(frames, max(int(self.args["batch"]), 1)):
+                for r, f in zip(self._predict_chunk(chunk), chunk):
+                    r = self.on_result(r, f, predictions)
                     n += 1
                     yield r
         finally:
+            frames.close()  # a stream's reader thread stops here too (Ctrl-C, a caller that stops early)
             self._close_videos()
         if self.save_dir is not None:
             if self.args["save_json"]:
@@ -264,12 +147,12 @@ class Predictor:
             LOGGER.info(f"{n} picture(s) predicted; results saved to {self.save_dir}")
 
     @torch.no_grad()
-    def _predict_chunk(self, chunk: list[tuple]) -> list[Results]:
+    def _predict_chunk(self, chunk: list[Frame]) -> list[Results]:
         samples = []
-        for img, path, _, _ in chunk:
-            h, w = img.shape[:2]
-            sample = {"img": img, "cls": np.zeros(0, np.int64), "bboxes": np.zeros((0, 4), np.float32),
-                      "im_file": path, "ori_shape": (h, w), "ratio_pad": ((1.0, 1.0), (0.0, 0.0))}
+        for f in chunk:
+            h, w = f.img.shape[:2]
+            sample = {"img": f.img, "cls": np.zeros(0, np.int64), "bboxes": np.zeros((0, 4), np.float32),
+                      "im_file": f.path, "ori_shape": (h, w), "ratio_pad": ((1.0, 1.0), (0.0, 0.0))}
             samples.append(self.preprocess_pipeline(sample))
         batch = collate(samples)
         x = batch["img"].to(self.device)
@@ -281,49 +164,63 @@ class Predictor:
                                            multi_label=bool(self.args.get("multi_label") or False))
         ms = 1000 * (time.perf_counter() - t0) / len(chunk)
         results = []
-        for (img, path, frame, _), det, rp in zip(chunk, dets, batch["ratio_pad"]):
-            boxes = boxes_to_original(det.boxes.float().cpu(), rp, img.shape[:2])
-            results.append(Results(img, path, boxes, det.scores.float().cpu(), det.labels.long().cpu(),
-                                   dict(self.model.names), frame, ms))
+        for f, det, rp in zip(chunk, dets, batch["ratio_pad"]):
+            boxes = boxes_to_original(det.boxes.float().cpu(), rp, f.img.shape[:2])
+            results.append(Results(f.img, f.path, boxes, det.scores.float().cpu(), det.labels.long().cpu(),
+                                   dict(self.model.names), f.frame, ms, uid=f.item.uid))
         return results
 
     # ------------------------------------------------------------------ saving
-    def _stem(self, r: Results) -> str:
-        stem = Path(r.path).stem
-        return f"{stem}_{r.frame}" if r.frame is not None else stem
+    def on_result(self, r: Results, f: Frame, predictions: list[dict]) -> Results:
+        """What happens to each result before it is yielded: saved here; a tracker links it to tracks."""
+        self._save(r, f, predictions)
+        return r
 
-    def _save(self, r: Results, video: dict | None, predictions: list[dict]) -> None:
-        if not self.saves:
-            return
-        if self.save_dir is None:  # made with the first result: a source that fails at once leaves no folder
+    def _make_save_dir(self) -> Path:
+        """The run folder, made with the first result: a source that fails at once leaves no folder."""
+        if self.save_dir is None:
             args = self.args
             self.save_dir = run_dir(args["project"], self.task, args.get("name"), bool(args["exist_ok"]))
+        return self.save_dir
+
+    def _save(self, r: Results, f: Frame, predictions: list[dict]) -> None:
+        """Write what ``save`` / ``save_txt`` / ``save_json`` ask for, under names made from the item's unique
+        id: the annotated picture as <id> (a video or stream as <stem>.mp4), labels/<stem>[_<frame>].txt, and
+        <stem> (or the number of a numeric name) as the COCO image id."""
+        if not self.saves:
+            return
+        self._make_save_dir()
         args = self.args
         if args["save"]:
             annotated = r.plot(line_width=args.get("line_width"))
-            if video is None:
-                name = Path(r.path).name if Path(r.path).suffix else f"{Path(r.path).stem}.jpg"
-                ok, buf = cv2.imencode(Path(name).suffix or ".jpg", annotated)
-                if not ok:
-                    raise SourceError(f"cannot encode the annotated picture of {r.path} as {Path(name).suffix}")
-                atomic_write_bytes(self.save_dir / name, buf.tobytes())
+            if f.video is None:
+                self._write_picture(self.save_dir / picture_name(f), annotated)
             else:
-                self._video_writer(r, video).write(annotated)
+                self._video_writer(f, annotated.shape[:2]).write(annotated)
         if args["save_txt"]:
-            atomic_write_text(self.save_dir / "labels" / f"{self._stem(r)}.txt",
+            atomic_write_text(self.save_dir / "labels" / f"{frame_stem(f)}.txt",
                               "".join(f"{line}\n" for line in r.yolo_lines()))
         if args["save_json"]:
-            predictions += coco_predictions(image_id_of(self._stem(r), len(predictions)), r.boxes, r.scores, r.labels)
+            image_id = f.item.coco_id if f.frame is None else frame_stem(f)
+            predictions += coco_predictions(image_id, r.boxes, r.scores, r.labels)
 
-    def _video_writer(self, r: Results, video: dict) -> cv2.VideoWriter:
-        """The writer of an annotated video. It writes to a hidden temporary file (an .mp4 too: OpenCV picks
-        the container by the extension) that is renamed into place once the video is complete."""
-        key = r.path
+    @staticmethod
+    def _write_picture(path: Path, img: np.ndarray) -> None:
+        ok, buf = cv2.imencode(path.suffix, img)
+        if not ok:
+            raise SourceError(f"cannot encode the annotated picture {path.name} as {path.suffix}")
+        atomic_write_bytes(path, buf.tobytes())
+
+    def _video_writer(self, f: Frame, shape: tuple[int, int]) -> cv2.VideoWriter:
+        """The writer of an annotated video (<stem>.mp4). It writes to a hidden temporary file (an .mp4 too:
+        OpenCV picks the container by the extension) that is renamed into place once the video is complete."""
+        key = f.item.uid
         if key not in self._writers:
-            h, w = r.orig_shape
-            out = self.save_dir / f"{Path(r.path).stem}.mp4"
+            h, w = shape
+            out = self.save_dir / f"{f.item.stem}.mp4"
+            out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_name(f".{out.stem}.tmp.mp4")
-            writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(video["fps"]), (w, h))
+            writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(f.video["fps"]), (w, h))
             self._writers[key] = writer
             self._video_files[key] = (tmp, out)
         return self._writers[key]

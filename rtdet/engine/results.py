@@ -22,7 +22,8 @@ __all__ = ["Results"]
 @dataclass
 class Results:
     """Detections of one image. ``orig_img`` is the BGR uint8 image they refer to; ``path`` where it came
-    from (for a video: the file, with ``frame`` set)."""
+    from (for a video: the file, with ``frame`` set); ``uid`` the item's unique id within its source;
+    ``ids`` the track ids when the detections come from a tracker."""
 
     orig_img: np.ndarray
     path: str
@@ -32,6 +33,8 @@ class Results:
     names: dict[int, str] = field(default_factory=dict)
     frame: int | None = None
     speed_ms: float = 0.0  # model + postprocess, per image
+    uid: str = ""  # the item's unique id within its source (rtdet/engine/sources.py), e.g. 'a/img.jpg'
+    ids: torch.Tensor | None = None  # [n] int64 track ids (tracking only)
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])

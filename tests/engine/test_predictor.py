@@ -77,14 +77,17 @@ def media(tmp_path):
 
 def test_sources(media):
     def kinds(source):
-        return [(path.split("/")[-1], frame) for _, path, frame, _ in iter_source(source)]
+        return [(f.path.split("/")[-1], f.frame) for f in iter_source(source)]
 
     assert kinds(media) == [("a.jpg", None), ("b.png", None)] + [("clip.mp4", k) for k in range(5)]
     assert kinds(str(media / "*.jpg")) == [("a.jpg", None)]
     assert kinds([str(media / "b.png"), np.zeros((8, 8, 3), np.uint8)]) == [("b.png", None), ("image0.jpg", None)]
     with pytest.raises(FileNotFoundError, match="nope.jpg"):
         list(iter_source(str(media / "nope.jpg")))
+    (media / "notes.md").write_text("not media")
     with pytest.raises(ValueError, match="unknown file type"):
+        list(iter_source(str(media / "notes.md")))
+    with pytest.raises(ValueError, match="notes.txt:1: source .*not media"):  # a .txt is a list of sources
         list(iter_source(str(media / "notes.txt")))
     with pytest.raises(ValueError, match="HWC uint8"):
         list(iter_source(np.zeros((3, 8, 8), np.float32)))
