@@ -28,6 +28,7 @@ Verbs:
   export    ONNX export, checked with ONNX Runtime          rtdet export model=best.pt dynamic=true
   benchmark params, GFLOPs, latency, memory, mAP            rtdet benchmark model=a.yaml,b.yaml formats=pytorch,onnx
   compare   train variants over seeds, test differences     rtdet compare models=a.yaml,b.yaml data=d.yaml seeds=3
+  tune      search settings with Optuna (any executor)     rtdet tune model=a.yaml data=d.yaml space=s.yaml trials=20
   convert   a foreign checkpoint -> an rtdet checkpoint     rtdet convert source=rtdetr-l.pt [to=x.pt] [format=auto]
   demo      synthetic data -> train a small RT-DETR (or model=yolov9-demo.yaml) -> val -> predict, CPU, minutes
   data      dataset tools: `rtdet data check data=x.yaml` draws samples with boxes, reports label problems
@@ -82,7 +83,7 @@ def cmd_info(args: dict) -> None:
 def cmd_train(args: dict) -> None:
     from rtdet.engine.trainer import Trainer
 
-    if not args.get("model") and not args.get("resume"):
+    if not args.get("model") and not args.get("resume") and not args.get("cfg"):
         _need("model", "train", "rtdetr-l.yaml")
     Trainer(args).train()
 
@@ -119,6 +120,12 @@ def cmd_benchmark(args: dict) -> None:
     if not (args.get("model") or args.get("models")):
         _need("model", "benchmark", "rtdetr-l.yaml,rtdetr-l-dysample.yaml")
     Benchmark(args)()
+
+
+def cmd_tune(args: dict) -> None:
+    from rtdet.engine.tune import Tune
+
+    Tune(args)()
 
 
 def cmd_compare(args: dict) -> None:
@@ -225,6 +232,7 @@ VERBS: dict[str, Callable[[dict], int | None]] = {
     "export": cmd_export,
     "benchmark": cmd_benchmark,
     "compare": cmd_compare,
+    "tune": cmd_tune,
 }
 
 

@@ -48,6 +48,7 @@ from rtdet.engine.optim import LRSchedule, build_optimizer, scaled_lr, warmup_st
 from rtdet.engine.rundir import latest_run, run_dir
 from rtdet.engine.settings import (
     SettingsError,
+    apply_cfg,
     check_imgsz,
     check_settings,
     criterion_hyperparameters,
@@ -110,7 +111,8 @@ class Trainer:
     task = "train"
 
     def __init__(self, overrides: dict | None = None, model: DetectionModel | None = None):
-        self.overrides = check_settings(overrides, "train")  # bad values stop here, before any work
+        # bad values stop here, before any work; cfg=file.yaml lies under the given settings
+        self.overrides = apply_cfg(check_settings(overrides, "train"), "train")
         if model is not None:
             self.overrides["model"] = model
         self.callbacks: dict[str, list[Callable]] = defaultdict(list)
