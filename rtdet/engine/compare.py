@@ -196,8 +196,8 @@ class Compare:
             raise SettingsError(f"{root} holds a comparison with other settings {changed}; re-run it with the same "
                                 f"arguments to resume it, or pass name=<new name> for a new comparison")
         for label, spec in models.items():
-            before = (old or {}).get("models", {}).get(label)
-            if before not in (None, spec) and any((root / "train").glob(f"{label}-s*")):
+            before = _trained_from(root / "train", label)
+            if before not in (None, spec):
                 raise SettingsError(f"{root} holds runs of variant '{label}' trained from {before}, not {spec}; "
                                     f"pass name=<new name> for a new comparison, or rename the file")
         if old is not None:
@@ -422,6 +422,20 @@ def _checkpoint_files(spec: str) -> list[str]:
     if not files or not all(Path(f).is_file() for f in files):
         raise FileNotFoundError(f"compare: {spec} names no checkpoint file")
     return files
+
+
+def _trained_from(folder: Path, label: str) -> str | None:
+    """The model a variant's existing runs were trained from (their own args.yaml), or None when none has run."""
+    import yaml
+
+    for args in sorted(folder.glob(f"{label}-s*/args.yaml")):
+        try:
+            model = (yaml.safe_load(args.read_text()) or {}).get("model")
+        except yaml.YAMLError:
+            continue
+        if model:
+            return str(model)
+    return None
 
 
 def _read_plan(path: Path) -> dict:

@@ -66,6 +66,7 @@ from rtdet.utils.checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
 )
+from rtdet.utils.dist import broadcast_buffers
 from rtdet.utils.logging import LOGGER, set_verbosity
 from rtdet.utils.torch_utils import (
     ModelEMA,
@@ -384,6 +385,8 @@ class Trainer:
                 LOGGER.info(f"Stopping early: no improvement for {self.args['patience']} epochs "
                             f"(best epoch {self.best_epoch + 1})")
                 break
+        if self.world > 1:  # every rank ends with the weights rank 0 saved (BatchNorm statistics included)
+            broadcast_buffers(de_parallel(self.model), self.ema.model if self.ema is not None else None)
         if self.rank == 0:
             self._finish()
         self._run_callbacks("on_train_end")
