@@ -49,7 +49,7 @@ class CLIError(ValueError):
 
 def parse_args(tokens: list[str], verb: str | None = None) -> dict:
     """``["epochs=3", "amp=false"]`` -> {"epochs": 3, "amp": False}, checking every key and value."""
-    from rtdet.engine.settings import schema
+    from rtdet.engine.settings import apply_cfg, schema
 
     table = schema()
     out: dict = {}
@@ -66,7 +66,7 @@ def parse_args(tokens: list[str], verb: str | None = None) -> dict:
         # names, not the number 7 or YAML's boolean spelling 'on'.
         text_only = key in table and table[key].kinds == (str,) and value.lower() not in ("", "none")
         out[key] = value if text_only else parse_value(value)
-    return check_settings(out, verb)
+    return apply_cfg(check_settings(out, verb), verb)  # cfg=file.yaml: its settings under the typed ones
 
 
 # ---------------------------------------------------------------------------- verbs
@@ -83,7 +83,7 @@ def cmd_info(args: dict) -> None:
 def cmd_train(args: dict) -> None:
     from rtdet.engine.trainer import Trainer
 
-    if not args.get("model") and not args.get("resume") and not args.get("cfg"):
+    if not args.get("model") and not args.get("resume"):
         _need("model", "train", "rtdetr-l.yaml")
     Trainer(args).train()
 

@@ -245,8 +245,11 @@ class RayExecutor:
                 ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=self.verbose)
             self._started = True
         self._depth += 1
-        cpus = float(ray.cluster_resources().get("CPU", 1))
-        self.slots = max(int(cpus // self.cpus), 1)
+        resources = ray.cluster_resources()
+        slots = int(float(resources.get("CPU", 1)) // self.cpus)
+        if self.gpus:
+            slots = min(slots, int(float(resources.get("GPU", 0)) // self.gpus))
+        self.slots = max(slots, 1)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -268,7 +271,8 @@ class RayExecutor:
                 if on_start is not None:
                     on_start(job)
                 refs.append(task.options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=self.retries,
-                                         retry_exceptions=False, name=f"train {job.name}").remote(fn, job, self.cpus))
+                                         retry_exceptions=False, name=f"train {job.name}").remote(
+                    fn, _absolute(job), self.cpus))
             return self._gather(jobs, refs)
 
     def _gather(self, jobs: list[Job], refs: list) -> list[dict]:
@@ -283,6 +287,17 @@ class RayExecutor:
         if failures:
             raise _failed(failures)
         return outcomes
+
+
+def _absolute(job: Job) -> Job:
+    """The job with absolute paths: a Ray worker's working folder is not the driver's (on a cluster the paths
+    must also lie on storage every node sees). Built-in model names (``rtdetr-l.yaml``) stay names."""
+    settings = dict(job.settings)
+    for key in ("project", "model", "data", "pretrained", "resume"):
+        value = settings.get(key)
+        if isinstance(value, str) and value and (key == "project" or Path(value).exists()):
+            settings[key] = str(Path(value).resolve())
+    return Job(job.name, job.dir.resolve(), settings, job.extra)
 
 
 def _ray_task(fn: Callable, job: Job, cpus: float) -> dict:

@@ -202,7 +202,10 @@ class Tune:
 
     def _setup(self):
         """Settings, the space (checked against the model's family), the executor, the run folder, the study."""
-        import optuna
+        try:
+            import optuna
+        except ImportError:
+            raise SettingsError("rtdet tune needs Optuna: pip install 'rtdet[tune]' (or pip install optuna)") from None
 
         from rtdet.engine.rundir import run_dir
         from rtdet.engine.settings import apply_cfg, check_device, resolve_settings

@@ -75,8 +75,8 @@ def _compare_settings(variants, tiny_data, project, **extra) -> dict:
 
 
 @pytest.fixture
-def variants(tiny_yaml, tiny_yolo_yaml):
-    return [tiny_yaml, tiny_yolo_yaml]  # two families through the same executors
+def variants(tiny_yaml, tiny_yolo_yaml, rtmdet_yaml):
+    return [tiny_yaml, tiny_yolo_yaml, rtmdet_yaml]  # every family through the same executors
 
 
 def _per_seed(summary) -> dict:
@@ -89,7 +89,7 @@ def test_local_and_ray_give_bit_identical_tables(variants, tiny_data, tmp_path):
     local = Compare(_compare_settings(variants, tiny_data, tmp_path / "local"))()
     remote = Compare(_compare_settings(variants, tiny_data, tmp_path / "ray", executor="ray", cpus_per_run=1))()
     assert not ray.is_initialized()  # the local runtime it started is stopped again
-    assert sorted(remote["trained"]) == sorted(local["trained"]) and len(local["trained"]) == 4
+    assert sorted(remote["trained"]) == sorted(local["trained"]) and len(local["trained"]) == 6
     assert _per_seed(remote) == _per_seed(local)  # exact: the same seeds give the same numbers
     for run in local["trained"]:
         a = load_checkpoint(tmp_path / "local" / "compare" / "compare" / "train" / run / "weights" / "last.pt")

@@ -64,6 +64,10 @@ def test_cfg_file_lies_under_the_command_line(tmp_path):
     cfg.write_text("epoch: 3\n")
     with pytest.raises(SettingsError, match=f"{cfg}: 'epoch' is not a valid setting.*epochs"):
         apply_cfg({"cfg": str(cfg)})
+    from rtdet.cli import parse_args
+
+    cfg.write_text("conf: 0.5\nimgsz: 320\n")  # every verb on the command line reads it
+    assert parse_args([f"cfg={cfg}", "imgsz=640"], "val") == {"conf": 0.5, "imgsz": 640}
 
 
 def test_tune_four_trials_over_two_settings(tiny_settings, tmp_path):
@@ -101,3 +105,37 @@ def test_asha_prunes_on_each_epochs_map(tiny_settings, tmp_path):
     assert set(states) <= {"complete", "pruned"} and all(r["epochs"] for r in summary["trials"])
     pruned = [r for r in summary["trials"] if r["state"] == "pruned"]
     assert all(r["epochs"] < 3 for r in pruned)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["yolov9", "rtmdet"])
+def test_tune_searches_each_familys_own_settings(family, tiny_settings, tiny_yolo_yaml, rtmdet_yaml, tmp_path):
+    """The same search for every family, over a general setting and one of the family's own loss gains."""
+    model, gain = {"yolov9": (tiny_yolo_yaml, "box: [5.0, 10.0]"), "rtmdet": (rtmdet_yaml, "qfl_weight: [0.5, 2.0]")}[
+        family]
+    space = _space(tmp_path, f"lr0: [1.0e-4, 1.0e-2, log]\n{gain}\n")
+    batch_scaling = {"lr_batch": 0} if family == "rtmdet" else {}  # the RTMDet recipe's lr is for batch 256
+    summary = Tune({**tiny_settings, "model": str(model), "epochs": 1, "val": True, "space": str(space), "trials": 2,
+                    **batch_scaling})()
+    assert [r["state"] for r in summary["trials"]] == ["complete", "complete"]
+    key = gain.split(":")[0]
+    args = yaml.safe_load((tmp_path / "runs" / "tune" / "tune" / "train" / "trial-000" / "args.yaml").read_text())
+    assert args[key] == next(r[key] for r in summary["trials"] if r["trial"] == 0)  # the trial trained with it
+
+
+@pytest.mark.slow
+def test_tune_on_ray_with_asha(tiny_settings, tmp_path):
+    """executor=ray: trials run as Ray tasks (two at once on 2 CPUs) and report each epoch's mAP to the
+    study's journal file from their workers."""
+    ray = pytest.importorskip("ray")
+    space = _space(tmp_path, "lr0: [1.0e-4, 1.0e-2, log]\nwarmup_iters: [0, 4]\n")
+    summary = Tune({**tiny_settings, "epochs": 2, "val": True, "space": str(space), "trials": 4, "pruner": "asha",
+                    "executor": "ray", "cpus_per_run": 1})()
+    assert not ray.is_initialized() and len(summary["trials"]) == 4
+    assert {r["state"] for r in summary["trials"]} <= {"complete", "pruned"}
+    import optuna
+
+    from rtdet.engine.tune import _storage
+
+    study = optuna.load_study(study_name="tune", storage=_storage(tmp_path / "runs" / "tune" / "tune" / "study.log"))
+    assert all(t.intermediate_values for t in study.trials)  # every trial reported from its Ray worker
