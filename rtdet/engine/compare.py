@@ -17,8 +17,12 @@ Outputs in the comparison folder: ``compare.md``, ``compare.csv``, ``per_class.c
 all variants) and ``report.html`` (all of it in one self-contained file).
 
 Interrupting and re-running the same command resumes: a finished run (``done.json``) and its validation
-(``eval.json``) are reused, an interrupted one continues from its ``last.pt``. ``devices=0,1`` trains
-several runs at once, one per device, each in its own ``rtdet train`` process.
+(``eval.json``) are reused, an interrupted one continues from its ``last.pt``. The runs are handed to an
+executor (:mod:`rtdet.engine.executors`): ``executor=local`` trains them here, one after another, or with
+``devices=0,1`` one process per device at a time; ``executor=ray`` makes each run a Ray task on a cluster
+(``address=``) or a local Ray runtime, retried from its ``last.pt`` when its worker dies. Every model and
+setting is checked before the first run trains; variants may change between calls (a typo fixed), and the
+runs of the unchanged ones are reused.
 """
 
 from __future__ import annotations
