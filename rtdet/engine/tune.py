@@ -246,13 +246,13 @@ class Tune:
         dists = {k: d.distribution() for k, d in self.space.items()}
         trials = [study.ask(dists) for _ in range(n)]
         jobs = []
+        storage = str((self.save_dir / "study.log").resolve())  # workers may run in other folders
         for trial in trials:
             name = f"trial-{trial.number:03d}"
             settings = {**_plain(self.train_args), **trial.params, "val": True, "project": str(self.save_dir),
                         "name": name, "exist_ok": True}
             jobs.append(Job(name, self.save_dir / "train" / name, settings,
-                            {"prune": self.args["pruner"] != "none", "storage": str(self.save_dir / "study.log"),
-                             "trial_id": trial._trial_id}))
+                            {"prune": self.args["pruner"] != "none", "storage": storage, "trial_id": trial._trial_id}))
         for trial, outcome in zip(trials, self.executor.run(run_trial, jobs)):
             state = {"complete": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED}.get(
                 outcome["status"], optuna.trial.TrialState.FAIL)
