@@ -15,7 +15,7 @@ from rtdet.engine.exporter import ExportError
 from rtdet.nn.builder import ModelConfigError
 from rtdet.utils.checkpoint import CheckpointError
 
-__all__ = ["Interrupted", "NonFiniteLossError", "RunRecordError", "SourceError", "USER_ERRORS"]
+__all__ = ["Interrupted", "NonFiniteLossError", "RunRecordError", "RunsFailed", "SourceError", "USER_ERRORS"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -28,6 +28,10 @@ class SourceError(ValueError):
 
 class RunRecordError(ValueError):
     """A record that rtdet keeps beside its runs (compare's plan.json) is damaged; the message names it."""
+
+
+class RunsFailed(RuntimeError):
+    """Some of compare's / tune's runs failed in their worker processes; the others finished and are kept."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -47,5 +51,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     NonFiniteLossError,
     ExportError,
     RunRecordError,
+    RunsFailed,
     OSError,  # FileNotFoundError, PermissionError, a full disk: the message names the path
 )

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rtdet.engine.errors import RunsFailed
 from rtdet.utils.checkpoint import atomic_write_text
 from rtdet.utils.logging import LOGGER
 
@@ -112,10 +113,6 @@ def run_job(job: Job, callbacks: dict[str, Callable] | None = None) -> dict:
 def _plain_metrics(metrics: dict) -> dict:
     return {k: (None if v is None else float(v)) for k, v in (metrics or {}).items() if isinstance(v, int | float)
             or v is None}
-
-
-class RunsFailed(RuntimeError):
-    """Some runs failed; the others finished and are kept (a re-run trains only what is left)."""
 
 
 def _failed(failures: list[str]) -> RunsFailed:

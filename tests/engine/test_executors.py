@@ -52,6 +52,17 @@ def test_an_interrupted_run_resumes_from_its_last_pt(tiny_settings, tmp_path):
     assert run_job(job)["status"] == "resumed" and job.done
 
 
+@pytest.mark.slow  # a fresh Python process that imports torch: seconds on a quiet machine, more on a busy one
+def test_a_failed_run_in_a_worker_process_is_named_with_its_log(tiny_settings, tmp_path):
+    from rtdet.engine.errors import USER_ERRORS
+
+    job = _job(tiny_settings, tmp_path, data=str(tmp_path / "missing.yaml"))
+    with pytest.raises(USER_ERRORS, match=r"training failed for a-s0 \(exit 1, log .*a-s0.log\)") as e:
+        LocalExecutor(["cpu", "cpu"]).run(run_job, [job])
+    assert "finished runs are kept" in str(e.value)
+    assert "missing.yaml" in (tmp_path / "p" / "train" / "a-s0.log").read_text()  # the cause, in the run's log
+
+
 def test_the_ray_executor_says_how_to_install_ray(monkeypatch):
     import builtins
 
