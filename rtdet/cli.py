@@ -30,6 +30,7 @@ Verbs:
   export    ONNX export, checked with ONNX Runtime          rtdet export model=best.pt dynamic=true
   benchmark params, GFLOPs, latency, memory, mAP            rtdet benchmark model=a.yaml,b.yaml formats=pytorch,onnx
   compare   train variants over seeds, test differences     rtdet compare models=a.yaml,b.yaml data=d.yaml seeds=3
+  tune      search settings with Optuna (any executor)     rtdet tune model=a.yaml data=d.yaml space=s.yaml trials=20
   convert   a foreign checkpoint -> an rtdet checkpoint     rtdet convert source=rtdetr-l.pt [to=x.pt] [format=auto]
   demo      synthetic data -> train a small RT-DETR (or model=yolov9-demo.yaml) -> val -> predict, CPU, minutes
   data      dataset tools: `rtdet data check data=x.yaml` draws samples with boxes, reports label problems
@@ -50,7 +51,7 @@ class CLIError(ValueError):
 
 def parse_args(tokens: list[str], verb: str | None = None) -> dict:
     """``["epochs=3", "amp=false"]`` -> {"epochs": 3, "amp": False}, checking every key and value."""
-    from rtdet.engine.settings import schema
+    from rtdet.engine.settings import apply_cfg, schema
 
     table = schema()
     out: dict = {}
@@ -67,7 +68,7 @@ def parse_args(tokens: list[str], verb: str | None = None) -> dict:
         # names, not the number 7 or YAML's boolean spelling 'on'.
         text_only = key in table and table[key].kinds == (str,) and value.lower() not in ("", "none")
         out[key] = value if text_only else parse_value(value)
-    return check_settings(out, verb)
+    return apply_cfg(check_settings(out, verb), verb)  # cfg=file.yaml: its settings under the typed ones
 
 
 # ---------------------------------------------------------------------------- verbs
@@ -134,6 +135,12 @@ def cmd_benchmark(args: dict) -> None:
     if not (args.get("model") or args.get("models")):
         _need("model", "benchmark", "rtdetr-l.yaml,rtdetr-l-dysample.yaml")
     Benchmark(args)()
+
+
+def cmd_tune(args: dict) -> None:
+    from rtdet.engine.tune import Tune
+
+    Tune(args)()
 
 
 def cmd_compare(args: dict) -> None:
@@ -241,6 +248,7 @@ VERBS: dict[str, Callable[[dict], int | None]] = {
     "export": cmd_export,
     "benchmark": cmd_benchmark,
     "compare": cmd_compare,
+    "tune": cmd_tune,
 }
 
 

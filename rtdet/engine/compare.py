@@ -17,8 +17,12 @@ Outputs in the comparison folder: ``compare.md``, ``compare.csv``, ``per_class.c
 all variants) and ``report.html`` (all of it in one self-contained file).
 
 Interrupting and re-running the same command resumes: a finished run (``done.json``) and its validation
-(``eval.json``) are reused, an interrupted one continues from its ``last.pt``. ``devices=0,1`` trains
-several runs at once, one per device, each in its own ``rtdet train`` process.
+(``eval.json``) are reused, an interrupted one continues from its ``last.pt``. The runs are handed to an
+executor (:mod:`rtdet.engine.executors`): ``executor=local`` trains them here, one after another, or with
+``devices=0,1`` one process per device at a time; ``executor=ray`` makes each run a Ray task on a cluster
+(``address=``) or a local Ray runtime, retried from its ``last.pt`` when its worker dies. Every model and
+setting is checked before the first run trains; variants may change between calls (a typo fixed), and the
+runs of the unchanged ones are reused.
 """
 
 from __future__ import annotations
@@ -26,14 +30,13 @@ from __future__ import annotations
 import csv
 import glob
 import json
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rtdet.engine.errors import RunRecordError
+from rtdet.engine.executors import EXECUTOR_KEYS, Job, make_executor, run_job
+from rtdet.engine.settings import SettingsError
 from rtdet.engine.stats import mean_std, paired_t_test
 from rtdet.utils.checkpoint import atomic_write_text
 from rtdet.utils.logging import LOGGER
@@ -42,14 +45,12 @@ __all__ = ["COMPARE_KEYS", "Compare", "Run", "Variant", "parse_seeds"]
 
 # Settings that steer the comparison itself; every other setting is a training setting of each run.
 COMPARE_KEYS = ("model", "models", "seeds", "devices", "formats", "runs", "warmup", "threads", "ort_opt_level",
-                "project", "name", "exist_ok")
+                "project", "name", "exist_ok", *EXECUTOR_KEYS)
 METRICS = ("mAP50-95", "mAP50")
 
 
 def parse_seeds(value) -> list[int]:
     """``3`` -> [0, 1, 2]; ``[0, 7]`` or ``"0,7"`` -> [0, 7]."""
-    from rtdet.engine.settings import SettingsError
-
     if isinstance(value, bool):
         raise SettingsError(f"seeds={value!r}: expected a count (3) or a list of seeds ([0, 7])")
     if isinstance(value, int):
@@ -119,11 +120,7 @@ class Compare:
         todo = [r for v in self.variants for r in v.runs if not r.done]
         LOGGER.info(f"compare: {len(self.variants)} variants x {len(self.seeds)} seeds in {self.save_dir}; "
                     f"{len(todo)} run(s) to train, {sum(len(v.runs) for v in self.variants) - len(todo)} reused")
-        if len(self.devices) > 1:
-            self._train_parallel(todo)
-        else:
-            for run in todo:
-                self._train_in_process(run)
+        self._train(todo)
         self._evaluate()
         self._time()
         self.summary = self._summarise()
@@ -133,7 +130,7 @@ class Compare:
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> None:
         from rtdet.engine.benchmark import split_models
-        from rtdet.engine.settings import SettingsError, check_device, check_keys, resolve_settings
+        from rtdet.engine.settings import check_device, check_keys, resolve_settings
         from rtdet.utils.logging import set_verbosity
 
         user = dict(self.overrides)
@@ -155,125 +152,88 @@ class Compare:
         self.train_args = {k: v for k, v in user.items() if k not in COMPARE_KEYS and k != "seed"}
         root = Path(args["project"] or "runs") / self.task / (args.get("name") or self.task)
         self.save_dir = root
-        self._check_plan(root, specs)
         labels = _labels(specs)
+        self._preflight(specs)
+        self._check_plan(root, dict(zip(labels, specs)))
         self.variants = []
         for label, spec in zip(labels, specs):
             variant = Variant(label, spec)
-            if spec.lower().endswith((".pt", ".pth")):  # finished runs: one checkpoint, or a glob (one per seed)
-                files = sorted(glob.glob(spec)) if any(c in spec for c in "*?[") else [spec]
-                if not files or not all(Path(f).is_file() for f in files):
-                    raise FileNotFoundError(f"compare: {spec} names no checkpoint file")
-                variant.runs = [Run(label, i, None, Path(f)) for i, f in enumerate(files)]
+            if _is_checkpoint(spec):
+                variant.runs = [Run(label, i, None, Path(f)) for i, f in enumerate(_checkpoint_files(spec))]
             else:
                 variant.runs = [Run(label, seed, root / "train" / f"{label}-s{seed}") for seed in self.seeds]
             self.variants.append(variant)
 
-    def _check_plan(self, root: Path, specs: list[str]) -> None:
-        """A comparison folder belongs to one set of variants and training settings: re-running the same
-        command resumes it; other settings under the same name are refused (nothing is overwritten)."""
-        from rtdet.engine.settings import SettingsError
+    def _preflight(self, specs: list[str]) -> None:
+        """Every variant and every setting checked before the first run trains (a typo in the last model must
+        not cost the baseline's runs): the data, each model built once, the training settings against each
+        model's family (its loss keys, its recipe), the executor's own requirements."""
+        from rtdet.data import load_data_config
+        from rtdet.engine.settings import resolve_settings
+        from rtdet.io.load import load_model
+
+        names = list(load_data_config(self.args["data"]).names)
+        for spec in specs:
+            if _is_checkpoint(spec):
+                _checkpoint_files(spec)
+                continue
+            model = load_model(spec, nc=len(names), names=names, scale=self.train_args.get("scale")).model
+            resolve_settings(self.train_args, model.head.family, "train")
+        if self.args.get("executor") == "ray" and self.callbacks:
+            raise SettingsError("executor=ray runs each training run in a Ray worker: Python callbacks need "
+                                "executor=local")
+        if self.args.get("executor") == "ray":
+            make_executor(self.args, self.devices)  # Ray missing: one line saying how to install it
+
+    def _check_plan(self, root: Path, models: dict[str, str]) -> None:
+        """A comparison folder belongs to one set of training settings: re-running the command resumes it, and
+        other settings under the same name are refused (nothing is overwritten). Its variants may change (a
+        typo fixed, a variant added): the runs of every variant whose model is unchanged are reused."""
         from rtdet.engine.trainer import _plain
 
-        plan = {"models": specs, "train": _plain(self.train_args)}
+        plan = {"models": models, "train": _plain(self.train_args)}
         path = root / "plan.json"
-        if path.is_file():
-            old = json.loads(path.read_text())
-            if old != plan:
-                changed = sorted(k for k in set(old["train"]) | set(plan["train"])
-                                 if old["train"].get(k) != plan["train"].get(k))
-                what = "models" if old["models"] != plan["models"] else f"settings {changed}"
-                raise SettingsError(f"{root} holds a comparison with other {what}; re-run it with the same "
-                                    f"arguments to resume it, or pass name=<new name> for a new comparison")
+        old = _read_plan(path) if path.is_file() else None
+        if old is not None and old["train"] != plan["train"]:
+            changed = sorted(k for k in set(old["train"]) | set(plan["train"])
+                             if old["train"].get(k) != plan["train"].get(k))
+            raise SettingsError(f"{root} holds a comparison with other settings {changed}; re-run it with the same "
+                                f"arguments to resume it, or pass name=<new name> for a new comparison")
+        for label, spec in models.items():
+            before = _trained_from(root / "train", label)
+            if before not in (None, spec):
+                raise SettingsError(f"{root} holds runs of variant '{label}' trained from {before}, not {spec}; "
+                                    f"pass name=<new name> for a new comparison, or rename the file")
+        if old is not None:
+            plan["models"] = {**old.get("models", {}), **models}  # runs of variants left out stay on record
         root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(plan, indent=1))
 
     # ------------------------------------------------------------------ training
-    def _run_settings(self, run: Run, device: str) -> dict:
-        spec = next(v.spec for v in self.variants if v.label == run.variant)
-        return {**self.train_args, "model": spec, "seed": run.seed, "project": str(self.save_dir),
-                "name": run.dir.name, "exist_ok": True, **({"device": device} if device else {})}
+    def _jobs(self, runs: list[Run]) -> list[Job]:
+        """Each run as an executor job: an ordinary ``rtdet train`` of its variant with its seed, in its folder."""
+        from rtdet.engine.trainer import _plain
 
-    def _resume_settings(self, run: Run, device: str) -> dict | None:
-        """``resume=last.pt`` settings for an interrupted run; None when its last.pt already finished."""
-        from rtdet.utils.checkpoint import load_checkpoint
+        jobs = []
+        for run in runs:
+            spec = next(v.spec for v in self.variants if v.label == run.variant)
+            settings = {**_plain(self.train_args), "model": spec, "seed": run.seed, "project": str(self.save_dir),
+                        "name": run.dir.name, "exist_ok": True}
+            jobs.append(Job(run.name, run.dir, settings))
+        return jobs
 
-        ckpt = load_checkpoint(run.last)
-        epochs = int((ckpt.get("args") or {}).get("epochs", 0))
-        if not ckpt.get("step_in_epoch") and int(ckpt.get("epoch", -1)) + 1 >= epochs:
-            return None
-        keep = {k: self.train_args[k] for k in ("workers", "verbose", "plots") if k in self.train_args}
-        return {"resume": str(run.last), **keep, **({"device": device} if device else {})}
-
-    def _train_in_process(self, run: Run) -> None:
-        from rtdet.engine.trainer import Trainer
-
-        device = self.devices[0]
-        settings = self._run_settings(run, device)
-        if run.last.is_file():
-            settings = self._resume_settings(run, device)
-            if settings is None:
-                self._mark_done(run)
-                return
-        LOGGER.info(f"compare: training {run.name}" + (" (resuming)" if "resume" in settings else ""))
-        if "resume" in settings:
-            self.resumed.append(run.name)
-        trainer = Trainer(settings)
-        for event, fn in self.callbacks.items():
-            trainer.add_callback(event, fn)
-        self.trained.append(run.name)
-        trainer.train()
-        self._mark_done(run)
-
-    def _train_parallel(self, runs: list[Run]) -> None:
-        """One ``rtdet train`` process per device at a time, until every run is trained."""
-        from rtdet.engine.trainer import _cli_value
-
-        queue = list(runs)
-        lock = threading.Lock()
-        failures: list[str] = []
-
-        def worker(device: str) -> None:
-            while True:
-                with lock:
-                    if not queue:
-                        return
-                    run = queue.pop(0)
-                settings = self._run_settings(run, device)
-                if run.last.is_file():
-                    settings = self._resume_settings(run, device)
-                    if settings is None:
-                        self._mark_done(run)
-                        continue
-                tokens = [f"{k}={_cli_value(v)}" for k, v in settings.items()]
-                if "resume" in settings:
-                    with lock:
-                        self.resumed.append(run.name)
-                LOGGER.info(f"compare: training {run.name} on device {device or 'default'}")
-                with lock:
-                    self.trained.append(run.name)
-                run.dir.mkdir(parents=True, exist_ok=True)
-                with (run.dir.parent / f"{run.name}.log").open("w") as log:
-                    rc = subprocess.run([sys.executable, "-m", "rtdet", "train", *tokens], stdout=log,
-                                        stderr=subprocess.STDOUT).returncode
-                if rc == 0:
-                    self._mark_done(run)
-                else:
-                    with lock:
-                        failures.append(f"{run.name} (exit {rc}, log {run.dir.parent / f'{run.name}.log'})")
-
-        threads = [threading.Thread(target=worker, args=(d,), daemon=True) for d in self.devices]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if failures:
-            raise RuntimeError(f"compare: training failed for {', '.join(failures)}; fix the cause and re-run "
-                               f"the same command (finished runs are kept)")
-
-    @staticmethod
-    def _mark_done(run: Run) -> None:
-        atomic_write_text(run.dir / "done.json", json.dumps({"finished": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+    def _train(self, runs: list[Run]) -> None:
+        """Every unfinished run on the executor (``executor=local|ray``, see :mod:`rtdet.engine.executors`)."""
+        if not runs:
+            return
+        executor = make_executor(self.args, self.devices)
+        outcomes = executor.run(run_job, self._jobs(runs), callbacks=self.callbacks or None,
+                                on_start=lambda job: self.trained.append(job.name))
+        for outcome in outcomes:
+            if outcome["status"] == "resumed":
+                self.resumed.append(outcome["name"])
+            elif outcome["status"] == "done" and outcome["name"] in self.trained:
+                self.trained.remove(outcome["name"])  # its last.pt had finished already: nothing was trained
 
     # ------------------------------------------------------------------ validation and timing
     def _evaluate(self) -> None:
@@ -285,8 +245,8 @@ class Compare:
                     best, last = run.dir / "weights" / "best.pt", run.last
                     run.weights = best if best.is_file() else last
                 cache = run.dir / "eval.json" if run.dir is not None else None
-                if cache is not None and cache.is_file():
-                    saved = json.loads(cache.read_text())
+                saved = _read_eval(cache) if cache is not None and cache.is_file() else None
+                if saved is not None:
                     run.metrics, run.per_class = saved["metrics"], saved["per_class"]
                     continue
                 settings = {k: self.args[k] for k in ("data", "device", "workers", "batch", "half") if k in self.args}
@@ -296,9 +256,12 @@ class Compare:
                                  "device": self.devices[0] if self.devices[0] else self.args.get("device")})
                 validator = Validator(settings)
                 metrics = validator(str(run.weights))
-                run.metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+                # None = unavailable (a split without labels): it stays None, "n/a" in every report
+                run.metrics = {k: None if v is None else float(v) for k, v in metrics.items()
+                               if v is None or isinstance(v, int | float)}
                 run.per_class = {k: list(v) for k, v in validator.per_class.items()}
-                if cache is not None:
+                if cache is not None and all(run.metrics.get(m) is not None for m in METRICS):
+                    # only a measured result is kept: labels added later are then scored on the next run
                     atomic_write_text(cache, json.dumps({"metrics": run.metrics, "per_class": run.per_class}))
 
     def _time(self) -> None:
@@ -328,14 +291,7 @@ class Compare:
             for fmt_name, b in variant.bench.items():
                 row[f"latency_ms_{fmt_name}"] = b.latency_ms
             for metric in METRICS:
-                values = [r.metrics[metric] for r in variant.runs]
-                row[metric], row[f"{metric}_std"] = mean_std(values)
-                row[f"{metric}_seeds"] = values
-                if variant is not base:
-                    test = _paired(base, variant, metric)
-                    row[f"delta_{metric}"], row[f"ci_low_{metric}"], row[f"ci_high_{metric}"] = (
-                        test.mean, test.ci_low, test.ci_high)
-                    row[f"p_{metric}"], row[f"verdict_{metric}"] = test.p, test.verdict
+                row.update(_metric_columns(base, variant, metric))
             rows.append(row)
             classes = {}
             for run in variant.runs:
@@ -363,7 +319,7 @@ class Compare:
                 if path is None or not path.is_file():
                     continue
                 with path.open() as fh:
-                    rows = [r for r in csv.DictReader(fh) if r.get("metrics/mAP50-95") not in (None, "")]
+                    rows = [r for r in csv.DictReader(fh) if _number(r.get("metrics/mAP50-95"))]
                 runs.append(([float(r["epoch"]) for r in rows], [float(r["metrics/mAP50-95"]) for r in rows]))
             curves[variant.label] = runs
         return curves
@@ -388,8 +344,8 @@ class Compare:
         write_csv(s["per_class"], class_columns, root / "per_class.csv")
         atomic_write_text(root / "compare.json", json.dumps(s, indent=1, default=str))
         points = [{"label": r["variant"], "latency": r["latency_ms"], "mean": r["mAP50-95"], "std": r["mAP50-95_std"]}
-                  for r in rows]
-        pareto = plot_pareto(points, root / "pareto.png",
+                  for r in rows if r["mAP50-95"] is not None]
+        pareto = None if not points else plot_pareto(points, root / "pareto.png",
                              latency_label=f"latency (ms per image, {self.latency_format}, {self._device_words()})")
         curves = plot_curves(s["curves"], root / "curves.png") if any(s["curves"].values()) else None
         method = (f"{len(self.seeds)} seeds per variant ({', '.join(map(str, self.seeds))}); mean +- std over seeds; "
@@ -399,11 +355,13 @@ class Compare:
                   f"{self.bench_header['runs']} interleaved runs ({self._device_words()}); GFLOPs = 2 x MACs.")
         md = [f"# compare: {', '.join(r['variant'] for r in rows)}", "", markdown_table(table_rows, columns), "",
               method, "", "## Per-class AP50-95 (mean over seeds) and deltas to the baseline", "",
-              markdown_table(s["per_class"], class_columns), "", "![pareto](pareto.png)"]
+              markdown_table(s["per_class"], class_columns)] + (["", "![pareto](pareto.png)"] if pareto else [])
         if curves is not None:
             md += ["", "![curves](curves.png)"]
         atomic_write_text(root / "compare.md", "\n".join(md) + "\n")
-        sections = [("Variants", Table(table_rows, columns)), ("", method), ("Latency vs mAP50-95", pareto)]
+        sections = [("Variants", Table(table_rows, columns)), ("", method)]
+        if pareto is not None:
+            sections.append(("Latency vs mAP50-95", pareto))
         if curves is not None:
             sections.append(("Training curves (validation mAP50-95)", curves))
         sections.append(("Per-class AP50-95 and deltas to the baseline", Table(s["per_class"], class_columns)))
@@ -416,12 +374,88 @@ class Compare:
         return f"{h['device']}, {h['torch_threads']} threads"
 
 
+def _metric_columns(base: Variant, variant: Variant, metric: str) -> dict:
+    """Mean, std, per-seed values and (not for the baseline) the paired test of ``metric``; None and the
+    verdict "n/a (no labels)" where a run's metric is unavailable."""
+    values = [r.metrics.get(metric) for r in variant.runs]
+    out = {f"{metric}_seeds": values}
+    measured = all(v is not None for v in values)
+    out[metric], out[f"{metric}_std"] = mean_std(values) if measured else (None, None)
+    if variant is not base:
+        if measured and all(r.metrics.get(metric) is not None for r in base.runs):
+            test = _paired(base, variant, metric)
+            out.update({f"delta_{metric}": test.mean, f"ci_low_{metric}": test.ci_low,
+                        f"ci_high_{metric}": test.ci_high, f"p_{metric}": test.p, f"verdict_{metric}": test.verdict})
+        else:
+            out.update({f"delta_{metric}": None, f"ci_low_{metric}": None, f"ci_high_{metric}": None,
+                        f"p_{metric}": None, f"verdict_{metric}": "n/a (no labels)"})
+    return out
+
+
+def _read_eval(path: Path) -> dict | None:
+    """A run's cached validation (eval.json), or None when it is damaged (the run is validated again)."""
+    try:
+        saved = json.loads(path.read_text())
+        return saved if isinstance(saved, dict) and {"metrics", "per_class"} <= set(saved) else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
 def _paired(base: Variant, variant: Variant, metric: str):
     """The paired test over the seeds both variants have (checkpoints pair by their sorted order)."""
     ours = {r.seed: r.metrics[metric] for r in base.runs}
     theirs = {r.seed: r.metrics[metric] for r in variant.runs}
     common = [k for k in ours if k in theirs]
     return paired_t_test([ours[k] for k in common], [theirs[k] for k in common])
+
+
+def _number(text: str | None) -> bool:
+    try:
+        return float(text) == float(text)  # not NaN
+    except (TypeError, ValueError):
+        return False
+
+
+def _is_checkpoint(spec: str) -> bool:
+    return spec.lower().endswith((".pt", ".pth"))
+
+
+def _checkpoint_files(spec: str) -> list[str]:
+    """A finished run given as one checkpoint, or a glob of one per seed."""
+    files = sorted(glob.glob(spec)) if any(c in spec for c in "*?[") else [spec]
+    if not files or not all(Path(f).is_file() for f in files):
+        raise FileNotFoundError(f"compare: {spec} names no checkpoint file")
+    return files
+
+
+def _trained_from(folder: Path, label: str) -> str | None:
+    """The model a variant's existing runs were trained from (their own args.yaml), or None when none has run."""
+    import yaml
+
+    for args in sorted(folder.glob(f"{label}-s*/args.yaml")):
+        try:
+            model = (yaml.safe_load(args.read_text()) or {}).get("model")
+        except yaml.YAMLError:
+            continue
+        if model:
+            return str(model)
+    return None
+
+
+def _read_plan(path: Path) -> dict:
+    """plan.json as written by :meth:`Compare._check_plan` (older files list the models without labels)."""
+    try:
+        plan = json.loads(path.read_text())
+        if not isinstance(plan, dict) or not isinstance(plan.get("train"), dict):
+            raise ValueError("expected {'models': ..., 'train': {...}}")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RunRecordError(f"{path}: damaged ({' '.join(str(e).split())[:120]}); delete it and run the same "
+                             f"command again (finished runs are kept and reused), or pass name=<new name>") from None
+    if isinstance(plan.get("models"), list):
+        plan["models"] = dict(zip(_labels(plan["models"]), plan["models"]))
+    elif not isinstance(plan.get("models"), dict):
+        plan["models"] = {}
+    return plan
 
 
 def _labels(specs: list[str]) -> list[str]:
@@ -438,8 +472,12 @@ def _labels(specs: list[str]) -> list[str]:
     return labels
 
 
-def _pm(mean: float, std: float) -> str:
-    return f"{mean:.4f} +- {std:.4f}"
+def _pm(mean: float | None, std: float | None) -> str:
+    return "n/a" if mean is None else f"{mean:.4f} +- {std:.4f}"
+
+
+def _signed(v: float | None, ci: str = "") -> str:
+    return "n/a" if v is None else f"{v:+.4f}{ci}"
 
 
 def _display_row(r: dict, baseline: bool) -> dict:
@@ -449,8 +487,8 @@ def _display_row(r: dict, baseline: bool) -> dict:
            "mAP50-95": _pm(r["mAP50-95"], r["mAP50-95_std"]), "mAP50": _pm(r["mAP50"], r["mAP50_std"])}
     if not baseline:
         d, lo, hi = r["delta_mAP50-95"], r["ci_low_mAP50-95"], r["ci_high_mAP50-95"]
-        ci = "" if lo != lo else f" [{lo:+.4f}, {hi:+.4f}]"  # NaN: one seed
-        out.update({"delta mAP50-95 [95% CI]": f"{d:+.4f}{ci}", "p": r["p_mAP50-95"],
-                    "verdict": r["verdict_mAP50-95"], "delta mAP50": f"{r['delta_mAP50']:+.4f}",
+        ci = "" if lo is None or lo != lo else f" [{lo:+.4f}, {hi:+.4f}]"  # NaN: one seed
+        out.update({"delta mAP50-95 [95% CI]": _signed(d, ci), "p": "n/a" if r["p_mAP50-95"] is None else
+                    r["p_mAP50-95"], "verdict": r["verdict_mAP50-95"], "delta mAP50": _signed(r["delta_mAP50"]),
                     "verdict mAP50": r["verdict_mAP50"]})
     return out

@@ -15,7 +15,7 @@ from rtdet.engine.exporter import ExportError
 from rtdet.nn.builder import ModelConfigError
 from rtdet.utils.checkpoint import CheckpointError
 
-__all__ = ["Interrupted", "NonFiniteLossError", "SourceError", "USER_ERRORS"]
+__all__ = ["Interrupted", "NonFiniteLossError", "RunRecordError", "RunsFailed", "SourceError", "USER_ERRORS"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -24,6 +24,14 @@ class NonFiniteLossError(FloatingPointError):
 
 class SourceError(ValueError):
     """A predict source that cannot be read: the message names the file and what OpenCV said."""
+
+
+class RunRecordError(ValueError):
+    """A record that rtdet keeps beside its runs (compare's plan.json) is damaged; the message names it."""
+
+
+class RunsFailed(RuntimeError):
+    """Some of compare's / tune's runs failed in their worker processes; the others finished and are kept."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -42,5 +50,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     SourceError,
     NonFiniteLossError,
     ExportError,
+    RunRecordError,
+    RunsFailed,
     OSError,  # FileNotFoundError, PermissionError, a full disk: the message names the path
 )

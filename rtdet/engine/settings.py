@@ -33,6 +33,7 @@ from rtdet.utils.schema import Setting, SettingError
 
 __all__ = [
     "CFG_DIR",
+    "apply_cfg",
     "DEFAULT_CFG",
     "RECIPES_DIR",
     "SettingsError",
@@ -313,3 +314,21 @@ def check_imgsz(args: dict, model) -> int:
         LOGGER.warning(f"imgsz={imgsz} is not a multiple of the model's largest stride {stride}; using imgsz={fixed}")
         args["imgsz"] = fixed
     return fixed
+
+
+def apply_cfg(overrides: dict, verb: str | None = None) -> dict:
+    """``cfg=settings.yaml`` (Ultralytics' convention): the file's settings under the given ones, every key
+    and value of the file checked against the schema (errors name the file). Returns the merged settings,
+    without ``cfg``; without ``cfg`` the settings as given."""
+    overrides = dict(overrides or {})
+    path = overrides.pop("cfg", None)
+    if not path:
+        return overrides
+    values = {k: _yaml_number(v) for k, v in load_yaml(path).items()}
+    if "cfg" in values:
+        raise SettingsError(f"{path}: a settings file may not name another (cfg: {values['cfg']})")
+    try:
+        values = check_settings(values, verb)
+    except SettingsError as e:
+        raise SettingsError("\n".join(f"{path}: {line}" for line in str(e).splitlines())) from None
+    return {**values, **overrides}

@@ -48,6 +48,7 @@ from rtdet.engine.optim import LRSchedule, build_optimizer, scaled_lr, warmup_st
 from rtdet.engine.rundir import latest_run, run_dir
 from rtdet.engine.settings import (
     SettingsError,
+    apply_cfg,
     check_imgsz,
     check_settings,
     criterion_hyperparameters,
@@ -65,6 +66,7 @@ from rtdet.utils.checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
 )
+from rtdet.utils.dist import broadcast_buffers
 from rtdet.utils.logging import LOGGER, set_verbosity
 from rtdet.utils.torch_utils import (
     ModelEMA,
@@ -110,7 +112,8 @@ class Trainer:
     task = "train"
 
     def __init__(self, overrides: dict | None = None, model: DetectionModel | None = None):
-        self.overrides = check_settings(overrides, "train")  # bad values stop here, before any work
+        # bad values stop here, before any work; cfg=file.yaml lies under the given settings
+        self.overrides = apply_cfg(check_settings(overrides, "train"), "train")
         if model is not None:
             self.overrides["model"] = model
         self.callbacks: dict[str, list[Callable]] = defaultdict(list)
@@ -382,6 +385,8 @@ class Trainer:
                 LOGGER.info(f"Stopping early: no improvement for {self.args['patience']} epochs "
                             f"(best epoch {self.best_epoch + 1})")
                 break
+        if self.world > 1:  # every rank ends with the weights rank 0 saved (BatchNorm statistics included)
+            broadcast_buffers(de_parallel(self.model), self.ema.model if self.ema is not None else None)
         if self.rank == 0:
             self._finish()
         self._run_callbacks("on_train_end")

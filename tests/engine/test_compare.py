@@ -170,3 +170,72 @@ def test_compare_trains_one_run_per_device_at_once(variants, tiny_data, tmp_path
         assert (root / f"{name}.log").is_file()
     assert len(summary["variants"]) == 2
     assert Compare(settings)().get("trained") == []
+
+
+# ---------------------------------------------------------------------------------- bad plans (issue 18)
+def _cli(capsys, settings: dict) -> tuple[int, list[str]]:
+    from rtdet.cli import main
+
+    code = main(["compare", *(f"{k}={v}" for k, v in settings.items())])
+    return code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+def test_a_typo_in_the_last_model_stops_before_any_run_trains(variants, tiny_data, tmp_path, capsys):
+    settings = {**_settings(variants, tiny_data, tmp_path), "models": f"{variants[0]},{tmp_path / 'tpyo.yaml'}"}
+    code, err = _cli(capsys, settings)
+    assert code == 1 and len(err) == 1 and "tpyo.yaml' not found" in err[0] and "unexpected" not in err[0]
+    assert not (tmp_path / "runs").exists()  # nothing trained, no plan recorded
+    code, err = _cli(capsys, {**settings, "models": f"{variants[0]},{variants[1]}", "box": 7.5})
+    assert code == 2 and "'box' is a loss setting of the yolov9 family" in err[0]  # a setting, per model
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_corrected_plan_reuses_the_runs_that_match(variants, tiny_data, tmp_path):
+    settings = {**_settings(variants, tiny_data, tmp_path), "seeds": 1}
+    first = Compare(settings)
+    first()
+    assert first.trained == ["rtdetr-tiny-s0", "rtdetr-tiny-wide-s0"]
+    root = tmp_path / "runs" / "compare" / "compare"
+    # an older plan that recorded a typo (as a list of models): the corrected command is not refused
+    plan = json.loads((root / "plan.json").read_text())
+    (root / "plan.json").write_text(json.dumps({"models": [str(variants[0]), "tpyo.yaml"], "train": plan["train"]}))
+    narrow = tmp_path / "rtdetr-tiny-narrow.yaml"
+    narrow.write_text(variants[0].read_text().replace("[32, 3, 2]", "[24, 3, 2]"))
+    second = Compare({**settings, "models": f"{variants[0]},{narrow}"})
+    summary = second()
+    assert second.trained == ["rtdetr-tiny-narrow-s0"]  # the baseline's finished run is reused
+    assert [r["variant"] for r in summary["variants"]] == ["rtdetr-tiny", "rtdetr-tiny-narrow"]
+    moved = tmp_path / "elsewhere" / "rtdetr-tiny-wide.yaml"  # the same label from another file: refused
+    moved.parent.mkdir()
+    moved.write_text(variants[0].read_text())
+    with pytest.raises(SettingsError, match="holds runs of variant 'rtdetr-tiny-wide' trained from"):
+        Compare({**settings, "models": f"{variants[0]},{moved}"})()
+
+
+def test_a_damaged_plan_is_one_clean_line(variants, tiny_data, tmp_path, capsys):
+    root = tmp_path / "runs" / "compare" / "compare"
+    root.mkdir(parents=True)
+    (root / "plan.json").write_text('{"models": ["a.yaml"], "tr')
+    code, err = _cli(capsys, _settings(variants, tiny_data, tmp_path))
+    assert code == 1 and len(err) == 1 and "plan.json: damaged" in err[0] and "unexpected" not in err[0]
+    assert sorted(p.name for p in root.iterdir()) == ["plan.json"]  # nothing trained
+
+
+def test_a_val_split_without_labels_gives_n_a_everywhere_and_caches_nothing(variants, tmp_path):
+    import shutil
+
+    from rtdet.data.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "nolabels", n_train=8, n_val=4, imgsz=64, seed=0, n_classes=2,
+                                  min_objects=1, max_objects=3, size_range=(0.3, 0.6))
+    shutil.rmtree(tmp_path / "nolabels" / "labels" / "val")
+    settings = {**_settings(variants, data, tmp_path), "seeds": 1}
+    summary = Compare(settings)()
+    base, wide = summary["variants"]
+    assert base["mAP50-95"] is None and wide["delta_mAP50-95"] is None and wide["verdict_mAP50-95"] == "n/a (no labels)"
+    root = tmp_path / "runs" / "compare" / "compare"
+    assert "n/a" in (root / "compare.md").read_text() and (root / "report.html").is_file()
+    assert not list(root.glob("train/*/eval.json"))  # an unmeasured result is not cached
+    again = Compare(settings)
+    again()  # the rerun validates again instead of failing the same way
+    assert again.trained == []
