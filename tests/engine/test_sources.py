@@ -141,8 +141,10 @@ def test_a_slow_consumer_skips_frames_of_a_live_stream(http_video):
     seen = []
     for f in iter_source(http_video, stream_buffer=False):
         seen.append(f.frame)
-        if len(seen) == 1:
-            time.sleep(1.0)  # the reader gets far ahead meanwhile: only the newest frame is kept
+        if len(seen) == 1:  # hold on until the reader has read the whole clip: only the newest frame is kept
+            deadline = time.monotonic() + 60  # no timing assumption: wait for the reader, however loaded the CPU
+            while any(t.read < 20 for t in _stream_threads()) and time.monotonic() < deadline:
+                time.sleep(0.05)
     assert seen[0] == 0 and seen[-1] == 19 and len(seen) < 20 and seen == sorted(set(seen))
 
 
