@@ -30,8 +30,8 @@ import torch
 from rtdet.data import build_pipeline, collate, load_pipeline_spec
 from rtdet.engine.errors import SourceError
 from rtdet.engine.results import Results
-from rtdet.engine.rundir import run_dir
-from rtdet.engine.settings import SettingsError, check_imgsz, check_settings, resolve_settings
+from rtdet.engine.rundir import RunFolder
+from rtdet.engine.settings import SettingsError, check_half, check_imgsz, check_settings, resolve_settings
 from rtdet.engine.validator import image_id_of, input_spec
 from rtdet.io.load import load_model
 from rtdet.nn.model import DetectionModel
@@ -229,9 +229,11 @@ class Predictor:
         set_verbosity(bool(args["verbose"]))
         self.args = args
         self.device = select_device(args["device"])
+        check_half(args, self.device)
+        self.folder = RunFolder(args["project"], self.task, args.get("name"), bool(args["exist_ok"]))
         self.model = prepare_for_inference(model.to(self.device).eval(), bool(args["fuse"]),
                                            bool(args["channels_last"]) and self.device.type == "cpu")
-        if args["half"] and self.device.type == "cuda":
+        if args["half"]:
             self.model = self.model.half()
         spec = load_pipeline_spec(args.get("val_pipeline") or args.get("train_pipeline") or None)
         self.preprocess_pipeline = build_pipeline(spec.val, int(args["imgsz"]))
@@ -256,6 +258,10 @@ class Predictor:
                     self._save(r, info, predictions)
                     n += 1
                     yield r
+        except BaseException:
+            self._close_videos()
+            self.folder.discard_if_empty()  # a failed first write leaves no empty run folder
+            raise
         finally:
             self._close_videos()
         if self.save_dir is not None:
@@ -296,8 +302,7 @@ class Predictor:
         if not self.saves:
             return
         if self.save_dir is None:  # made with the first result: a source that fails at once leaves no folder
-            args = self.args
-            self.save_dir = run_dir(args["project"], self.task, args.get("name"), bool(args["exist_ok"]))
+            self.save_dir = self.folder.path
         args = self.args
         if args["save"]:
             annotated = r.plot(line_width=args.get("line_width"))

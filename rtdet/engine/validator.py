@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from rtdet.data import PipelineConfigError
 from rtdet.engine import loaders
-from rtdet.engine.rundir import run_dir
-from rtdet.engine.settings import SettingsError, check_imgsz, check_settings, resolve_settings
+from rtdet.engine.rundir import RunFolder
+from rtdet.engine.settings import SettingsError, check_half, check_imgsz, check_settings, resolve_settings
 from rtdet.io.load import is_checkpoint, load_model
 from rtdet.nn.model import DetectionModel
 from rtdet.ops.boxes import boxes_to_original, cxcywh_to_xyxy
@@ -92,6 +92,17 @@ class Validator:
         set_verbosity(bool(args["verbose"]))
         if not args.get("data"):
             raise SettingsError("val needs data=<dataset YAML>, e.g. data=coco128.yaml")
+        # The run folder is claimed once there is something to put in it, and a failed run leaves none behind.
+        with RunFolder(args["project"], self.task, args.get("name"), bool(args["exist_ok"])) as folder:
+            metrics, names = self._validate(spec, user, args)
+            self.save_dir = folder.path
+            save_predictions_json(self.save_dir / "predictions.json", self.predictions)
+        self.print_results(metrics, names)
+        LOGGER.info(f"Results saved to {self.save_dir}")
+        return metrics
+
+    def _validate(self, spec, user: dict, args: dict) -> tuple[dict, list[str]]:
+        """Load the data and the model, settle the settings, run the loop: (metrics, class names)."""
         data = loaders.load_data(args["data"])
         from_yaml = isinstance(spec, str | Path) and not is_checkpoint(spec)
         loaded = load_model(spec, nc=len(data.names) if from_yaml else None,
@@ -105,17 +116,12 @@ class Validator:
         check_imgsz(args, model)
         self.args = args
         device = select_device(args["device"])
+        check_half(args, device)
         model = model.to(device)
-        if args["half"] and device.type == "cuda":
+        if args["half"]:
             model = model.half()
         loader = loaders.val_loader(data, args, int(args["batch"]))
-        metrics = self.run(model, loader)
-        # The run folder is made once there is something to put in it: a failed run leaves none behind.
-        self.save_dir = run_dir(args["project"], self.task, args.get("name"), bool(args["exist_ok"]))
-        save_predictions_json(self.save_dir / "predictions.json", self.predictions)
-        self.print_results(metrics, data.names)
-        LOGGER.info(f"Results saved to {self.save_dir}")
-        return metrics
+        return self.run(model, loader), data.names
 
     # ------------------------------------------------------------------ the loop
     @torch.no_grad()
@@ -198,6 +204,8 @@ class Validator:
             LOGGER.info(f"{name:>20}{_fmt(ap):>10}{_fmt(ap50):>10}")
         extra = ", ".join(f"{k} {_fmt(metrics.get(k))}" for k in ("mAP75", "mAP_small", "mAP_medium", "mAP_large"))
         LOGGER.info(f"{extra}; {self.speed_ms:.1f} ms/image (model + postprocess)")
+        # The summary line training prints after each epoch, which users grep for.
+        LOGGER.info(f"val: mAP50-95 {_fmt(metrics.get('mAP50-95'))}  mAP50 {_fmt(metrics.get('mAP50'))}")
 
 
 def _fmt(v) -> str:
