@@ -68,6 +68,8 @@ def claim_run_dir(project: str | Path, task: str, name: str | None = None,
         except FileExistsError:
             path = base / f"{name}{n}"
             n += 1
+        except FileNotFoundError:  # a failed run removed the empty <project>/<task> just now: make it again
+            parents += _make_parents(base)
 
 
 def run_dir(project: str | Path, task: str, name: str | None = None, exist_ok: bool = False) -> Path:
