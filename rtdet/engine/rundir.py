@@ -10,8 +10,9 @@
 * A run name is one path component: ``name=../../x`` (or ``a/b``, ``.``, ``..``) is a bad setting, refused by
   the schema (:func:`check_run_name`) before anything runs.
 * A run that fails (an error, Ctrl-C, SIGTERM) removes the folder it claimed when it holds nothing but empty
-  folders and rtdet's own temporaries, and the ``<project>/<task>`` parents it made when they are empty
-  again: no empty run folder is left behind. A folder that existed before (``exist_ok``) is never removed.
+  folders, rtdet's own temporaries and the records it names as disposable (training's args.yaml), and the
+  ``<project>/<task>`` parents it made when they are empty again: no empty run folder is left behind. A
+  folder that existed before (``exist_ok``) is never removed.
 """
 
 from __future__ import annotations
@@ -78,9 +79,12 @@ def run_dir(project: str | Path, task: str, name: str | None = None, exist_ok: b
     return claim_run_dir(project, task, name, exist_ok)[0]
 
 
-def holds_nothing(folder: Path) -> bool:
-    """True when ``folder`` holds only (empty) folders and rtdet's own temporaries: nothing of value."""
-    return all(is_temporary(f) for _root, _dirs, files in os.walk(folder) for f in files)
+def holds_nothing(folder: Path, disposable: tuple[str, ...] = ()) -> bool:
+    """True when ``folder`` holds only (empty) folders, rtdet's own temporaries and the ``disposable`` files
+    at its top (a run's settings record, worthless without its results): nothing of value."""
+    folder = Path(folder)
+    return all(is_temporary(f) or (Path(root) == folder and f in disposable)
+               for root, _dirs, files in os.walk(folder) for f in files)
 
 
 class RunFolder:
@@ -88,12 +92,14 @@ class RunFolder:
 
     Use it as a context manager around the whole verb; after a success the folder stays as it is."""
 
-    def __init__(self, project: str | Path | None, task: str, name: str | None = None, exist_ok: bool = False):
+    def __init__(self, project: str | Path | None, task: str, name: str | None = None, exist_ok: bool = False,
+                 disposable: tuple[str, ...] = ()):
         try:
             check_run_name(name or task)
         except ValueError as e:
             raise SettingError(f"name={name!r}: {e}") from None
         self.project, self.task, self.name, self.exist_ok = project or "runs", task, name, bool(exist_ok)
+        self.disposable = tuple(disposable)  # top-level files that alone are not worth keeping (see holds_nothing)
         self._path: Path | None = None
         self._created = False
         self._parents: list[Path] = []
@@ -111,7 +117,9 @@ class RunFolder:
 
     def discard_if_empty(self) -> bool:
         """Remove the claimed folder (and the parents made for it) when it holds nothing of value."""
-        if self._path is None or not self._created or not self._path.is_dir() or not holds_nothing(self._path):
+        if self._path is None or not self._created or not self._path.is_dir():
+            return False
+        if not holds_nothing(self._path, self.disposable):
             return False
         shutil.rmtree(self._path, ignore_errors=True)
         for parent in self._parents:  # deepest first; a parent another run now uses is not empty

@@ -303,7 +303,9 @@ class Trainer:
             own = own_run_folder(self.resume_path, ckpt)
             if own is not None:
                 return own
-        self.folder = RunFolder(args["project"], self.task, args.get("name"), bool(args["exist_ok"]))
+        # A run that fails before its first checkpoint leaves no folder: its args.yaml alone is worth nothing.
+        self.folder = RunFolder(args["project"], self.task, args.get("name"), bool(args["exist_ok"]),
+                                disposable=("args.yaml",))
         if ckpt is not None:
             LOGGER.warning(f"resume: {self.resume_path} is not inside its own run folder (<run>/weights/last.pt "
                            f"beside the run's args.yaml); the run continues in a new folder, {self.folder.path}")

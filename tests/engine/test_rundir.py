@@ -84,3 +84,16 @@ def test_a_run_that_never_needs_its_folder_makes_none(tmp_path):
     with RunFolder(tmp_path, "predict") as folder:
         pass
     assert not folder.claimed and not any(tmp_path.iterdir())
+
+
+def test_disposable_records_alone_do_not_keep_a_failed_run(tmp_path):
+    with pytest.raises(RuntimeError), RunFolder(tmp_path, "train", disposable=("args.yaml",)) as folder:
+        (folder.path / "weights").mkdir()
+        (folder.path / "args.yaml").write_text("epochs: 3\n")
+        raise RuntimeError("NaN loss in the first step")
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(RuntimeError), RunFolder(tmp_path, "train", disposable=("args.yaml",)) as folder:
+        (folder.path / "weights").mkdir()
+        (folder.path / "weights" / "args.yaml").write_text("a file of the same name deeper down is kept")
+        raise RuntimeError
+    assert (tmp_path / "train" / "train" / "weights" / "args.yaml").is_file()
