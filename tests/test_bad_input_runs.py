@@ -58,6 +58,7 @@ DRIVER = textwrap.dedent("""
             for fd, name in ((1, "out"), (2, "err")):
                 os.dup2(os.open(f"{out}/{i}.{name}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
             signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, however pytest started
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
             try:
                 if fault:
                     FAULTS[fault]()
