@@ -26,6 +26,8 @@ from rtdet.utils.logging import LOGGER
 
 __all__ = ["RESUME_OVERRIDABLE", "check_resumed_classes", "own_run_folder", "resume_settings"]
 
+# Settings a resumed run may change; everything else comes from the checkpoint so the run continues
+# exactly as it started.
 RESUME_OVERRIDABLE = ("device", "workers", "verbose", "plots")
 
 

@@ -80,8 +80,6 @@ from rtdet.utils.torch_utils import (
 
 __all__ = ["Trainer"]
 
-# Settings a resumed run may change; everything else comes from the checkpoint so the run continues
-# exactly as it started.
 EVENTS = ("on_train_start", "on_train_epoch_start", "on_train_batch_end", "on_fit_epoch_end", "on_train_end")
 
 
