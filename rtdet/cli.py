@@ -217,15 +217,16 @@ def cmd_data(args: dict, sub: str | None) -> int:
         raise CLIError("usage: rtdet data check data=path/to/data.yaml [imgsz=640] [n_samples=16] [train_pipeline=...]")
     from rtdet.data import load_data_config
     from rtdet.data.check import run_check
-    from rtdet.engine.rundir import run_dir
+    from rtdet.engine.rundir import RunFolder
     from rtdet.utils.logging import LOGGER, set_verbosity
 
     set_verbosity(bool(args.get("verbose", True)))
     data = args.get("data") or _need("data", "data check", "path/to/data.yaml")
     load_data_config(data)  # a missing or broken YAML fails here, before a run folder is made
     args = resolve_settings(args, verb="data")
-    out = run_dir(args["project"], "data", args.get("name") or "check", bool(args["exist_ok"]))
-    report = run_check(data, str(out), int(args["imgsz"]), int(args["n_samples"]), args.get("train_pipeline"))
+    with RunFolder(args["project"], "data", args.get("name") or "check", bool(args["exist_ok"])) as folder:
+        report = run_check(data, str(folder.path), int(args["imgsz"]), int(args["n_samples"]),
+                           args.get("train_pipeline"))
     for issue in report["issues"]:
         LOGGER.warning(issue)
     n = report["n_problems"]
@@ -275,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status (0 ok, 2 bad command line or setting, 1 a file it names is
     missing or invalid, or the run failed, 130 / 143 interrupted by SIGINT / SIGTERM, 141 output pipe closed). See
     :mod:`rtdet.engine.errors`. ``RTDET_TRACEBACK=1`` re-raises unexpected errors with their traceback."""
-    from rtdet.engine.errors import USER_ERRORS, Interrupted
+    from rtdet.engine.errors import terminate_raises
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("help", "-h", "--help"):
@@ -286,7 +287,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(USAGE)
         return 0
-    verb, rest = argv[0], argv[1:]
+    with terminate_raises():  # SIGTERM cleans up (no empty run folder) and exits 143, as Ctrl-C exits 130
+        return _run(argv[0], argv[1:])
+
+
+def _run(verb: str, rest: list[str]) -> int:
+    """One verb, its errors reported as :func:`main` describes."""
+    from rtdet.engine.errors import USER_ERRORS, Interrupted
+
     try:
         if verb == "convert":
             if any(t in ("-h", "--help", "help") for t in rest):

@@ -43,6 +43,7 @@ __all__ = [
     "load_data_config",
     "parse_yolo_label",
     "read_coco_source",
+    "coco_ids",
     "read_yolo_source",
 ]
 
@@ -624,6 +625,26 @@ def coco_image_files(source: Source, d: dict) -> list[str]:
         cands = [d_ / name for d_ in dirs]
         out.append(str(next((c for c in cands if c.is_file()), cands[0])))
     return out
+
+
+def coco_ids(sources: list[Source]) -> tuple[dict[str, Any], list[Any] | None]:
+    """The ids a split's own COCO JSON files use, for results scored against those files:
+    ({image path as the dataset lists it: image id}, [category id of class k]). The category ids are
+    None unless every source is a COCO JSON and all share one category list (classes are the categories
+    sorted by id, as :func:`read_coco_source` maps them)."""
+    image_ids: dict[str, Any] = {}
+    category_ids: list[Any] | None = None
+    every_coco = bool(sources)
+    for source in sources:
+        if source.kind != "coco":
+            every_coco = False
+            continue
+        d = load_coco_json(source.path)
+        image_ids.update(zip(coco_image_files(source, d), (im.get("id") for im in d["images"])))
+        ids = [c.get("id") for c in sorted(d["categories"], key=lambda c: c.get("id", 0))]
+        every_coco = every_coco and category_ids in (None, ids)
+        category_ids = ids
+    return image_ids, category_ids if every_coco else None
 
 
 def read_coco_source(source: Source, names: list[str], d: dict | None = None) -> LabelSet:

@@ -37,7 +37,7 @@ import torch
 
 from rtdet.utils.logging import LOGGER
 
-__all__ = ["FORMATS", "Benchmark", "BenchmarkRow", "percentile", "split_models"]
+__all__ = ["FORMATS", "Benchmark", "BenchmarkRow", "percentile", "split_models", "unique_labels"]
 
 FORMATS = ("pytorch", "onnx")
 COLUMNS = ("model", "format", "params", "gflops", "latency_ms", "p90_ms", "images_per_s", "peak_mem_mb",
@@ -76,6 +76,32 @@ def split_models(value) -> list[str]:
         return []
     items = value if isinstance(value, list | tuple) else str(value).split(",")
     return [str(v).strip() for v in items if str(v).strip()]
+
+
+def unique_labels(specs: list[str]) -> list[str]:
+    """A row name per model: its file name, or as many trailing path parts as tell it apart from the others
+    (``a/best.pt``, ``b/best.pt``); the same path given twice is numbered (``best.pt #2``)."""
+    parts = [Path(s).parts or (str(s),) for s in specs]
+    labels: list[str] = []
+    for i, p in enumerate(parts):
+        k = 1
+        while k < len(p) and any(q[-k:] == p[-k:] for j, q in enumerate(parts) if j != i and q != p):
+            k += 1
+        label = "/".join(p[-k:])
+        n = sum(1 for other in labels if other == label or other.startswith(f"{label} #"))
+        labels.append(f"{label} #{n + 1}" if n else label)
+    return labels
+
+
+def _file_name(label: str, taken: set[str]) -> str:
+    """A file name for a row's export, from its label (``a/best.pt`` -> ``a-best``), never one taken."""
+    path = Path(label.split(" #")[0])
+    stem = "-".join((*path.parent.parts, path.stem)).strip("-./") or "model"
+    name, n = stem, 2
+    while name in taken:
+        name, n = f"{stem}-{n}", n + 1
+    taken.add(name)
+    return name
 
 
 # ---------------------------------------------------------------------------------- one row's runner
@@ -126,8 +152,8 @@ class Benchmark:
         self.header: dict = {}
 
     def __call__(self) -> list[BenchmarkRow]:
-        from rtdet.engine.rundir import run_dir
-        from rtdet.engine.settings import SettingsError, resolve_settings
+        from rtdet.engine.rundir import RunFolder
+        from rtdet.engine.settings import SettingsError, check_half, resolve_settings
         from rtdet.utils.logging import set_verbosity
         from rtdet.utils.torch_utils import select_device
 
@@ -148,27 +174,31 @@ class Benchmark:
             raise SettingsError(f"runs={runs}, warmup={warmup}: need runs >= 1 and warmup >= 0")
         self.args = args
         self.device = select_device(args["device"])
+        check_half(args, self.device)
         self.batch = int(user.get("batch") or 1)  # the training default (16) is not a latency default
         self.imgsz = int(args["imgsz"])
         threads = args.get("threads")
         if threads:
             torch.set_num_threads(int(threads))
-        self.save_dir = run_dir(args["project"], self.task, args.get("name"), bool(args["exist_ok"]))
-        entries = self._entries(specs, formats)
-        self._time(entries, runs, warmup)
-        if self.memory:
-            self._peak_memory(entries, warmup)
-        if args.get("data"):
-            self._map(entries, args["data"])
-        self.rows = [e.row for e in entries]
-        self.header = self._header(runs, warmup)
-        self._write()
+        # Settings are checked; the folder is claimed now and removed again if anything below fails.
+        with RunFolder(args["project"], self.task, args.get("name"), bool(args["exist_ok"])) as folder:
+            self.save_dir = folder.path
+            entries = self._entries(specs, formats)
+            self._time(entries, runs, warmup)
+            if self.memory:
+                self._peak_memory(entries, warmup)
+            if args.get("data"):
+                self._map(entries, args["data"])
+            self.rows = [e.row for e in entries]
+            self.header = self._header(runs, warmup)
+            self._write()
         return self.rows
 
     # ------------------------------------------------------------------ building the rows
     def _entries(self, specs: list[str], formats: list[str]) -> list[_Entry]:
         from rtdet.engine.exporter import _check_source, check_image, export_onnx
         from rtdet.engine.onnx_backend import is_onnx, load_onnx_model
+        from rtdet.engine.settings import check_imgsz
         from rtdet.io.load import load_model
         from rtdet.nn.model import count_parameters
 
@@ -180,11 +210,12 @@ class Benchmark:
             names = list(load_data_config(args["data"]).names)
         conf, iou, max_det = 0.25 if args.get("conf") is None else float(args["conf"]), float(args["iou"]), int(
             args["max_det"])
-        x = check_image(_check_source(args.get("source"), args.get("data")), (self.imgsz, self.imgsz), self.batch)
+        image = _check_source(args.get("source"), args.get("data"))
+        x = check_image(image, (self.imgsz, self.imgsz), self.batch)
         threads = int(args["threads"]) if args.get("threads") else None
-        entries = []
+        entries, labels, files = [], self.labels or unique_labels(specs), set()
         for i, spec in enumerate(specs):
-            label = self.labels[i] if self.labels else Path(spec).name
+            label = labels[i]
             if is_onnx(spec):
                 model = load_onnx_model(spec, self.device, threads, args["ort_opt_level"])
                 row = BenchmarkRow(label, "onnx", int(model.meta.get("params") or 0), model.meta.get("gflops"))
@@ -194,6 +225,9 @@ class Benchmark:
             from_yaml = not str(spec).lower().endswith((".pt", ".pth"))
             model = load_model(spec, nc=len(names) if names and from_yaml else None,
                                names=names if from_yaml else None, scale=args.get("scale")).model
+            if check_imgsz(args, model) != self.imgsz:  # rounded up to this model's stride, as every verb does
+                self.imgsz = int(args["imgsz"])
+                x = check_image(image, (self.imgsz, self.imgsz), self.batch)
             params, gflops = count_parameters(model), float(model.flops(self.imgsz))
             for fmt in formats:
                 if fmt == "pytorch":
@@ -202,7 +236,7 @@ class Benchmark:
                     entries.append(_Entry(label, fmt, net, _runner(net, xin, conf, iou, max_det),
                                           BenchmarkRow(label, fmt, params, gflops), {"model": spec, "nc": model.nc}))
                 else:
-                    file = self.save_dir / "onnx" / f"{Path(spec).stem}.onnx"
+                    file = self.save_dir / "onnx" / f"{_file_name(label, files)}.onnx"  # one file per row
                     half = bool(args["half"]) and self.device.type == "cuda"
                     export_onnx(model, file, self.imgsz, self.batch, half=half, opset=int(args["opset"]),
                                 device=self.device, count_flops=False)

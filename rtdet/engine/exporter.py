@@ -507,10 +507,11 @@ class Exporter:
         self.report: ParityReport | None = None
 
     def __call__(self, model=None) -> Path:
-        from rtdet.engine.rundir import run_dir
-        from rtdet.engine.settings import SettingsError, resolve_settings
+        from rtdet.engine.rundir import RunFolder
+        from rtdet.engine.settings import SettingsError, check_half, check_imgsz, resolve_settings
         from rtdet.io.load import load_model
         from rtdet.utils.logging import set_verbosity
+        from rtdet.utils.torch_utils import select_device
 
         user = {k: v for k, v in self.overrides.items() if k != "model"}
         spec = model if model is not None else self.overrides.get("model")
@@ -527,15 +528,26 @@ class Exporter:
         fmt = str(args.get("format") or "onnx").lower()
         if fmt != "onnx":
             raise SettingsError(f"format={fmt}: rtdet exports format=onnx")
-        imgsz = args["imgsz"]
-        shape = _shape(imgsz)
+        shape = _shape(check_imgsz(args, loaded))
         batch = int(user.get("batch") or 1)  # the training default (16) is not an export default
-        from rtdet.utils.torch_utils import select_device
-
         device = select_device(args["device"])
-        out_dir = run_dir(args["project"], self.task, args.get("name"), bool(args["exist_ok"]))
-        source = str(spec) if isinstance(spec, str | Path) else loaded.name
-        self.file = out_dir / f"{Path(source).stem if isinstance(spec, str | Path) else source}.onnx"
+        check_half(args, device)
+        if args.get("int8") and not args.get("data"):
+            raise SettingsError("int8=true calibrates on real images: give data=<dataset YAML> (its val split)")
+        if args.get("int8") and args["half"]:
+            raise SettingsError("int8=true quantises the fp32 export; drop half=true")
+        # Everything above is checked before the folder exists; a failure below removes it again.
+        with RunFolder(args["project"], self.task, args.get("name"), bool(args["exist_ok"])) as folder:
+            source = str(spec) if isinstance(spec, str | Path) else loaded.name
+            self.file = folder.path / f"{Path(source).stem if isinstance(spec, str | Path) else source}.onnx"
+            self._export(loaded, args, user, shape, batch, device, source)
+        LOGGER.info(f"Export done: {self.file}\n  try: rtdet predict model={self.file} source=...   "
+                    f"rtdet val model={self.file} data=...")
+        return self.file
+
+    def _export(self, loaded: nn.Module, args: dict, user: dict, shape: tuple[int, int], batch: int,
+                device: torch.device, source: str) -> None:
+        """Write ``self.file``, check it with ONNX Runtime, and quantise it when ``int8=true``."""
         conf = 0.25 if args.get("conf") is None else float(args["conf"])
         multi_label = bool(args.get("multi_label") or False)
         inherited_args = {k: args.get(k) for k in ("train_pipeline", "val_pipeline") if args.get(k)}
@@ -550,20 +562,12 @@ class Exporter:
             LOGGER.info(f"ONNX Runtime check: {self.report}")
         if args.get("int8"):
             self.int8_file, self.int8_report = self._int8(args, batch)
-        LOGGER.info(f"Export done: {self.file}\n  try: rtdet predict model={self.file} source=...   "
-                    f"rtdet val model={self.file} data=...")
-        return self.file
 
     def _int8(self, args: dict, batch: int) -> tuple[Path, Int8Report]:
         """``int8=true``: the statically quantised copy, calibrated on ``data=``'s val images, and what it
         changes: mAP on the val split and latency, both against the fp32 export."""
         from rtdet.engine import loaders
-        from rtdet.engine.settings import SettingsError
 
-        if not args.get("data"):
-            raise SettingsError("int8=true calibrates on real images: give data=<dataset YAML> (its val split)")
-        if args["half"]:
-            raise SettingsError("int8=true quantises the fp32 export; drop half=true")
         data = loaders.load_data(args["data"])
         val_args = {**args, "imgsz": int(args["imgsz"]), "verbose": False}
         calib = _calibration_batches(loaders.val_loader(data, val_args, batch), CALIBRATION_IMAGES, batch)

@@ -27,8 +27,8 @@ import torch
 from rtdet.data import build_pipeline, collate, load_pipeline_spec
 from rtdet.engine.errors import SourceError
 from rtdet.engine.results import Results
-from rtdet.engine.rundir import run_dir
-from rtdet.engine.settings import SettingsError, check_imgsz, check_settings, resolve_settings
+from rtdet.engine.rundir import RunFolder
+from rtdet.engine.settings import SettingsError, check_half, check_imgsz, check_settings, resolve_settings
 from rtdet.engine.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Frame, iter_source, opencv_messages
 from rtdet.engine.validator import input_spec
 from rtdet.io.load import load_model
@@ -109,9 +109,11 @@ class Predictor:
         set_verbosity(bool(args["verbose"]))
         self.args = args
         self.device = select_device(args["device"])
+        check_half(args, self.device)
+        self.folder = RunFolder(args["project"], self.task, args.get("name"), bool(args["exist_ok"]))
         self.model = prepare_for_inference(model.to(self.device).eval(), bool(args["fuse"]),
                                            bool(args["channels_last"]) and self.device.type == "cpu")
-        if args["half"] and self.device.type == "cuda":
+        if args["half"]:
             self.model = self.model.half()
         spec = load_pipeline_spec(args.get("val_pipeline") or args.get("train_pipeline") or None)
         self.preprocess_pipeline = build_pipeline(spec.val, int(args["imgsz"]))
@@ -138,6 +140,10 @@ class Predictor:
                     r = self.on_result(r, f, predictions)
                     n += 1
                     yield r
+        except BaseException:
+            self._close_videos()
+            self.folder.discard_if_empty()  # a failed first write leaves no empty run folder
+            raise
         finally:
             frames.close()  # a stream's reader thread stops here too (Ctrl-C, a caller that stops early)
             self._close_videos()
@@ -177,10 +183,9 @@ class Predictor:
         return r
 
     def _make_save_dir(self) -> Path:
-        """The run folder, made with the first result: a source that fails at once leaves no folder."""
+        """The run folder, claimed with the first result: a source that fails at once leaves no folder."""
         if self.save_dir is None:
-            args = self.args
-            self.save_dir = run_dir(args["project"], self.task, args.get("name"), bool(args["exist_ok"]))
+            self.save_dir = self.folder.path
         return self.save_dir
 
     def _save(self, r: Results, f: Frame, predictions: list[dict]) -> None:

@@ -38,6 +38,8 @@ __all__ = [
     "RECIPES_DIR",
     "SettingsError",
     "check_device",
+    "check_half",
+    "check_imgsz",
     "check_keys",
     "check_settings",
     "criterion_hyperparameters",
@@ -127,6 +129,13 @@ def check_device(value: str) -> str:
     return ",".join(parts)
 
 
+def _check_run_name(value: str) -> str:
+    """A run name is one folder name (rtdet.engine.rundir says why)."""
+    from rtdet.engine.rundir import check_run_name
+
+    return check_run_name(value)
+
+
 # What each `type:` name of default.yaml means (keyword arguments of Setting).
 SCHEMA_TYPES: dict[str, dict] = {
     "bool": {"kind": bool},
@@ -137,6 +146,7 @@ SCHEMA_TYPES: dict[str, dict] = {
     "list": {"kind": list},
     "dict": {"kind": dict},
     "device": {"kind": str, "label": "a device (cpu, 0, 0,1)", "validate": check_device},
+    "folder_name": {"kind": str, "label": "a folder name", "validate": _check_run_name},
 }
 
 
@@ -301,19 +311,29 @@ def describe_settings(family: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def check_imgsz(args: dict, model) -> int:
-    """Round ``args["imgsz"]`` up to a multiple of the model's largest stride, with a warning: the neck
-    upsamples one map and concatenates it with the next, so every level must halve evenly (what
-    Ultralytics' check_imgsz does too). Returns the size used."""
+def check_imgsz(args: dict, model) -> int | list[int]:
+    """Round ``args["imgsz"]`` (a side, or [height, width]) up to a multiple of the model's largest stride,
+    with a warning: the neck upsamples one map and concatenates it with the next, so every level must halve
+    evenly (what Ultralytics' check_imgsz does too). The one rule of every verb. Returns the size used."""
     from rtdet.utils.logging import LOGGER
 
     stride = max(model.strides)
-    imgsz = int(args["imgsz"])
-    fixed = max(stride, -(-imgsz // stride) * stride)
-    if fixed != imgsz:
-        LOGGER.warning(f"imgsz={imgsz} is not a multiple of the model's largest stride {stride}; using imgsz={fixed}")
-        args["imgsz"] = fixed
-    return fixed
+    imgsz = args["imgsz"]
+    sides = [int(v) for v in imgsz] if isinstance(imgsz, list | tuple) else [int(imgsz)]
+    fixed = [max(stride, -(-side // stride) * stride) for side in sides]
+    if fixed != sides:
+        shown, used = (sides, fixed) if len(sides) > 1 else (sides[0], fixed[0])
+        LOGGER.warning(f"imgsz={shown} is not a multiple of the model's largest stride {stride}; using imgsz={used}")
+    args["imgsz"] = fixed if len(sides) > 1 else fixed[0]
+    return args["imgsz"]
+
+
+def check_half(args: dict, device) -> None:
+    """``half=true`` (fp16) needs a CUDA device: on any other device it is a bad setting, refused before any
+    work or run folder."""
+    if args.get("half") and getattr(device, "type", str(device)) != "cuda":
+        raise SettingsError(f"half=true: fp16 inference needs a CUDA GPU, and this run is on {device}; drop half=true "
+                            f"(or use device=0 on a machine with a GPU)")
 
 
 def apply_cfg(overrides: dict, verb: str | None = None) -> dict:

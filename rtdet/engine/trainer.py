@@ -45,7 +45,8 @@ from tqdm import tqdm
 from rtdet.engine import loaders
 from rtdet.engine.errors import Interrupted, NonFiniteLossError
 from rtdet.engine.optim import LRSchedule, build_optimizer, scaled_lr, warmup_steps
-from rtdet.engine.rundir import latest_run, run_dir
+from rtdet.engine.resume import check_resumed_classes, own_run_folder, resume_settings
+from rtdet.engine.rundir import RunFolder, latest_run, run_dir
 from rtdet.engine.settings import (
     SettingsError,
     apply_cfg,
@@ -53,7 +54,6 @@ from rtdet.engine.settings import (
     check_settings,
     criterion_hyperparameters,
     resolve_settings,
-    schema,
 )
 from rtdet.engine.validator import Validator, fitness
 from rtdet.io.load import is_checkpoint, load_model, transfer_weights
@@ -82,9 +82,6 @@ from rtdet.utils.torch_utils import (
 
 __all__ = ["Trainer"]
 
-# Settings a resumed run may change; everything else comes from the checkpoint so the run continues
-# exactly as it started.
-RESUME_OVERRIDABLE = ("device", "workers", "verbose", "plots")
 EVENTS = ("on_train_start", "on_train_epoch_start", "on_train_batch_end", "on_fit_epoch_end", "on_train_end")
 
 
@@ -126,6 +123,7 @@ class Trainer:
         self.best_fitness: float | None = None
         self.epoch = 0
         self._stop_requested = 0  # the signal number that asked to stop (0: none)
+        self.folder: RunFolder | None = None  # the run folder this run claimed (not a resumed run's own)
 
     # ------------------------------------------------------------------ callbacks
     def add_callback(self, event: str, fn: Callable[[Trainer], None]) -> None:
@@ -150,16 +148,19 @@ class Trainer:
             return self._launch_ddp(devices)
         self.rank, self.local_rank, self.world = rank, local_rank, world
         together = False  # every rank ends here at the same step: a clean finish, or a stop they agreed on
+        finished = False
         try:
             self.setup()
             with StopSignals(self):
                 metrics = self._fit()
-            together = True
+            together = finished = True
             return metrics
         except (Interrupted, NonFiniteLossError):  # decided by all ranks at once (_sync_flags)
             together = True
             raise
         finally:
+            if not finished and self.folder is not None:
+                self.folder.discard_if_empty()  # a run that failed before writing anything leaves no folder
             self._teardown(together)
 
     def _teardown(self, together: bool) -> None:
@@ -185,19 +186,7 @@ class Trainer:
         ckpt = None
         if resume:
             ckpt_path = latest_run(user.get("project") or "runs") if resume is True else Path(str(resume))
-            ckpt = load_checkpoint(ckpt_path)
-            for key in ("args", "optimizer", "epoch", "model"):
-                if key not in ckpt:
-                    raise CheckpointError(f"{ckpt_path}: cannot resume from it, it holds no '{key}' "
-                                          f"(resume needs a last.pt written by rtdet train)")
-            args = dict(ckpt["args"])
-            ignored = [k for k in user if k not in (*RESUME_OVERRIDABLE, "resume", "model") and user[k] != args.get(k)]
-            if ignored:
-                LOGGER.warning(f"resume: ignoring {', '.join(ignored)} (the run continues with its own settings; "
-                               f"only {', '.join(RESUME_OVERRIDABLE)} may change)")
-            args.update({k: user[k] for k in RESUME_OVERRIDABLE if k in user})
-            args["resume"] = str(ckpt_path)
-            _check_resumed_device(args, ckpt_path, "device" in user)
+            ckpt, args = resume_settings(ckpt_path, user)
             self.resume_path = Path(ckpt_path)
         else:
             args = resolve_settings({k: v for k, v in user.items() if k != "model"}, verb="train")
@@ -214,6 +203,7 @@ class Trainer:
 
         if ckpt is not None:  # the raw weights (not the EMA) continue training
             model = load_model(ckpt, prefer_ema=False, name=str(self.resume_path)).model
+            check_resumed_classes(self.resume_path, model.nc, args["data"], self.data.names)
         else:  # a YAML, or a checkpoint (rtdet or foreign) to fine-tune: a new head when the class count differs
             model = load_model(args["model"], nc=len(names), names=names, scale=args.get("scale")).model
             model.names = names
@@ -238,12 +228,8 @@ class Trainer:
             init_distributed(self.device)
         self.amp = bool(args["amp"]) and self.device.type == "cuda"
 
-        # Run folder: rank 0 picks its name (the others learn it) and makes it once set-up has succeeded.
-        if self.resume_path is not None:
-            save_dir = self.resume_path.parent.parent
-        else:
-            save_dir = run_dir(args["project"], self.task, args.get("name"), bool(args["exist_ok"]),
-                               create=False) if self.rank == 0 else None
+        # Run folder: rank 0 claims it (the others learn its name); a failed run removes it while it is empty.
+        save_dir = self._claim_run_folder(ckpt, args) if self.rank == 0 else None
         if self.world > 1:
             holder = [save_dir]
             dist.broadcast_object_list(holder, src=0)
@@ -312,9 +298,23 @@ class Trainer:
             self._make_run_folder()
         self._run_callbacks("on_train_start")
 
+    def _claim_run_folder(self, ckpt: dict | None, args: dict) -> Path:
+        """A resumed run continues in its own folder (see rtdet.engine.resume); any other run claims a new one."""
+        if ckpt is not None:
+            own = own_run_folder(self.resume_path, ckpt)
+            if own is not None:
+                return own
+        # A run that fails before its first checkpoint leaves no folder: its args.yaml alone is worth nothing.
+        self.folder = RunFolder(args["project"], self.task, args.get("name"), bool(args["exist_ok"]),
+                                disposable=("args.yaml",))
+        if ckpt is not None:
+            LOGGER.warning(f"resume: {self.resume_path} is not inside its own run folder (<run>/weights/last.pt "
+                           f"beside the run's args.yaml); the run continues in a new folder, {self.folder.path}")
+        return self.folder.path
+
     def _make_run_folder(self) -> None:
         """The run folder, its settings, and no stale temporaries: a run killed inside a write leaves a
-        hidden ``.<name>.*.tmp`` beside the file (the file itself is intact); they are removed here."""
+        hidden ``.<name>.<random>.rtdet-tmp`` beside the file (the file itself is intact); they are removed here."""
         self.wdir.mkdir(parents=True, exist_ok=True)
         removed = remove_stale_temporaries(self.save_dir) + remove_stale_temporaries(self.wdir)
         if removed:
@@ -681,16 +681,6 @@ def _format_terms(loss: float, terms: dict[str, float], rate: float, limit: int 
     shown = list(terms.items())[:limit]
     parts = [f"loss={loss:.3f}"] + [f"{k}={v:.3f}" for k, v in shown]
     return " ".join(parts) + f" {rate:.1f} img/s"
-
-
-def _check_resumed_device(args: dict, ckpt_path: Path, given: bool) -> None:
-    """The device a resumed run will use must exist here (a run started on a GPU machine resumed on a CPU
-    one): a SettingsError that says to pass device=... ."""
-    try:
-        args["device"] = schema()["device"].check(args.get("device"))
-    except SettingsError as e:
-        hint = "" if given else f" ({ckpt_path} was trained with it; pass device=cpu or another device to resume)"
-        raise SettingsError(f"{e}{hint}") from None
 
 
 class StopSignals:

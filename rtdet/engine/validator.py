@@ -6,7 +6,8 @@
 The model runs in eval mode; ``model.head.postprocess`` turns its output into per-image boxes in
 network-input pixels, which are mapped back through the letterbox / resize (``ratio_pad``) to original
 pixels and scored with faster-coco-eval against the dataset's own labels (also in original pixels).
-Standalone runs write ``predictions.json`` (COCO results) to ``runs/val/<name>``.
+Standalone runs write ``predictions.json`` (COCO results) to ``runs/val/<name>``; on a COCO-JSON dataset it
+uses that JSON's own image and category ids, so COCO tools score it against the dataset's JSON directly.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import torch
 from tqdm import tqdm
 
 from rtdet.data import PipelineConfigError
+from rtdet.data.formats import coco_ids
 from rtdet.engine import loaders
-from rtdet.engine.rundir import run_dir
-from rtdet.engine.settings import SettingsError, check_imgsz, check_settings, resolve_settings
+from rtdet.engine.rundir import RunFolder
+from rtdet.engine.settings import SettingsError, check_half, check_imgsz, check_settings, resolve_settings
 from rtdet.io.load import is_checkpoint, load_model
 from rtdet.nn.model import DetectionModel
 from rtdet.ops.boxes import boxes_to_original, cxcywh_to_xyxy
@@ -58,7 +60,8 @@ def unavailable_as_none(metrics: dict) -> dict:
 
 
 def image_id_of(im_file: str, fallback: int) -> int | str:
-    """COCO image id for predictions.json: the file stem when it is a number (COCO's own files), else the stem."""
+    """Image id for predictions.json where the dataset has none of its own (YOLO folders): the file stem, as a
+    number when it is one. A COCO-JSON split's images keep the JSON's own ids (Validator._output_ids)."""
     stem = Path(im_file).stem
     return int(stem) if stem.isdigit() else (stem or fallback)
 
@@ -81,6 +84,7 @@ class Validator:
         self.save_dir: Path | None = None
         self.speed_ms = 0.0
         self.skipped: list[str] = []
+        self._ids: tuple | None = None  # (dataset, its output ids): see _output_ids
 
     # ------------------------------------------------------------------ standalone
     def __call__(self, model: DetectionModel | str | None = None) -> dict:
@@ -92,6 +96,17 @@ class Validator:
         set_verbosity(bool(args["verbose"]))
         if not args.get("data"):
             raise SettingsError("val needs data=<dataset YAML>, e.g. data=coco128.yaml")
+        # The run folder is claimed once there is something to put in it, and a failed run leaves none behind.
+        with RunFolder(args["project"], self.task, args.get("name"), bool(args["exist_ok"])) as folder:
+            metrics, names = self._validate(spec, user, args)
+            self.save_dir = folder.path
+            save_predictions_json(self.save_dir / "predictions.json", self.predictions)
+        self.print_results(metrics, names)
+        LOGGER.info(f"Results saved to {self.save_dir}")
+        return metrics
+
+    def _validate(self, spec, user: dict, args: dict) -> tuple[dict, list[str]]:
+        """Load the data and the model, settle the settings, run the loop: (metrics, class names)."""
         data = loaders.load_data(args["data"])
         from_yaml = isinstance(spec, str | Path) and not is_checkpoint(spec)
         loaded = load_model(spec, nc=len(data.names) if from_yaml else None,
@@ -105,17 +120,12 @@ class Validator:
         check_imgsz(args, model)
         self.args = args
         device = select_device(args["device"])
+        check_half(args, device)
         model = model.to(device)
-        if args["half"] and device.type == "cuda":
+        if args["half"]:
             model = model.half()
         loader = loaders.val_loader(data, args, int(args["batch"]))
-        metrics = self.run(model, loader)
-        # The run folder is made once there is something to put in it: a failed run leaves none behind.
-        self.save_dir = run_dir(args["project"], self.task, args.get("name"), bool(args["exist_ok"]))
-        save_predictions_json(self.save_dir / "predictions.json", self.predictions)
-        self.print_results(metrics, data.names)
-        LOGGER.info(f"Results saved to {self.save_dir}")
-        return metrics
+        return self.run(model, loader), data.names
 
     # ------------------------------------------------------------------ the loop
     @torch.no_grad()
@@ -133,6 +143,7 @@ class Validator:
         names = [model.names.get(k, str(k)) for k in range(model.nc)]
         evaluator = COCOEvaluator(model.nc, names)
         index_of = {f: i for i, f in enumerate(getattr(dataset, "im_files", []))}
+        image_ids, category_ids = self._output_ids(dataset)
         predictions: list[dict] = []
         skipped: list[str] = []
         seconds, n_images = 0.0, 0
@@ -161,8 +172,9 @@ class Validator:
                 boxes = boxes_to_original(det.boxes.float().cpu(), ratio_pad, ori_shape)
                 gt_cls, gt_boxes = self._ground_truth(dataset, index_of, batch, j, ori_shape)
                 evaluator.add(gt_boxes, gt_cls, boxes, det.scores.float().cpu(), det.labels.cpu(), shape=ori_shape)
-                predictions += coco_predictions(image_id_of(im_file, len(evaluator)), boxes, det.scores.float().cpu(),
-                                                det.labels.cpu())
+                image_id = image_ids[im_file] if im_file in image_ids else image_id_of(im_file, len(evaluator))
+                predictions += coco_predictions(image_id, boxes, det.scores.float().cpu(), det.labels.cpu(),
+                                                class_map=category_ids)
         model.train(was_training)
         if skipped:
             LOGGER.warning(f"val: {len(skipped)} image(s) could not be decoded and are left out of the metrics: "
@@ -175,6 +187,16 @@ class Validator:
         if save_dir is not None:
             save_predictions_json(Path(save_dir) / "predictions.json", predictions)
         return unavailable_as_none(metrics.as_dict())
+
+    def _output_ids(self, dataset) -> tuple[dict, list | None]:
+        """The image and category ids predictions.json uses: a COCO-JSON split's own (so that COCO tools
+        score the file against that JSON), else the file stem and the class index. Read once per dataset."""
+        config, split = getattr(dataset, "config", None), getattr(dataset, "split", None)
+        if config is None or split is None:
+            return {}, None
+        if self._ids is None or self._ids[0] is not dataset:
+            self._ids = (dataset, coco_ids(config.splits.get(split, [])))
+        return self._ids[1]
 
     @staticmethod
     def _ground_truth(dataset, index_of: dict, batch: dict, j: int, ori_shape: tuple[int, int]):
@@ -198,6 +220,8 @@ class Validator:
             LOGGER.info(f"{name:>20}{_fmt(ap):>10}{_fmt(ap50):>10}")
         extra = ", ".join(f"{k} {_fmt(metrics.get(k))}" for k in ("mAP75", "mAP_small", "mAP_medium", "mAP_large"))
         LOGGER.info(f"{extra}; {self.speed_ms:.1f} ms/image (model + postprocess)")
+        # The summary line training prints after each epoch, which users grep for.
+        LOGGER.info(f"val: mAP50-95 {_fmt(metrics.get('mAP50-95'))}  mAP50 {_fmt(metrics.get('mAP50'))}")
 
 
 def _fmt(v) -> str:

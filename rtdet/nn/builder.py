@@ -22,6 +22,7 @@ import copy
 import inspect
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -297,7 +298,8 @@ def _estimate_parameters(cls: type[nn.Module], args: list, n: int, budget: int, 
     on the meta device (the real build then reports its own error)."""
     guard = _ShapesOnly(MAX_TENSORS, budget // max(n, 1))
     try:
-        with torch.device("meta"), guard:
+        with torch.device("meta"), guard, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Initializing zero-element tensors")  # see _instantiate
             probe = cls(*args)
     except _OverLimit as e:
         raise ModelConfigError(f"{where}: {e} (limits: {MAX_PARAMETERS:,} parameters per model, {MAX_TENSORS:,} "
@@ -319,9 +321,13 @@ def _instantiate(cls: type[nn.Module], args: list, n: int, where: str) -> nn.Mod
     except ValueError:  # builtins without an introspectable signature
         pass
     try:
-        if n > 1:
-            return nn.Sequential(*(cls(*args) for _ in range(n)))
-        module = cls(*args)
+        # A zero-size weight (kernel 0) is reported by the probe forward, naming its row; torch's init
+        # warning about it would only be a second, vaguer line.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+            if n > 1:
+                return nn.Sequential(*(cls(*args) for _ in range(n)))
+            module = cls(*args)
     except ModelConfigError:
         raise
     except Exception as e:  # the module's own checks, or torch's: add the file and row

@@ -37,6 +37,12 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def _first_sentence(e: Exception) -> str:
+    """The first line of an error, without the advice some backends append (oneDNN's 'Run workload ...')."""
+    text = (str(e).strip().splitlines() or [""])[0]
+    return text.split(". ")[0].rstrip(".")
+
+
 class DetectionModel(nn.Module):
     """Runs the rows of a model YAML in order, keeping only the outputs later rows read."""
 
@@ -148,19 +154,25 @@ class DetectionModel(nn.Module):
         A model that cannot run on the probe raises ModelConfigError naming the row that failed."""
         was_training = self.training
         self.eval()
-        row = {"i": 0}
-        hooks = [m.register_forward_pre_hook(lambda mod, args, k=k: row.update(i=k)) for k, m in enumerate(self.model)]
+        row: dict = {"i": 0, "shapes": []}
+
+        def enter(k: int, args: tuple) -> None:  # the row about to run and the shapes it receives
+            inputs = args[0] if args and isinstance(args[0], list | tuple) else args
+            row.update(i=k, shapes=[tuple(t.shape) for t in inputs if isinstance(t, torch.Tensor)])
+
+        hooks = [m.register_forward_pre_hook(lambda mod, args, k=k: enter(k, args)) for k, m in enumerate(self.model)]
         x = torch.zeros(1, int(self.yaml.get("ch", 3)), size, size)
         where = self.yaml.get("yaml_file", "<dict>")
         try:
             feats = self.head_inputs(x)
         except ModelConfigError:
             raise
-        except Exception as e:  # any failure of a module on real tensors: name its row
+        except Exception as e:  # any failure of a module on real tensors: name its row and its values
             b = self.layers_info[row["i"]]
+            shapes = ", ".join(str(list(s)) for s in row["shapes"]) or "?"
             raise ModelConfigError(
-                f"{where}: row {b.row} ({b.name}): fails on a {tuple(x.shape)} input: {type(e).__name__}: "
-                f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                f"{where}: row {b.row} ({b.name}): its arguments {b.args} fail on its input of shape {shapes} "
+                f"(probe image {list(x.shape)}): {type(e).__name__}: {_first_sentence(e)}; check that row's values"
             ) from None
         finally:
             for h in hooks:

@@ -12,8 +12,8 @@ from typing import Any, BinaryIO
 
 import torch
 
-__all__ = ["CheckpointError", "atomic_write_bytes", "atomic_write_text", "load_checkpoint", "remove_stale_temporaries",
-           "save_checkpoint"]
+__all__ = ["CheckpointError", "atomic_write_bytes", "atomic_write_text", "is_temporary", "load_checkpoint",
+           "remove_stale_temporaries", "save_checkpoint"]
 
 
 class CheckpointError(RuntimeError):
@@ -26,7 +26,16 @@ def _umask() -> int:
     return mask
 
 
-TMP_SUFFIX = ".tmp"  # a write in progress is the hidden file .<name>.<random>.tmp beside its target
+# A write in progress is the hidden file .<name>.<random>.rtdet-tmp beside its target. The suffix is rtdet's
+# own, so that clean-ups (stale temporaries, a failed run's folder) recognise exactly these files and never
+# a user's own *.tmp.
+TMP_SUFFIX = ".rtdet-tmp"
+_TMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]+" + re.escape(TMP_SUFFIX) + "$")
+
+
+def is_temporary(name: str | Path) -> bool:
+    """True for the name of a temporary file rtdet's atomic writes create (``.<name>.<random>.rtdet-tmp``)."""
+    return bool(_TMP_NAME.match(Path(name).name))
 
 
 def _atomic(path: Path, write) -> Path:
@@ -67,7 +76,7 @@ def remove_stale_temporaries(folder: str | Path) -> list[tuple[Path, int]]:
     to at the same time (a run folder, at the start or resume of its run)."""
     removed = []
     for p in Path(folder).glob(f".*{TMP_SUFFIX}") if Path(folder).is_dir() else []:
-        if p.is_file() and p.name.count(".") >= 3:  # .<name>.<random>.tmp
+        if p.is_file() and is_temporary(p):
             size = p.stat().st_size
             p.unlink(missing_ok=True)
             removed.append((p, size))

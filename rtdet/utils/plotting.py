@@ -77,11 +77,7 @@ def plot_results(csv_path: str | Path, out_path: str | Path | None = None) -> Pa
         ax.axis("off")
     fig.tight_layout()
     out_path = Path(out_path) if out_path else csv_path.with_name("results.png")
-    tmp = out_path.with_name(f".{out_path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(out_path)  # atomic: a reader never sees half a PNG
-    return out_path
+    return _save_figure(fig, out_path)  # atomic: a reader never sees half a PNG
 
 
 def _save_figure(fig, out_path: str | Path) -> Path:

@@ -89,3 +89,37 @@ def test_peak_memory_grows_with_the_model(tiny_yaml, tmp_path):
     with mp.get_context("spawn").Pool(1) as pool:
         small_mb, big_mb = pool.apply(peak_rss_growth_mb, (job,)), pool.apply(peak_rss_growth_mb, (big,))
     assert 0 < small_mb < big_mb and big_mb > 100  # rtdetr-l's 32M fp32 weights alone are 128 MB
+
+
+def test_models_with_one_file_name_get_their_own_rows_and_exports(tiny_yaml, tmp_path):
+    """Issue 18: `benchmark model=a/best.pt,b/best.pt formats=onnx` labelled both rows best.pt and the second
+    export overwrote the first."""
+    specs = []
+    for seed, folder in enumerate("ab"):
+        torch.manual_seed(seed)
+        (tmp_path / folder).mkdir()
+        specs.append(str(build_model(tiny_yaml, nc=2).save(tmp_path / folder / "best.pt")))
+    bench = Benchmark({"model": ",".join(specs), "formats": "onnx", "imgsz": 64, "runs": 1, "warmup": 0,
+                       "project": str(tmp_path / "runs"), "verbose": False, "threads": 1}, memory=False)
+    rows = bench()
+    assert [r.model for r in rows] == ["a/best.pt", "b/best.pt"]
+    a, b = (bench.save_dir / "onnx" / f"{k}-best.onnx" for k in "ab")
+    assert a.is_file() and b.is_file() and a.read_bytes() != b.read_bytes()  # each model's own weights
+
+
+def test_unique_labels_tell_models_apart_by_the_shortest_path_suffix():
+    from rtdet.engine.benchmark import unique_labels
+
+    assert unique_labels(["x.yaml", "y/z.yaml"]) == ["x.yaml", "z.yaml"]
+    assert unique_labels(["r/a/w/best.pt", "r/b/w/best.pt", "c.yaml"]) == ["a/w/best.pt", "b/w/best.pt", "c.yaml"]
+    assert unique_labels(["best.pt", "best.pt"]) == ["best.pt", "best.pt #2"]
+
+
+def test_benchmark_rounds_imgsz_up_to_the_stride_and_refuses_half_on_a_cpu(tiny_yaml, tmp_path):
+    bench = Benchmark({"model": str(tiny_yaml), "imgsz": 70, "runs": 1, "warmup": 0, "project": str(tmp_path),
+                       "verbose": False, "device": "cpu"}, memory=False)
+    bench()
+    assert bench.imgsz == 80 and bench.header["imgsz"] == 80  # the model's largest stride is 16
+    with pytest.raises(SettingsError, match="half=true: fp16 inference needs a CUDA GPU"):
+        Benchmark({"model": str(tiny_yaml), "half": True, "device": "cpu", "project": str(tmp_path / "h")})()
+    assert not (tmp_path / "h").exists()

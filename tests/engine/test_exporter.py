@@ -252,3 +252,11 @@ def test_family_export_matches_pytorch(name, tmp_path):
     meta = read_metadata(file)
     if name == "yolov9-t.yaml":  # the deploy form of a dual (PGI) model drops its auxiliary branch
         assert meta["params_deploy"] < meta["params"]
+
+
+def test_exporter_rounds_imgsz_up_to_the_stride_as_every_verb_does(tiny_yaml, tmp_path):
+    """One rule for imgsz everywhere (the schema's): a size that is not a multiple of the model's largest stride
+    is rounded up, with a warning, not refused after a run folder was made."""
+    file = Exporter({"model": str(tiny_yaml), "imgsz": 70, "project": str(tmp_path), "verbose": False,
+                     "check": False})()
+    assert read_metadata(file)["imgsz"] == [80, 80]

@@ -220,13 +220,14 @@ def test_stale_temporaries_are_removed_at_resume(tiny_settings):
     ckpt = load_checkpoint(trainer.last)
     ckpt["epoch"] = 0
     torch.save(ckpt, trainer.last)
-    stale = [trainer.wdir / ".last.pt.k3j2h1.tmp", trainer.save_dir / ".results.csv.a1b2c3.tmp"]
+    stale = [trainer.wdir / ".last.pt.k3j2h1yz.rtdet-tmp", trainer.save_dir / ".results.csv.a1b2c3d4.rtdet-tmp"]
     for p in stale:
         p.write_bytes(b"\0" * 1000)  # what a kill inside torch.save leaves
-    keep = trainer.wdir / "notes.tmp"  # not one of ours
-    keep.write_text("mine")
+    keep = [trainer.wdir / "notes.tmp", trainer.save_dir / ".draft.k3j2h1yz.tmp"]  # not ours: a user's own
+    for p in keep:
+        p.write_text("mine")
     Trainer({"resume": str(trainer.last)}).train()
-    assert not any(p.exists() for p in stale) and keep.exists()
+    assert not any(p.exists() for p in stale) and all(p.read_text() == "mine" for p in keep)
 
 
 def test_failed_set_up_leaves_no_run_folder(tiny_settings, tmp_path):

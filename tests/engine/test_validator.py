@@ -184,3 +184,54 @@ def test_validator_standalone_on_a_yolo_checkpoint(tiny_settings, tiny_yolo_yaml
     assert v.args["imgsz"] == 64 and v.args["iou"] == 0.7 and v.args["box"] == 7.5  # checkpoint + yolov9 recipe
     assert set(metrics) >= {"mAP50-95", "mAP50"} and 0.0 <= metrics["mAP50"] <= 1.0
     assert (v.save_dir / "predictions.json").is_file()
+
+
+# ------------------------------------------------------------------ predictions.json of a COCO-JSON dataset
+@pytest.fixture
+def coco_json_data(tmp_path) -> Path:
+    """The same three images as a COCO-JSON dataset whose ids are its own: image ids that are not file stems
+    (one image in a subfolder), category ids 7 and 3 (class 0 is the lower id, 3)."""
+    image_ids, category_ids = {"000001": 101, "000002": 5, "000003": 4000}, {0: 3, 1: 7}
+    images, annotations = [], []
+    for stem, ((w, h), boxes) in IMAGES.items():
+        name = f"sub/{stem}-x.png" if stem == "000003" else f"{stem}-x.png"
+        (tmp_path / "images" / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / "images" / name), np.full((h, w, 3), 90, np.uint8))
+        images.append({"id": image_ids[stem], "file_name": name, "width": w, "height": h})
+        for c, x1, y1, x2, y2 in boxes:
+            annotations.append({"id": len(annotations) + 1, "image_id": image_ids[stem], "category_id": category_ids[c],
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+    coco = {"images": images, "annotations": annotations,
+            "categories": [{"id": 7, "name": "b"}, {"id": 3, "name": "a"}]}
+    (tmp_path / "instances_val.json").write_text(json.dumps(coco))
+    (tmp_path / "data.yaml").write_text("path: .\ntrain: {json: instances_val.json, images: images}\n"
+                                        "val: {json: instances_val.json, images: images}\nnames: [a, b]\n")
+    return tmp_path / "data.yaml"
+
+
+def test_predictions_json_of_a_coco_dataset_is_scored_by_pycocotools_against_its_own_json(coco_json_data,
+                                                                                         tiny_yaml, tmp_path):
+    """`rtdet val` on a COCO-JSON dataset writes the dataset's own image and category ids, so pycocotools,
+    given the dataset's JSON and predictions.json, finds the same mAP as rtdet (issue 18)."""
+    pytest.importorskip("pycocotools")
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    settings = {"imgsz": 64, "workers": 0, "verbose": False, "val_pipeline": "plain", "batch": 2}
+    loader = loaders.val_loader(loaders.load_data(coco_json_data), resolve_settings(settings, "rtdetr"), 2)
+    outputs, _ = _controlled_outputs(loader)
+    model = build_model(str(tiny_yaml), nc=2, names=["a", "b"]).eval()
+    model.forward = lambda x, targets=None: outputs.pop(0)
+    v = Validator({**settings, "data": str(coco_json_data), "project": str(tmp_path / "runs")})
+    metrics = v(model)
+
+    preds = json.loads((v.save_dir / "predictions.json").read_text())
+    assert {p["image_id"] for p in preds} == {101, 5, 4000} and {p["category_id"] for p in preds} <= {3, 7}
+    gt = COCO(str(coco_json_data.parent / "instances_val.json"))
+    scored = COCOeval(gt, gt.loadRes(str(v.save_dir / "predictions.json")), "bbox")
+    scored.evaluate()
+    scored.accumulate()
+    scored.summarize()
+    assert 0.2 < metrics["mAP50"] < 1.0  # the shifted / missed boxes cost something: not a trivial 1.0
+    assert scored.stats[0] == pytest.approx(metrics["mAP50-95"], abs=2e-3)  # bbox rounded to 3 decimals
+    assert scored.stats[1] == pytest.approx(metrics["mAP50"], abs=2e-3)

@@ -216,7 +216,12 @@ BAD_MODELS = [
     (_rtdetr(CONV, nc=0), r"nc .* must be a positive integer .*got 0"),
     (_rtdetr(CONV, nc="abc"), r"nc .* must be a positive integer .*got 'abc'"),
     (_rtdetr(CONV, nc=2.5), r"nc .* must be a positive integer .*got 2.5"),
-    (_rtdetr([-1, 1, "Conv", [8, 3, 0]]), r"row 0 \(Conv\): .*non-positive stride"),
+    (_rtdetr([-1, 1, "Conv", [8, 3, 0]]), r"row 0 \(Conv\): its arguments \[3, 8, 3, 0\] fail .*non-positive stride"),
+    (_rtdetr([-1, 1, "Conv", [8, 0, 2]]), r"row 0 \(Conv\): its arguments \[3, 8, 0, 2\] fail on its input of shape "
+                                          r"\[1, 3, 128, 128\]"),
+    ({**_rtdetr(CONV), "head": [[[2, 3], 1, "Concat", [9]], *_rtdetr(CONV)["head"]]},
+     r"row 4 \(Concat\): its arguments \[9\] fail on its input of shape \[1, 16, 16, 16\], \[1, 32, 8, 8\] .*"
+     r"Dimension out of range"),
     (_rtdetr([-1, 1, "Conv", [-8, 3, 2]]), r"row 0 \(Conv\): .*output channels, a positive integer; got -8"),
     (_rtdetr([-1, 1, "Conv", ["abc", 3, 2]]), r"row 0 \(Conv\): .*output channels, a positive integer; got 'abc'"),
     (_rtdetr([-1, 1, "Conv", [32.5, 3, 2]]), r"row 0 \(Conv\): .*output channels, a positive integer; got 32.5"),

@@ -84,9 +84,23 @@ def test_unreadable_checkpoints_never_repeat_torchs_weights_only_advice(tmp_path
 def test_stale_temporaries_are_recognised_by_their_name(tmp_path):
     from rtdet.utils.checkpoint import remove_stale_temporaries
 
-    (tmp_path / ".last.pt.x1y2z3.tmp").write_bytes(b"\0" * 10)
-    (tmp_path / "keep.tmp").write_text("a user's file")
-    (tmp_path / ".hidden").write_text("not ours")
+    (tmp_path / ".last.pt.x1y2z3ab.rtdet-tmp").write_bytes(b"\0" * 10)
+    mine = ["keep.tmp", ".notes.txt.x1y2z3ab.tmp", ".hidden", "a.rtdet-tmp"]  # a user's files, not ours
+    for name in mine:
+        (tmp_path / name).write_text("a user's file")
     removed = remove_stale_temporaries(tmp_path)
-    assert [(p.name, size) for p, size in removed] == [(".last.pt.x1y2z3.tmp", 10)]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", "keep.tmp"]
+    assert [(p.name, size) for p, size in removed] == [(".last.pt.x1y2z3ab.rtdet-tmp", 10)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(mine)
+
+
+def test_atomic_writes_use_the_recognisable_temporary_name(tmp_path, monkeypatch):
+    """The temporary of a write in progress is one is_temporary() recognises (what clean-ups delete)."""
+    import os
+
+    from rtdet.utils.checkpoint import atomic_write_text, is_temporary
+
+    seen = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (seen.append(src), real_replace(src, dst)))
+    atomic_write_text(tmp_path / "results.csv", "a\n")
+    assert len(seen) == 1 and is_temporary(seen[0]) and (tmp_path / "results.csv").read_text() == "a\n"
