@@ -187,6 +187,7 @@ class WandbBackend(Backend):
     def finish(self, per_class: dict[str, float], step: int, ok: bool = True) -> None:
         for k, v in per_class.items():
             self.run.summary[f"per_class_AP50-95/{k}"] = v
+        self.run.log({}, commit=True)  # write the last step's row now, before the run's exit record
         self.run.finish(exit_code=0 if ok else 1)
 
 
