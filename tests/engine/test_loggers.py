@@ -2,6 +2,7 @@
 search_runs, W&B's offline run file. Nothing goes to the network: W&B offline, MLflow in a local store."""
 
 import sys
+import time
 
 import pytest
 
@@ -149,14 +150,16 @@ def _wandb_history(run_dir) -> list[dict]:
     from wandb.proto import wandb_internal_pb2
 
     (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    rows = []
-    for data in _wandb_records(path):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(data)
-        if record.WhichOneof("record_type") == "history":
-            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                         for item in record.history.item})
-    return rows
+    for _ in range(60):  # W&B's service may still be writing the file when run.finish() returns
+        records = []
+        for data in _wandb_records(path):
+            records.append(wandb_internal_pb2.Record())
+            records[-1].ParseFromString(data)
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            break
+        time.sleep(0.5)
+    return [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
+            for r in records if r.WhichOneof("record_type") == "history"]
 
 
 @pytest.mark.slow
@@ -173,3 +176,16 @@ def test_wandb_offline_run_holds_the_history(logged_settings, tmp_path, monkeypa
     assert steps == LOG_STEPS
     assert [r["epoch"] for r in rows if "epoch/metrics/mAP50-95" in r] == [1, 2]
     assert all(k in rows[0] for k in ("train/vfl", "lr/head", "lr/backbone"))
+
+
+def test_only_rank_0_logs():
+    from types import SimpleNamespace
+
+    from rtdet.engine.loggers import attach_loggers
+
+    added = []
+    for rank in (0, 1):
+        trainer = SimpleNamespace(rank=rank, args={"loggers": ["tensorboard"]},
+                                  add_callback=lambda event, fn, rank=rank: added.append((rank, event)))
+        assert (attach_loggers(trainer) is None) == (rank == 1)
+    assert added and {r for r, _ in added} == {0}

@@ -116,3 +116,41 @@ def test_ctrl_c_then_resume_is_bit_identical_with_multi_scale(tiny_settings):
     remaining = [(0, 3)] + [(1, i) for i in range(4)]  # the rest of epoch 1, then epoch 2
     assert seen == [reference.multi_scale.size(e, i) for e, i in remaining]
     _assert_same(reference.save_dir / "weights" / "last.pt", last)
+
+
+DDP_SCRIPT = """
+import json, os, sys
+from rtdet.engine.trainer import Trainer
+
+settings, out = json.loads(sys.argv[1]), sys.argv[2]
+trainer, seen = Trainer(settings), []
+trainer.add_callback("on_train_start", lambda t: t.model.register_forward_pre_hook(
+    lambda m, inputs: seen.append(inputs[0].shape[-1]) if m.training else None))
+trainer.train()
+with open(f"{out}.{os.environ['RANK']}", "w") as fh:
+    json.dump(seen, fh)
+"""
+
+
+@pytest.mark.slow
+def test_ddp_ranks_train_each_step_at_the_same_size(tiny_settings, tmp_path):
+    """Two processes under torchrun (Gloo on CPU), each with its own global seed (seed + rank): every step
+    is trained at the same size on both, the size the seed gives."""
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp_sizes.py"
+    script.write_text(DDP_SCRIPT)
+    settings = {**tiny_settings, "epochs": 2, "batch": 4, "multi_scale": [0.5, 1.5], "loggers": "csv"}
+    out = tmp_path / "sizes"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           json.dumps(settings), str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    rank0, rank1 = (json.loads((tmp_path / f"sizes.{r}").read_text()) for r in (0, 1))
+    scales = MultiScale.from_settings(resolve_settings(settings, "rtdetr"), stride=16)
+    # 8 images over 2 ranks, 2 per rank and step: 2 steps per epoch
+    assert rank0 == rank1 == [scales.size(e, i) for e in range(2) for i in range(2)]
+    assert len(set(rank0)) > 1
