@@ -162,8 +162,10 @@ class Trainer:
             together = True
             raise
         finally:
-            self._run_callbacks("teardown")
-            self._teardown(together)
+            try:
+                self._run_callbacks("teardown")
+            finally:  # DDP's teardown must happen even when a callback fails
+                self._teardown(together)
 
     def _teardown(self, together: bool) -> None:
         """Leave DDP the same way on every rank: all ranks meet at a barrier (when they all stop together;

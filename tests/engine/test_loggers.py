@@ -189,3 +189,33 @@ def test_only_rank_0_logs():
                                   add_callback=lambda event, fn, rank=rank: added.append((rank, event)))
         assert (attach_loggers(trainer) is None) == (rank == 1)
     assert added and {r for r, _ in added} == {0}
+
+
+def test_a_stopped_run_closes_its_mlflow_run_as_killed(tiny_settings, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    mlflow = pytest.importorskip("mlflow")
+    uri = f"file:{tmp_path / 'mlruns'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    trainer = Trainer({**tiny_settings, "loggers": "mlflow", "experiment": "stopped"})
+    trainer.add_callback("on_train_batch_end", lambda t: os.kill(os.getpid(), signal.SIGINT))
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    mlflow.set_tracking_uri(uri)
+    assert list(mlflow.search_runs(experiment_names=["stopped"])["status"]) == ["KILLED"]
+
+
+@pytest.mark.slow
+def test_mlflow_default_store_is_sqlite_in_the_project_folder(tiny_settings, tmp_path, monkeypatch):
+    """Without MLFLOW_TRACKING_URI: <project>/mlflow.db and <project>/mlartifacts (slow: SQLite schema set-up)."""
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    project = tmp_path / "runs"
+    trainer = Trainer({**tiny_settings, "epochs": 1, "loggers": "mlflow", "project": str(project)})
+    trainer.train()
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["runs"])  # the project folder's name
+    assert list(runs["status"]) == ["FINISHED"]
+    assert list((project / "mlartifacts").rglob("best.pt"))
