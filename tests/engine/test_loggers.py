@@ -118,6 +118,7 @@ def test_mlflow_run_has_the_settings_metrics_tags_and_best_checkpoint(logged_set
     assert (run["tags.variant"], run["tags.seed"]) == ("base", "0")
     assert (run["params.lr0"], run["params.epochs"], run["params.log_every"]) == ("0.001", "2", "3")
     assert {"metrics.train/vfl", "metrics.lr/head", "metrics.epoch/metrics/mAP50-95"} <= set(runs.columns)
+    assert any(c.startswith("metrics.per_class_AP50-95/") for c in runs.columns)
     client = MlflowClient(uri)
     assert [m.step for m in client.get_metric_history(run["run_id"], "train/loss")] == LOG_STEPS
     assert [m.step for m in client.get_metric_history(run["run_id"], "epoch/metrics/mAP50")] == [1, 2]

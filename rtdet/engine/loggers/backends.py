@@ -9,6 +9,7 @@ raises is the hub's to report (one warning) -- a backend never stops training.
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,7 +131,8 @@ class MLflowBackend(Backend):
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        return [Metric(k, float(v), now, step) for k, v in values.items()]
+        # MLflow names take letters, digits and _-. / only: a class named "cat (wild)" becomes "cat _wild_"
+        return [Metric(re.sub(r"[^\w\-. /]", "_", k), float(v), now, step) for k, v in values.items()]
 
     def log_scalars(self, scalars: dict[str, float], step: int) -> None:
         self.client.log_batch(self.run_id, metrics=self._metrics(scalars, step))
