@@ -144,8 +144,8 @@ def _wandb_records(path):
             parts = b""
 
 
-def _wandb_history(run_dir) -> list[dict]:
-    """The history rows of the offline W&B run saved under ``run_dir``."""
+def _wandb_run(run_dir) -> tuple[list[dict], object]:
+    """(history rows, run record) of the offline W&B run saved under ``run_dir``."""
     import json
 
     from wandb.proto import wandb_internal_pb2
@@ -159,8 +159,9 @@ def _wandb_history(run_dir) -> list[dict]:
         if any(r.WhichOneof("record_type") == "exit" for r in records):
             break
         time.sleep(0.5)
-    return [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
+    rows = [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
             for r in records if r.WhichOneof("record_type") == "history"]
+    return rows, next(r.run for r in records if r.WhichOneof("record_type") == "run")
 
 
 @pytest.mark.slow
@@ -172,7 +173,9 @@ def test_wandb_offline_run_holds_the_history(logged_settings, tmp_path, monkeypa
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
     trainer = Trainer({**logged_settings, "loggers": "wandb"})
     trainer.train()
-    rows = _wandb_history(trainer.save_dir)
+    rows, run = _wandb_run(trainer.save_dir)
+    assert (run.project, run.run_group, run.display_name) == ("ablation", "base", trainer.save_dir.name)
+    assert set(run.tags) == {"variant=base", "seed=0"}
     steps = [r["_step"] for r in rows if "train/loss" in r]
     assert steps == LOG_STEPS
     assert [r["epoch"] for r in rows if "epoch/metrics/mAP50-95" in r] == [1, 2]
@@ -190,6 +193,20 @@ def test_only_rank_0_logs():
                                   add_callback=lambda event, fn, rank=rank: added.append((rank, event)))
         assert (attach_loggers(trainer) is None) == (rank == 1)
     assert added and {r for r, _ in added} == {0}
+
+
+def test_runs_of_one_experiment_are_told_apart_by_their_tags(tiny_settings, tmp_path, monkeypatch):
+    """What compare and tune do: one experiment, a run per (variant, seed), tagged with both."""
+    mlflow = pytest.importorskip("mlflow")
+    uri = f"file:{tmp_path / 'mlruns'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    for variant, seed in (("base", 0), ("base", 1)):
+        Trainer({**tiny_settings, "epochs": 1, "seed": seed, "loggers": "mlflow", "experiment": "study",
+                 "tags": {"variant": variant, "seed": seed}}).train()
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["study"], filter_string="tags.variant = 'base'")
+    assert sorted(runs["tags.seed"]) == ["0", "1"] and set(runs["status"]) == {"FINISHED"}
 
 
 def test_a_stopped_run_closes_its_mlflow_run_as_killed(tiny_settings, tmp_path, monkeypatch):
