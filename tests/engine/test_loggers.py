@@ -101,6 +101,20 @@ def test_a_failing_backend_is_named_once_and_training_goes_on(tiny_settings, mon
     assert list(trainer.save_dir.glob("events.out.tfevents.*"))  # the working backend went on
 
 
+def test_wandb_without_credentials_is_one_warning(tiny_settings, tmp_path, monkeypatch, caplog):
+    pytest.importorskip("wandb")
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: no stored key
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    trainer = Trainer({**tiny_settings, "epochs": 1, "loggers": "wandb"})
+    with caplog.at_level("WARNING", logger="rtdet"):
+        trainer.train()
+    lines = [r.getMessage() for r in caplog.records if "logger failed" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("wandb logger failed at start (UsageError: No API key"), lines
+    assert (trainer.save_dir / "weights" / "last.pt").is_file()
+
+
 def test_mlflow_run_has_the_settings_metrics_tags_and_best_checkpoint(logged_settings, tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
