@@ -28,7 +28,7 @@ __all__ = ["RESUME_OVERRIDABLE", "check_resumed_classes", "own_run_folder", "res
 
 # Settings a resumed run may change; everything else comes from the checkpoint so the run continues
 # exactly as it started.
-RESUME_OVERRIDABLE = ("device", "workers", "verbose", "plots")
+RESUME_OVERRIDABLE = ("device", "workers", "verbose", "plots", "loggers", "log_every", "experiment", "tags")
 
 
 def resume_settings(ckpt_path: Path, user: dict) -> tuple[dict, dict]:

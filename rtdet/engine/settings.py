@@ -147,7 +147,25 @@ SCHEMA_TYPES: dict[str, dict] = {
     "dict": {"kind": dict},
     "device": {"kind": str, "label": "a device (cpu, 0, 0,1)", "validate": check_device},
     "folder_name": {"kind": str, "label": "a folder name", "validate": _check_run_name},
+    # Checked by their own modules' parsers, which accept several spellings (a list, or text).
+    "loggers": {"kind": object, "label": "a list of tensorboard, mlflow, wandb, csv, or auto",
+                "validate": lambda v: _loggers().parse_loggers(v)},
+    "tags": {"kind": object, "label": "key=value pairs", "validate": lambda v: _loggers().parse_tags(v)},
+    "scale_range": {"kind": object, "label": "a range of factors such as 0.5-1.5, or true / false",
+                    "validate": lambda v: _multiscale().parse_multi_scale(v)},
 }
+
+
+def _loggers():
+    from rtdet.engine import loggers
+
+    return loggers
+
+
+def _multiscale():
+    from rtdet.engine import multiscale
+
+    return multiscale
 
 
 @lru_cache(maxsize=1)

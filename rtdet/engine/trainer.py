@@ -44,6 +44,9 @@ from tqdm import tqdm
 
 from rtdet.engine import loaders
 from rtdet.engine.errors import Interrupted, NonFiniteLossError
+from rtdet.engine.loggers import attach_loggers
+from rtdet.engine.meters import LossMeter, learning_rates, to_host
+from rtdet.engine.multiscale import MultiScale
 from rtdet.engine.optim import LRSchedule, build_optimizer, scaled_lr, warmup_steps
 from rtdet.engine.resume import check_resumed_classes, own_run_folder, resume_settings
 from rtdet.engine.rundir import RunFolder, latest_run, run_dir
@@ -82,7 +85,9 @@ from rtdet.utils.torch_utils import (
 
 __all__ = ["Trainer"]
 
-EVENTS = ("on_train_start", "on_train_epoch_start", "on_train_batch_end", "on_fit_epoch_end", "on_train_end")
+# teardown: after the run, also when it failed or was stopped (loggers close their runs there).
+EVENTS = ("on_train_start", "on_train_epoch_start", "on_train_batch_end", "on_fit_epoch_end", "on_train_end",
+          "teardown")
 
 
 def _plain(value: Any) -> Any:
@@ -161,7 +166,10 @@ class Trainer:
         finally:
             if not finished and self.folder is not None:
                 self.folder.discard_if_empty()  # a run that failed before writing anything leaves no folder
-            self._teardown(together)
+            try:
+                self._run_callbacks("teardown")
+            finally:  # DDP's teardown must happen even when a callback fails
+                self._teardown(together)
 
     def _teardown(self, together: bool) -> None:
         """Leave DDP the same way on every rank: all ranks meet at a barrier (when they all stop together;
@@ -284,6 +292,8 @@ class Trainer:
                             schedule=str(args.get("ema_schedule") or "ramp")) if args["ema"] else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.validator = Validator(args={**args, "verbose": False}) if self.val_loader is not None else None
+        self.multi_scale = MultiScale.from_settings(args, stride=max(de_parallel(self.model).strides))
+        self.step_log: tuple[int, dict[str, float]] | None = None  # (global batch, values) when a log step is due
         if self.world > 1 and int(args["batch"]) < self.world:
             LOGGER.warning(f"batch={args['batch']} is less than the {self.world} DDP processes; each reads "
                            f"1 image per step, {self.world} in all")
@@ -296,6 +306,7 @@ class Trainer:
             self._load_state(ckpt)
         if self.rank == 0:
             self._make_run_folder()
+            attach_loggers(self)
         self._run_callbacks("on_train_start")
 
     def _claim_run_folder(self, ckpt: dict | None, args: dict) -> Path:
@@ -424,47 +435,51 @@ class Trainer:
             self.resume_rng = None
         self.skip_batches, self._epoch_rng = 0, epoch_rng
         n = len(loader)
-        sums: dict[str, float] = defaultdict(float)
-        seen = 0
+        meter = LossMeter(int(self.args.get("log_every") or 10))  # loss terms summed on the device
         pbar = tqdm(batches, total=n, initial=start, desc=f"{epoch + 1}/{self.epochs}", leave=True,
                     disable=not self.args.get("verbose", True) or self.rank != 0, dynamic_ncols=True)
         t0, images = time.time(), 0
         self.optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(pbar, start=start):
             step_done = (i + 1) % self.accumulate == 0 or i + 1 == n
-            loss, terms = self.train_step(batch, step=step_done, where=(epoch, i, n))
-            for k, v in terms.items():
-                sums[k] += v
-            seen += 1
+            meter.update(*self.train_step(batch, step=step_done, where=(epoch, i, n)))
             images += batch["img"].shape[0] * self.world
             self.batch_index = i
-            rate = images / max(time.time() - t0, 1e-9)
-            pbar.set_postfix_str(_format_terms(loss, terms, rate), refresh=False)
+            window = meter.read(i, n)  # every log_every batches: one host read of the window's means
+            self.step_log = None if window is None else (epoch * n + i + 1, {
+                **{f"train/{k}": v for k, v in window.items()}, **learning_rates(self.optimizer)})
+            if window is not None:
+                rate = images / max(time.time() - t0, 1e-9)
+                pbar.set_postfix_str(_format_terms(window.pop("loss"), window, rate), refresh=False)
             self._run_callbacks("on_train_batch_end")
             if step_done and self._sync_flags(False)[0]:
                 pbar.close()
-                return i + 1, {k: v / seen for k, v in sums.items()}
+                return i + 1, meter.epoch_means()
         pbar.close()
-        return None, {k: v / max(seen, 1) for k, v in sums.items()}
+        return None, meter.epoch_means()
 
     def train_step(self, batch: dict, step: bool = True, where: tuple[int, int, int] | None = None
-                   ) -> tuple[float, dict[str, float]]:
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Forward, loss, backward on one batch; with ``step`` also the optimizer step (schedule, clipping,
-        EMA). Returns (loss, {term: value}). A NaN/inf loss raises NonFiniteLossError before any update."""
+        EMA). Returns (loss, {term: value}) as detached tensors on the device: read them on the host only when
+        needed (:class:`LossMeter`). A NaN/inf loss raises NonFiniteLossError before any update. ``where``
+        (epoch, batch, batches) places the batch in the run: multi-scale draws its size from it."""
         self.model.train()
         batch = loaders.to_device(batch, self.device)
+        if where is not None and getattr(self, "multi_scale", None) is not None:
+            batch = self.multi_scale(batch, where[0], where[1])
         batch["targets"] = batch_targets(batch, batch["img"].shape[0], de_parallel(self.model).nc)  # once a step
         with torch.autocast("cuda", enabled=self.amp):
             outputs = self.model(batch["img"], batch)
             loss, items = self.criterion(outputs, batch)
-        terms = {k: float(v) for k, v in items.items()}
-        if self._sync_flags(not bool(torch.isfinite(loss.detach()).all()))[1]:
+        # The one host read of every step: a NaN/inf loss must stop training before the update.
+        if self._sync_flags(not to_host(torch.isfinite(loss.detach()).all()))[1]:
             epoch, i, n = where if where is not None else (self.epoch, 0, 1)
-            self._non_finite(epoch, i, n, loss, terms)
+            self._non_finite(epoch, i, n, loss, items)
         self.scaler.scale(loss * self.loss_scale).backward()
         if step:
             self._optimizer_step()
-        return float(loss.detach()), terms
+        return loss.detach(), dict(items)
 
     def _optimizer_step(self) -> None:
         self.schedule.step()
@@ -489,10 +504,10 @@ class Trainer:
             self._stop_requested = flags[0]
         return flags
 
-    def _non_finite(self, epoch: int, i: int, n: int, loss: torch.Tensor, terms: dict[str, float]) -> None:
+    def _non_finite(self, epoch: int, i: int, n: int, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
         kept = (f"{self.last} keeps the weights of the last completed epoch" if self.last.is_file()
                 else "no epoch completed, so no weights were saved")
-        detail = ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
+        detail = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
         raise NonFiniteLossError(
             f"loss is {float(loss.detach())} at epoch {epoch + 1}/{self.epochs}, batch {i + 1}/{n} ({detail}). "
             f"Training stopped; {kept}. Usual fixes: a lower lr0, amp=False, clip_grad=0.1, or check the labels "

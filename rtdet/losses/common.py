@@ -88,14 +88,14 @@ def batch_targets(batch: dict, n_img: int, nc: int) -> PaddedTargets:
     if cls.shape[0] != n or bboxes.shape != (n, 4):
         raise ValueError(f"batch has batch_idx [{n}], cls {tuple(batch['cls'].shape)}, bboxes "
                          f"{tuple(batch['bboxes'].shape)}; expected [N], [N], [N, 4]")
-    if n:
-        lo, hi = int(cls.min()), int(cls.max())
+    if n:  # one host read for the four bounds (each read waits for the GPU)
+        lo, hi, first, last = torch.stack([cls.min(), cls.max(), batch_idx.min(), batch_idx.max()]).tolist()
         if lo < 0 or hi >= nc:
             raise ValueError(f"class id {lo if lo < 0 else hi} in batch['cls'] is outside [0, {nc - 1}] "
                              f"(nc={nc}); check the dataset's names / nc")
-        if int(batch_idx.min()) < 0 or int(batch_idx.max()) >= n_img:
+        if first < 0 or last >= n_img:
             raise ValueError(f"batch['batch_idx'] must lie in [0, {n_img - 1}] for the {n_img} images of the "
-                             f"batch, got [{int(batch_idx.min())}, {int(batch_idx.max())}]")
+                             f"batch, got [{first}, {last}]")
     return pad_targets(batch_idx, cls, bboxes, n_img)
 
 
