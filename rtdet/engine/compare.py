@@ -36,6 +36,7 @@ from pathlib import Path
 
 from rtdet.engine.errors import RunRecordError
 from rtdet.engine.executors import EXECUTOR_KEYS, Job, make_executor, run_job
+from rtdet.engine.loggers import grouped
 from rtdet.engine.settings import SettingsError
 from rtdet.engine.stats import mean_std, paired_t_test
 from rtdet.utils.checkpoint import atomic_write_text
@@ -219,6 +220,7 @@ class Compare:
             spec = next(v.spec for v in self.variants if v.label == run.variant)
             settings = {**_plain(self.train_args), "model": spec, "seed": run.seed, "project": str(self.save_dir),
                         "name": run.dir.name, "exist_ok": True}
+            settings = grouped(settings, f"compare-{self.save_dir.name}", variant=run.variant, seed=run.seed)
             jobs.append(Job(run.name, run.dir, settings))
         return jobs
 

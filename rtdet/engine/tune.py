@@ -35,6 +35,7 @@ from pathlib import Path
 import yaml
 
 from rtdet.engine.executors import EXECUTOR_KEYS, Job, make_executor, run_job
+from rtdet.engine.loggers import grouped
 from rtdet.engine.settings import SettingsError
 from rtdet.utils.checkpoint import atomic_write_bytes, atomic_write_text
 from rtdet.utils.logging import LOGGER
@@ -251,6 +252,7 @@ class Tune:
             name = f"trial-{trial.number:03d}"
             settings = {**_plain(self.train_args), **trial.params, "val": True, "project": str(self.save_dir),
                         "name": name, "exist_ok": True}
+            settings = grouped(settings, f"tune-{self.save_dir.name}", trial=trial.number)
             jobs.append(Job(name, self.save_dir / "train" / name, settings,
                             {"prune": self.args["pruner"] != "none", "storage": storage, "trial_id": trial._trial_id}))
         for trial, outcome in zip(trials, self.executor.run(run_trial, jobs)):

@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import yaml
 
 from rtdet.engine.compare import Compare, _labels, parse_seeds
 from rtdet.engine.settings import SettingsError
@@ -124,6 +125,10 @@ def test_compare_writes_every_output_and_resumes_without_retraining(variants, ti
     third()
     assert third.trained == [] and third.resumed == []  # nothing left to train
 
+    # every run logs into one experiment, tagged with its variant and seed (loggers chart the seeds together)
+    args = yaml.safe_load((runs["rtdetr-tiny-wide-s1"] / "args.yaml").read_text())
+    assert args["experiment"] == "compare-compare" and args["tags"] == {"variant": "rtdetr-tiny-wide", "seed": "1"}
+
 
 def test_compare_refuses_other_settings_under_the_same_name(variants, tiny_data, tmp_path):
     settings = _settings(variants, tiny_data, tmp_path)
@@ -146,9 +151,9 @@ def test_compare_takes_finished_checkpoints(variants, tiny_data, tmp_path):
     from rtdet import build_model
 
     files = []
-    for k, yaml in enumerate(variants):
+    for k, spec in enumerate(variants):
         path = tmp_path / f"v{k}" / "weights" / "best.pt"
-        build_model(yaml, nc=2, names=["circle", "square"]).save(path)
+        build_model(spec, nc=2, names=["circle", "square"]).save(path)
         files.append(str(path))
     settings = {**_settings(variants, tiny_data, tmp_path), "models": ",".join(files)}
     cmp = Compare(settings)

@@ -251,3 +251,12 @@ def test_mlflow_default_store_is_sqlite_in_the_project_folder(tiny_settings, tmp
     runs = mlflow.search_runs(experiment_names=["runs"])  # the project folder's name
     assert list(runs["status"]) == ["FINISHED"]
     assert list((project / "mlartifacts").rglob("best.pt"))
+
+
+def test_a_group_run_keeps_the_users_experiment_and_tags_and_adds_its_own():
+    from rtdet.engine.loggers import grouped
+
+    run = grouped({"epochs": 3}, "compare-ablation", variant="dysample", seed=1)
+    assert run == {"epochs": 3, "experiment": "compare-ablation", "tags": {"variant": "dysample", "seed": "1"}}
+    mine = grouped({"experiment": "mine", "tags": "team=a"}, "tune-t", trial=4)
+    assert mine["experiment"] == "mine" and mine["tags"] == {"team": "a", "trial": "4"}

@@ -11,7 +11,7 @@ line and switched off; training goes on.
 """
 
 from rtdet.engine.loggers.backends import BACKENDS, Backend, RunInfo
-from rtdet.engine.loggers.hub import Loggers, attach_loggers, parse_loggers, parse_tags, resolve_loggers
+from rtdet.engine.loggers.hub import Loggers, attach_loggers, grouped, parse_loggers, parse_tags, resolve_loggers
 
-__all__ = ["BACKENDS", "Backend", "Loggers", "RunInfo", "attach_loggers", "parse_loggers", "parse_tags",
+__all__ = ["BACKENDS", "Backend", "Loggers", "RunInfo", "attach_loggers", "grouped", "parse_loggers", "parse_tags",
            "resolve_loggers"]

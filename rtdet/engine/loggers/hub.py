@@ -46,6 +46,16 @@ def parse_tags(value: Any) -> dict[str, str] | None:
     return out or None
 
 
+def grouped(settings: dict, experiment: str, **tags) -> dict:
+    """The settings of one run of a group (a ``compare`` variant and seed, a ``tune`` trial): every run logs
+    into one experiment -- the user's ``experiment=``, else the group's name -- tagged with what sets it apart
+    (``variant`` and ``seed``; ``trial``) on top of the user's own ``tags=``, so a tracker can chart the seeds
+    of a variant together."""
+    own = parse_tags(settings.get("tags")) or {}
+    return {**settings, "experiment": settings.get("experiment") or experiment,
+            "tags": {**own, **{k: str(v) for k, v in tags.items()}}}
+
+
 def resolve_loggers(names: list[str]) -> list[str]:
     """The trackers to start: ``auto`` is TensorBoard when it is installed; csv starts nothing (the trainer
     writes results.csv in any case)."""
