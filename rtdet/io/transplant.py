@@ -17,8 +17,9 @@ aligned by what they are instead:
 
 The alignment is a dynamic programme over the two row sequences (both are in topological order), like a
 sequence alignment whose match score is the similarity above and whose matches must keep the graph
-consistent with the matches already made on the path. Then, per aligned row, every tensor whose relative
-name and shape agree is copied; a tensor whose shape differs is skipped and named with both shapes; a row
+consistent with the matches already made on the path. Then an aligned row whose tensors all agree in name
+and shape is copied; an aligned row whose shapes differ is skipped, each tensor named with both shapes
+(the head row alone keeps the tensors that still fit: another class count changes only a few); a row
 without a partner keeps its initialisation. A row that names its own pretrained weights
 (``[weights=convnextv2_atto_1k_224_ema.pt]``, :mod:`rtdet.io.rows`) keeps them: they win for that row.
 
@@ -38,8 +39,8 @@ import torch
 from rtdet.io.load import load_model
 from rtdet.nn.model import DetectionModel
 
-__all__ = ["RowSpec", "RowTransplant", "TensorSkip", "TransplantReport", "align_rows", "describe_rows",
-           "plan_transplant", "transplant"]
+__all__ = ["RowSpec", "RowTransplant", "TensorSkip", "TransplantReport", "align_rows", "apply_transplant",
+           "describe_rows", "plan_transplant", "transplant", "transplant_pretrained", "write_transplant_report"]
 
 IMAGE = (-1, 0)  # the input image, as a (row, output) producer: always aligned with the other model's image
 
@@ -305,10 +306,10 @@ def _tensor_reason(source_shape: tuple | None, target_shape: tuple, row_reason: 
 
 
 def _row_plan(a: RowSpec | None, b: RowSpec) -> RowTransplant:
-    """What target row ``b`` receives from its partner ``a``. Tensors whose shapes agree are copied, except
-    when the row reads an input of another width (its first weights cannot fit, so the values after them
-    describe other features; an input only one side has, such as a fourth level of a decoder, is fine) or
-    when no parameter at all agrees (a lone BatchNorm counter is no weight)."""
+    """What target row ``b`` receives from its partner ``a``: every tensor, when every tensor's shape agrees;
+    else nothing (a BatchNorm after a convolution of another shape describes other features), each tensor
+    named. The head row is the exception: a head for another class count (or another number of levels)
+    keeps every tensor whose shape still agrees -- unless it reads an input of another width."""
     row = RowTransplant(b.index, None if a is None else a.index, b.name, b.part, sum(b.params.values()),
                         weights=b.weights, has_tensors=bool(b.shapes))
     if a is None or b.weights:
@@ -316,6 +317,8 @@ def _row_plan(a: RowSpec | None, b: RowSpec) -> RowTransplant:
     fits = [k for k, shape in b.shapes.items() if a.shapes.get(k) == shape]
     if any(x != y for x, y in zip(a.c_in, b.c_in)):
         row.reason = f"input channels {_shape(a.c_in)} in the source, {_shape(b.c_in)} here"
+    elif b.part != "head" and len(fits) < len(b.shapes):
+        row.reason = f"{len(b.shapes) - len(fits)} of its {len(b.shapes)} tensors differ"
     elif b.params and not any(k in b.params for k in fits):
         row.reason = "no parameter has the same shape"
     if row.reason:
@@ -353,10 +356,11 @@ def apply_transplant(report: TransplantReport, source: DetectionModel, target: D
     report.model = target
 
 
-def _display_name(source: Any, loaded_source: str) -> str:
+def _display_name(source: Any, loaded) -> str:
+    """A file's name; a built-in YAML's name; a model object's own name."""
     if isinstance(source, str | Path):
         return Path(str(source)).name
-    return loaded_source
+    return loaded.model.name
 
 
 def transplant(source: Any, model: Any, nc: int | None = None, names: list | dict | None = None) -> TransplantReport:
@@ -373,7 +377,32 @@ def transplant(source: Any, model: Any, nc: int | None = None, names: list | dic
     """
     loaded = load_model(source, notice=False)
     target = load_model(model, nc=nc, names=names).model
-    report = plan_transplant(loaded.model, target, _display_name(source, loaded.source))
+    report = plan_transplant(loaded.model, target, _display_name(source, loaded))
     apply_transplant(report, loaded.model, target)
     return report
 
+
+
+def transplant_pretrained(pretrained: str | Path, model: DetectionModel) -> TransplantReport:
+    """What ``pretrained=`` does to a model about to be trained: transplant, log the summary line, and
+    refuse a source of which nothing fits (a wrong file is better reported than trained from scratch)."""
+    from rtdet.io.rules import WeightLoadError
+    from rtdet.utils.logging import LOGGER
+
+    source = load_model(pretrained, notice=False).model
+    report = plan_transplant(source, model, Path(str(pretrained)).name)
+    if not report.transplanted_rows:
+        raise WeightLoadError(f"pretrained={pretrained}: no row of {model.name} can take its weights "
+                              f"({report.summary()}); is it a checkpoint of a related model?")
+    apply_transplant(report, source, model)
+    LOGGER.info(f"pretrained: {report.summary()}")
+    return report
+
+
+def write_transplant_report(report: TransplantReport, folder: str | Path) -> tuple[Path, Path]:
+    """``transplant.md`` and ``transplant.json`` in ``folder`` (written atomically)."""
+    from rtdet.utils.checkpoint import atomic_write_text
+
+    folder = Path(folder)
+    return (atomic_write_text(folder / "transplant.md", report.to_markdown()),
+            atomic_write_text(folder / "transplant.json", report.to_json()))
