@@ -40,7 +40,8 @@ from rtdet.io.load import load_model
 from rtdet.nn.model import DetectionModel
 
 __all__ = ["RowSpec", "RowTransplant", "TensorSkip", "TransplantReport", "align_rows", "apply_transplant",
-           "describe_rows", "plan_transplant", "transplant", "transplant_pretrained", "write_transplant_report"]
+           "describe_rows", "plan_transplant", "transplant", "transplant_file", "transplant_pretrained",
+           "write_transplant_report"]
 
 IMAGE = (-1, 0)  # the input image, as a (row, output) producer: always aligned with the other model's image
 
@@ -363,7 +364,8 @@ def _display_name(source: Any, loaded) -> str:
     return loaded.model.name
 
 
-def transplant(source: Any, model: Any, nc: int | None = None, names: list | dict | None = None) -> TransplantReport:
+def transplant(source: Any, model: Any, nc: int | None = None, names: list | dict | None = None,
+               scale: str | None = None) -> TransplantReport:
     """Initialise ``model`` with the weights of ``source`` by structure; returns the report (``.model`` is
     the initialised model).
 
@@ -374,9 +376,10 @@ def transplant(source: Any, model: Any, nc: int | None = None, names: list | dic
             DetectionModel (changed in place).
         nc, names: class count and names of the target (default: the YAML's or the checkpoint's); a head
             whose class count differs from the source's keeps every tensor whose shape still agrees.
+        scale: scale letter of a multi-scale target YAML.
     """
     loaded = load_model(source, notice=False)
-    target = load_model(model, nc=nc, names=names).model
+    target = load_model(model, nc=nc, names=names, scale=scale).model
     report = plan_transplant(loaded.model, target, _display_name(source, loaded))
     apply_transplant(report, loaded.model, target)
     return report
@@ -406,3 +409,22 @@ def write_transplant_report(report: TransplantReport, folder: str | Path) -> tup
     folder = Path(folder)
     return (atomic_write_text(folder / "transplant.md", report.to_markdown()),
             atomic_write_text(folder / "transplant.json", report.to_json()))
+
+
+def transplant_file(source: str | Path, model: Any, to: str | Path | None = None, nc: int | None = None,
+                    names: list | dict | None = None, scale: str | None = None) -> tuple[Path, TransplantReport]:
+    """``rtdet transplant``: the initialised target written as an rtdet checkpoint (``model`` = it, plus the
+    report as plain types), which ``rtdet train model=<it>`` and :func:`load_model` read. Default output:
+    ``<model stem>-from-<source stem>.pt`` in the current folder. Returns (written path, report)."""
+    from rtdet.io.rules import WeightLoadError
+    from rtdet.utils.checkpoint import CheckpointError, save_checkpoint
+
+    report = transplant(source, model, nc=nc, names=names, scale=scale)
+    if not report.transplanted_rows:
+        raise WeightLoadError(f"{source}: no row of {report.target} can take its weights ({report.summary()}); "
+                              f"nothing written")
+    out = Path(to) if to else Path(f"{report.target}-from-{Path(str(source)).stem}.pt")
+    if isinstance(source, str | Path) and out.resolve() == Path(source).resolve():
+        raise CheckpointError(f"{out}: would overwrite the source; choose another to=")
+    save_checkpoint({"model": report.model.to_checkpoint(), "transplant": report.to_dict()}, out)
+    return out, report

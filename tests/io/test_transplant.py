@@ -250,3 +250,54 @@ def test_every_row_outside_a_random_edit_keeps_its_partner():
         assert_same_types(report, base, target)  # nothing lands in a row of another module type
 
     check()
+
+
+# ------------------------------------------------------------------------------------------ rtdet transplant
+def test_the_transplant_verb_writes_a_checkpoint_that_loads_and_trains(tmp_path, capsys):
+    from rtdet.cli import main
+    from rtdet.io import load_model
+
+    source = build_model(_yaml(tmp_path, "base", TINY_NECK))
+    ckpt = source.save(tmp_path / "base.pt")
+    variant = _yaml(tmp_path, "variant", TINY_NECK.replace("[-1, 1, Conv, [16, 1, 1]]     # 4",
+                                                           "[-1, 1, DWConv, [32, 3, 1]]\n  - [-1, 1, Conv, [16, 1, 1]]")
+                    .replace("[[-1, 2], 1, Concat", "[[-1, 2], 1, Concat").replace("[[7, 4]", "[[8, 5]"))
+    out = tmp_path / "variant-init.pt"
+    assert main(["transplant", f"source={ckpt}", f"model={variant}", f"to={out}", "nc=2"]) == 0
+    printed = capsys.readouterr().out
+    assert "variant: " in printed and "1 row new: 4" in printed and f"wrote {out}" in printed
+    loaded = load_model(out)
+    assert loaded.format == "rtdet" and loaded.model.nc == 2
+    saved = torch.load(out, weights_only=True)["transplant"]
+    assert saved["new_rows"] == [4] and saved["source"] == "base.pt"
+    for r in saved["rows"]:
+        for key in r["copied"]:
+            assert torch.equal(loaded.model.state_dict()[f"model.{r['target']}.{key}"],
+                               source.state_dict()[f"model.{r['source']}.{key}"])
+
+
+@pytest.mark.parametrize(("argv", "code", "says"), [
+    (["transplant", "model=rtdetr-demo.yaml"], 2, "needs source="),
+    (["transplant", "source=x.pt"], 2, "needs model="),
+    (["transplant", "source=x.pt", "model=rtdetr-demo.yaml", "epochs=3"], 2, "does not take epochs"),
+    (["transplant", "source=missing.pt", "model=rtdetr-demo.yaml"], 1, "missing.pt: checkpoint file not found"),
+])
+def test_the_transplant_verb_names_bad_input(argv, code, says, capsys):
+    from rtdet.cli import main
+
+    assert main(argv) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rtdet transplant: error: ") and says in err[0]
+
+
+def test_a_source_of_which_nothing_fits_writes_nothing(tmp_path, capsys):
+    from rtdet.cli import main
+
+    ckpt = build_model(_yaml(tmp_path, "base", TINY_NECK)).save(tmp_path / "base.pt")
+    wider = TINY_NECK
+    for a, b in (("[8, 3, 2]", "[40, 3, 2]"), ("[16, 3, 2]", "[48, 3, 2]"), ("[24, 3, 2]", "[56, 3, 2]"),
+                 ("[32, 3, 2]", "[64, 3, 2]"), ("[16, 1, 1]", "[40, 1, 1]"), ("RepC3, [16]", "RepC3, [40]")):
+        wider = wider.replace(a, b)  # other widths everywhere (multiples of 8: widths are rounded up to them)
+    out = tmp_path / "out.pt"
+    assert main(["transplant", f"source={ckpt}", f"model={_yaml(tmp_path, 'other', wider)}", f"to={out}"]) == 1
+    assert "no row of other can take its weights" in capsys.readouterr().err and not out.exists()
