@@ -193,10 +193,10 @@ BASE_ROWS = [
     [10, 1, "RepC3", [24]], [[8, 11], 1, "RTDETRDecoder", ["nc", 16, 10, 2, 2, 1, 32, 0.0, None, -1, 5]],
 ]
 STRIDE_ONE = [2, 5, 8, 11]
-# None is written like a row of BASE_ROWS: a twin inserted beside its original is ambiguous (either may be
-# called the new one; the alignment picks the one whose inputs and shapes fit).
-NEW_ROWS = [["Conv", [40, 3, 1]], ["Conv", [12, 1, 1]], ["DWConv", [16, 3, 1]], ["nn.Identity", []],
-            ["SPPELAN", [24, 16]], ["RepC3", [12]]]
+# None builds like a row of BASE_ROWS (widths are rounded up to multiples of 8): a twin inserted beside its
+# original is ambiguous (either may be called the new one; the alignment picks the one whose inputs fit).
+NEW_ROWS = [["Conv", [40, 3, 1]], ["Conv", [48, 1, 1]], ["DWConv", [16, 3, 1]], ["nn.Identity", []],
+            ["SPPELAN", [24, 16]], ["RepC3", [40]]]
 
 
 def _shift(f, fix):
