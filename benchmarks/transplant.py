@@ -1,6 +1,6 @@
 """Transplant vs name matching: does a variant whose backbone rows moved start where its baseline stands?
 
-    .venv/bin/python benchmarks/transplant.py                       # about 10 CPU-minutes on 2 loaded cores
+    nice -n 10 .venv/bin/python benchmarks/transplant.py            # a few CPU-minutes (one thread)
     .venv/bin/python benchmarks/transplant.py --quick               # 1 + 1 epochs on 32 images: checks the script
     .venv/bin/python benchmarks/transplant.py --out transplant.md   # also writes the table
 
@@ -70,12 +70,12 @@ def share(model: DetectionModel, source: dict[str, torch.Tensor]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=240, help="synthetic train images (val: a quarter)")
-    ap.add_argument("--imgsz", type=int, default=192)
+    ap.add_argument("--images", type=int, default=128, help="synthetic train images (val: a quarter)")
+    ap.add_argument("--imgsz", type=int, default=128)
     ap.add_argument("--base-epochs", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs of the variant")
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: least contention on a shared machine)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="32 images, 1 + 1 epochs at 128 px: checks the script")
     ap.add_argument("--out", type=Path, default=None)
