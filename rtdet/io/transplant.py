@@ -37,7 +37,12 @@ from typing import Any
 import torch
 
 from rtdet.io.load import load_model
+from rtdet.io.rows import split_weights
+from rtdet.io.rules import WeightLoadError
 from rtdet.nn.model import DetectionModel
+from rtdet.nn.registry import lookup
+from rtdet.utils.checkpoint import CheckpointError, atomic_write_text, save_checkpoint
+from rtdet.utils.logging import LOGGER
 
 __all__ = ["RowSpec", "RowTransplant", "TensorSkip", "TransplantReport", "align_rows", "apply_transplant",
            "describe_rows", "plan_transplant", "transplant", "transplant_file", "transplant_pretrained",
@@ -49,7 +54,6 @@ IMAGE = (-1, 0)  # the input image, as a (row, output) producer: always aligned 
 @dataclass(frozen=True)
 class RowSpec:
     """What one row of a built model is, for the alignment."""
-
     index: int  # row number
     name: str  # module name as the YAML writes it ("Conv", "nn.Upsample")
     cls: type  # the class it builds
@@ -65,9 +69,6 @@ class RowSpec:
 
 def describe_rows(model: DetectionModel) -> list[RowSpec]:
     """One :class:`RowSpec` per row of a (not fused) model."""
-    from rtdet.io.rows import split_weights
-    from rtdet.nn.registry import lookup
-
     if model.is_fused:
         raise ValueError(f"{model.name}: a fused model has lost its training-only rows and BatchNorms; "
                          f"transplant into (and from) the model before fuse()")
@@ -146,7 +147,6 @@ def align_rows(source: list[RowSpec], target: list[RowSpec]) -> dict[int, int]:
 @dataclass
 class TensorSkip:
     """A tensor of an aligned target row that was not copied."""
-
     key: str  # relative to the row ("cv1.conv.weight")
     source_shape: tuple[int, ...] | None  # None: the source row has no such tensor
     target_shape: tuple[int, ...]
@@ -156,7 +156,6 @@ class TensorSkip:
 @dataclass
 class RowTransplant:
     """What one target row received."""
-
     target: int
     source: int | None  # the aligned source row; None: no partner
     module: str
@@ -189,7 +188,6 @@ class RowTransplant:
 @dataclass
 class TransplantReport:
     """Per target row: its source row, module, tensors copied and skipped, and the share of parameters."""
-
     source: str  # what the weights came from (a file name, a YAML name)
     source_model: str
     target: str  # the target model's name
@@ -389,9 +387,6 @@ def transplant(source: Any, model: Any, nc: int | None = None, names: list | dic
 def transplant_pretrained(pretrained: str | Path, model: DetectionModel) -> TransplantReport:
     """What ``pretrained=`` does to a model about to be trained: transplant, log the summary line, and
     refuse a source of which nothing fits (a wrong file is better reported than trained from scratch)."""
-    from rtdet.io.rules import WeightLoadError
-    from rtdet.utils.logging import LOGGER
-
     source = load_model(pretrained, notice=False).model
     report = plan_transplant(source, model, Path(str(pretrained)).name)
     if not report.transplanted_rows:
@@ -404,8 +399,6 @@ def transplant_pretrained(pretrained: str | Path, model: DetectionModel) -> Tran
 
 def write_transplant_report(report: TransplantReport, folder: str | Path) -> tuple[Path, Path]:
     """``transplant.md`` and ``transplant.json`` in ``folder`` (written atomically)."""
-    from rtdet.utils.checkpoint import atomic_write_text
-
     folder = Path(folder)
     return (atomic_write_text(folder / "transplant.md", report.to_markdown()),
             atomic_write_text(folder / "transplant.json", report.to_json()))
@@ -416,9 +409,6 @@ def transplant_file(source: str | Path, model: Any, to: str | Path | None = None
     """``rtdet transplant``: the initialised target written as an rtdet checkpoint (``model`` = it, plus the
     report as plain types), which ``rtdet train model=<it>`` and :func:`load_model` read. Default output:
     ``<model stem>-from-<source stem>.pt`` in the current folder. Returns (written path, report)."""
-    from rtdet.io.rules import WeightLoadError
-    from rtdet.utils.checkpoint import CheckpointError, save_checkpoint
-
     report = transplant(source, model, nc=nc, names=names, scale=scale)
     if not report.transplanted_rows:
         raise WeightLoadError(f"{source}: no row of {report.target} can take its weights ({report.summary()}); "
