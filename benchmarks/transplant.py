@@ -6,9 +6,11 @@
 
 1. Train the baseline, ``rtdetr-demo.yaml``, on the demo's synthetic set (``rtdet demo``'s shapes, smaller
    images) for ``--base-epochs`` with the demo's short-run settings.
-2. Fine-tune a variant, rtdetr-demo with an SHSA attention row inserted on P4 (row 7: every later row index
-   moves by one, as when a user adds a module to a backbone), for ``--epochs`` epochs, three ways with the
-   same settings and seed:
+2. Fine-tune a variant, rtdetr-demo with a row inserted on P4 (row 7: every later row index moves by one,
+   as when a user adds a module to a backbone), for ``--epochs`` epochs, three ways with the same settings
+   and seed. ``--insert shsa`` (default) adds SHSA attention, whose residual branch starts at zero (the
+   transplanted variant then computes the baseline's function exactly); ``--insert conv`` adds a randomly
+   initialised 3x3 Conv, which the rest of the network has never seen (the harder case):
    - from scratch;
    - name matching: every tensor whose name and shape agree (``rtdet.io.transfer_weights``, what
      ``pretrained=`` did before the transplant);
@@ -40,11 +42,12 @@ from rtdet.nn.builder import MODELS_DIR  # noqa: E402
 from rtdet.nn.model import DetectionModel, count_parameters  # noqa: E402
 from rtdet.utils.torch_utils import set_seed  # noqa: E402
 
-P4_ROW = 6  # rtdetr-demo's last P4 row: the variant adds SHSA after it
+P4_ROW = 6  # rtdetr-demo's last P4 row: the variant adds a row after it
+INSERTS = {"shsa": [-1, 1, "SHSA", []], "conv": [-1, 1, "Conv", [128, 3, 1]]}
 
 
-def variant_yaml(out: Path) -> Path:
-    """rtdetr-demo.yaml with ``[-1, 1, SHSA, []]`` after row 6, every absolute ``from`` >= 7 moved by one."""
+def variant_yaml(out: Path, insert: str = "shsa") -> Path:
+    """rtdetr-demo.yaml with the ``insert`` row after row 6, every absolute ``from`` >= 7 moved by one."""
     import yaml
 
     d = yaml.safe_load((MODELS_DIR / "rtdetr" / "rtdetr-demo.yaml").read_text())
@@ -55,8 +58,8 @@ def variant_yaml(out: Path) -> Path:
         return f + 1 if f > P4_ROW else f
 
     d["head"] = [[shift(f), n, m, a] for f, n, m, a in d["head"]]
-    d["backbone"].insert(P4_ROW + 1, [-1, 1, "SHSA", []])
-    path = out / "rtdetr-demo-shsa.yaml"
+    d["backbone"].insert(P4_ROW + 1, INSERTS[insert])
+    path = out / f"rtdetr-demo-{insert}.yaml"
     path.write_text(yaml.safe_dump(d, sort_keys=False))
     return path
 
@@ -77,6 +80,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: least contention on a shared machine)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--insert", choices=sorted(INSERTS), default="shsa", help="the row the variant adds on P4")
     ap.add_argument("--quick", action="store_true", help="32 images, 1 + 1 epochs at 128 px: checks the script")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -96,7 +100,7 @@ def main() -> None:
         best = base.best if base.best.is_file() else base.last
         print(f"baseline: mAP50 {base_metrics['mAP50']:.4f} after {args.base_epochs} epochs "
               f"({time.time() - t0:.0f} s)", flush=True)
-        variant = variant_yaml(tmp)
+        variant = variant_yaml(tmp, args.insert)
         source = load_model(best).model.state_dict()
         rows = []
         for start in ("scratch", "name matching", "transplant"):
@@ -122,7 +126,7 @@ def main() -> None:
 
 def table(args, base_metrics: dict, rows: list, summary: str, seconds: float) -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    lines = ["| start of rtdetr-demo-shsa | parameters from the baseline | mAP50 | mAP50-95 |",
+    lines = [f"| start of rtdetr-demo-{args.insert} | parameters from the baseline | mAP50 | mAP50-95 |",
              "|---|---:|---:|---:|"]
     lines += [f"| {name} | {100 * s:.0f}% | {m50:.4f} | {m:.4f} |" for name, s, m50, m in rows]
     best_other = max(r[2] for r in rows[:2])
