@@ -391,7 +391,7 @@ class Compare:
                        *[f"latency_ms_{f}" for f in self.variants[0].bench], "mAP50-95", "mAP50-95_std", "mAP50",
                        "mAP50_std", "delta_mAP50-95", "ci_low_mAP50-95", "ci_high_mAP50-95", "p_mAP50-95",
                        "verdict_mAP50-95", "delta_mAP50", "ci_low_mAP50", "ci_high_mAP50", "p_mAP50", "verdict_mAP50"]
-        csv_columns[6:6] = ["pretrained_share"] if init else []
+        csv_columns[5:5] = ["pretrained_share"] if init else []
         write_csv(rows, csv_columns, root / "compare.csv")
         class_columns = list(s["per_class"][0]) if s["per_class"] else ["class"]
         write_csv(s["per_class"], class_columns, root / "per_class.csv")
