@@ -29,7 +29,7 @@ Verbs:
   benchmark params, GFLOPs, latency, memory, mAP            rtdet benchmark model=a.yaml,b.yaml formats=pytorch,onnx
   compare   train variants over seeds, test differences     rtdet compare models=a.yaml,b.yaml data=d.yaml seeds=3
   convert   a foreign checkpoint -> an rtdet checkpoint     rtdet convert source=rtdetr-l.pt [to=x.pt] [format=auto]
-  transplant a variant initialised from a related checkpoint rtdet transplant source=rtdetr-l.pt model=b.yaml to=b.pt
+  transplant a checkpoint's weights -> a variant, by rows   rtdet transplant source=rtdetr-l.pt model=b.yaml to=b.pt
   demo      synthetic data -> train a small RT-DETR (or model=yolov9-demo.yaml) -> val -> predict, CPU, minutes
   data      dataset tools: `rtdet data check data=x.yaml` draws samples with boxes, reports label problems
   help      this message; `rtdet help settings` lists every setting, its default and what it accepts
