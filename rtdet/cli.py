@@ -32,6 +32,7 @@ Verbs:
   compare   train variants over seeds, test differences     rtdet compare models=a.yaml,b.yaml data=d.yaml seeds=3
   tune      search settings with Optuna (any executor)     rtdet tune model=a.yaml data=d.yaml space=s.yaml trials=20
   convert   a foreign checkpoint -> an rtdet checkpoint     rtdet convert source=rtdetr-l.pt [to=x.pt] [format=auto]
+  transplant a checkpoint's weights -> a variant, by rows   rtdet transplant source=rtdetr-l.pt model=b.yaml to=b.pt
   demo      synthetic data -> train a small RT-DETR (or model=yolov9-demo.yaml) -> val -> predict, CPU, minutes
   data      dataset tools: `rtdet data check data=x.yaml` draws samples with boxes, reports label problems
   help      this message; `rtdet help settings` lists every setting, its default and what it accepts
@@ -206,6 +207,31 @@ def cmd_convert(tokens: list[str]) -> None:
                     f"[weights={out}]]")
 
 
+TRANSPLANT_KEYS = ("source", "model", "to", "nc", "data", "scale", "verbose")
+
+
+def cmd_transplant(args: dict) -> None:
+    """``rtdet transplant source=a.pt model=b.yaml [to=b.pt]``: b initialised from a by structure."""
+    from rtdet.io.transplant import transplant_file
+    from rtdet.utils.logging import LOGGER, set_verbosity
+
+    extra = [k for k in args if k not in TRANSPLANT_KEYS]
+    if extra:
+        raise CLIError(f"rtdet transplant does not take {', '.join(extra)}; its keys: {', '.join(TRANSPLANT_KEYS)}")
+    example = "rtdetr-l.pt model=rtdetr-convnextv2-atto.yaml to=atto.pt"
+    source = args.get("source") or _need("source", "transplant", example)
+    if isinstance(source, list):
+        raise CLIError(f"rtdet transplant takes one source= checkpoint, got a list {source}")
+    model = args.get("model") or _need("model", "transplant", "rtdetr-convnextv2-atto.yaml source=rtdetr-l.pt")
+    set_verbosity(bool(args.get("verbose", True)))
+    names = _data_names(args.get("data"))
+    out, report = transplant_file(source, model, args.get("to"), args.get("nc") or (len(names) if names else None),
+                                  names, args.get("scale"))
+    LOGGER.info(report.summary())
+    LOGGER.info(f"wrote {out} (rtdet checkpoint; the per-row report is inside it under 'transplant')")
+    LOGGER.info(f"  next: rtdet train model={out} data=...")
+
+
 def cmd_demo(args: dict) -> None:
     from rtdet.engine.demo import run_demo
 
@@ -250,6 +276,7 @@ VERBS: dict[str, Callable[[dict], int | None]] = {
     "benchmark": cmd_benchmark,
     "compare": cmd_compare,
     "tune": cmd_tune,
+    "transplant": cmd_transplant,
 }
 
 

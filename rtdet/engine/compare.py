@@ -16,6 +16,10 @@ Outputs in the comparison folder: ``compare.md``, ``compare.csv``, ``per_class.c
 ``pareto.png`` (latency vs mAP, error bars = std over seeds), ``curves.png`` (validation mAP per epoch of
 all variants) and ``report.html`` (all of it in one self-contained file).
 
+``pretrained=x.pt`` gives every variant the same start: each run transplants it by structure
+(:mod:`rtdet.io.transplant`, the run's ``transplant.md``), and the table gains a column with the share of each
+variant's parameters that came from it, so a reader sees at once whether the starts differ.
+
 Interrupting and re-running the same command resumes: a finished run (``done.json``) and its validation
 (``eval.json``) are reused, an interrupted one continues from its ``last.pt``. The runs are handed to an
 executor (:mod:`rtdet.engine.executors`): ``executor=local`` trains them here, one after another, or with
@@ -290,6 +294,8 @@ class Compare:
             bench = variant.bench[self.latency_format]
             row = {"variant": variant.label, "model": variant.spec, "seeds": len(variant.runs), "params": bench.params,
                    "gflops": bench.gflops, "latency_ms": bench.latency_ms, "latency_format": self.latency_format}
+            if self.train_args.get("pretrained"):  # how much of each variant started from the same source
+                row["pretrained_share"] = _pretrained_share(variant)
             for fmt_name, b in variant.bench.items():
                 row[f"latency_ms_{fmt_name}"] = b.latency_ms
             for metric in METRICS:
@@ -337,10 +343,13 @@ class Compare:
         formats = list(self.variants[0].bench)
         columns = ["variant", "params", "GFLOPs", *[f"latency ms ({f})" for f in formats], "mAP50-95", "mAP50",
                    "delta mAP50-95 [95% CI]", "p", "verdict", "delta mAP50", "verdict mAP50"]
+        init = ["from pretrained"] if "pretrained_share" in rows[0] else []  # share of parameters, per variant
+        columns[3:3] = init
         csv_columns = ["variant", "model", "seeds", "params", "gflops", "latency_ms", "latency_format",
                        *[f"latency_ms_{f}" for f in self.variants[0].bench], "mAP50-95", "mAP50-95_std", "mAP50",
                        "mAP50_std", "delta_mAP50-95", "ci_low_mAP50-95", "ci_high_mAP50-95", "p_mAP50-95",
                        "verdict_mAP50-95", "delta_mAP50", "ci_low_mAP50", "ci_high_mAP50", "p_mAP50", "verdict_mAP50"]
+        csv_columns[5:5] = ["pretrained_share"] if init else []
         write_csv(rows, csv_columns, root / "compare.csv")
         class_columns = list(s["per_class"][0]) if s["per_class"] else ["class"]
         write_csv(s["per_class"], class_columns, root / "per_class.csv")
@@ -474,6 +483,14 @@ def _labels(specs: list[str]) -> list[str]:
     return labels
 
 
+def _pretrained_share(variant: Variant) -> float | None:
+    """The share of parameters a variant's runs took from pretrained= (their transplant.json; the same for
+    every seed), or None for a variant given as a finished checkpoint."""
+    shares = [json.loads((r.dir / "transplant.json").read_text())["share"] for r in variant.runs
+              if r.dir is not None and (r.dir / "transplant.json").is_file()]
+    return sum(shares) / len(shares) if shares else None
+
+
 def _pm(mean: float | None, std: float | None) -> str:
     return "n/a" if mean is None else f"{mean:.4f} +- {std:.4f}"
 
@@ -487,6 +504,9 @@ def _display_row(r: dict, baseline: bool) -> dict:
            "GFLOPs": r["gflops"],
            **{f"latency ms ({k[len('latency_ms_'):]})": v for k, v in r.items() if k.startswith("latency_ms_")},
            "mAP50-95": _pm(r["mAP50-95"], r["mAP50-95_std"]), "mAP50": _pm(r["mAP50"], r["mAP50_std"])}
+    if "pretrained_share" in r:
+        share = r["pretrained_share"]
+        out["from pretrained"] = "-" if share is None else f"{100 * share:.0f}% of parameters"
     if not baseline:
         d, lo, hi = r["delta_mAP50-95"], r["ci_low_mAP50-95"], r["ci_high_mAP50-95"]
         ci = "" if lo is None or lo != lo else f" [{lo:+.4f}, {hi:+.4f}]"  # NaN: one seed

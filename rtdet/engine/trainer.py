@@ -59,7 +59,8 @@ from rtdet.engine.settings import (
     resolve_settings,
 )
 from rtdet.engine.validator import Validator, fitness
-from rtdet.io.load import is_checkpoint, load_model, transfer_weights
+from rtdet.io.load import is_checkpoint, load_model
+from rtdet.io.transplant import transplant_pretrained, write_transplant_report
 from rtdet.losses.common import batch_targets
 from rtdet.nn.model import DetectionModel
 from rtdet.utils.checkpoint import (
@@ -218,8 +219,8 @@ class Trainer:
             if args.get("pretrained"):
                 if not is_checkpoint(args["pretrained"]):
                     raise SettingsError(f"pretrained={args['pretrained']}: expected a checkpoint file (.pt)")
-                pre = load_model(args["pretrained"]).model
-                transfer_weights(model, pre.state_dict(), source=str(args["pretrained"]))
+                self.transplant_report = transplant_pretrained(args["pretrained"], model)
+                self.transplanted_rows = self.transplant_report.transplanted_rows
             # With the family known, settle the settings: default < recipe < user.
             family = model.head.family
             resolved = resolve_settings({k: v for k, v in user.items() if k != "model"}, family, "train")
@@ -333,6 +334,8 @@ class Trainer:
             LOGGER.info(f"Removed {len(removed)} temporary file(s) ({mb:.1f} MB) left by an interrupted write: "
                         f"{', '.join(p.name for p, _ in removed)}")
         atomic_write_text(self.save_dir / "args.yaml", yaml.safe_dump(_plain(self.args), sort_keys=False))
+        if getattr(self, "transplant_report", None) is not None:  # what pretrained= gave each row
+            write_transplant_report(self.transplant_report, self.save_dir)
         if self.rows:  # resumed: results.csv as the checkpoint knows it
             self._write_csv()
 

@@ -10,13 +10,14 @@
 * :mod:`rtdet.io.formats` registers one converter per source (:mod:`rtdet.io.ultralytics`,
   :mod:`rtdet.io.yolov9`, :mod:`rtdet.io.mmdet`, :mod:`rtdet.io.backbones`);
 * :mod:`rtdet.io.load` is the loader every entry point calls; :mod:`rtdet.io.rows` loads the weights a
-  YAML backbone row names.
+  YAML backbone row names; :mod:`rtdet.io.transplant` moves weights between two models by structure.
 """
 
 from rtdet.io.formats import ConvertContext, Converted, ForeignFormat, find_format, formats, register_format
 from rtdet.io.load import INHERITED_KEYS, LoadedModel, convert_file, is_checkpoint, load_model, transfer_weights
 from rtdet.io.rules import ConversionReport, KeyRule, KeyTable, WeightLoadError, drop, load_into, rename
 from rtdet.io.safe_pickle import ForeignObject, UnsafePickleError, read_checkpoint, read_torch_file
+from rtdet.io.transplant import TransplantReport, transplant
 
 __all__ = [
     "INHERITED_KEYS",
@@ -25,6 +26,7 @@ __all__ = [
     "Converted",
     "ForeignFormat",
     "ForeignObject",
+    "TransplantReport",
     "KeyRule",
     "KeyTable",
     "LoadedModel",
@@ -42,4 +44,5 @@ __all__ = [
     "register_format",
     "rename",
     "transfer_weights",
+    "transplant",
 ]

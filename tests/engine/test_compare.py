@@ -162,6 +162,24 @@ def test_compare_takes_finished_checkpoints(variants, tiny_data, tmp_path):
     assert summary["variants"][1]["verdict_mAP50-95"] == "n/a (1 seed)"
 
 
+def test_compare_from_one_pretrained_start_reports_each_variants_share(variants, tiny_data, tmp_path):
+    """pretrained= is transplanted into every variant; the table says how much of each came from it."""
+    from rtdet import build_model
+
+    source = build_model(variants[0], nc=2).save(tmp_path / "start.pt")
+    settings = {**_settings(variants, tiny_data, tmp_path), "seeds": 1, "pretrained": str(source)}
+    summary = Compare(settings)()
+    root = tmp_path / "runs" / "compare" / "compare"
+    with (root / "compare.csv").open() as fh:
+        table = list(csv.DictReader(fh))
+    shares = [float(r["pretrained_share"]) for r in table]
+    report = json.loads((root / "train" / "rtdetr-tiny-wide-s0" / "transplant.json").read_text())
+    assert shares[0] == 1.0 and shares[1] == pytest.approx(report["share"]) and 0 < shares[1] < 1
+    assert [r["pretrained_share"] for r in summary["variants"]] == pytest.approx(shares)
+    md = (root / "compare.md").read_text()
+    assert "| from pretrained |" in md and "100% of parameters" in md and f"{100 * shares[1]:.0f}% of parameters" in md
+
+
 @pytest.mark.slow
 def test_compare_trains_one_run_per_device_at_once(variants, tiny_data, tmp_path):
     """devices=cpu,cpu: two `rtdet train` processes at a time; each run is an ordinary train run."""

@@ -405,3 +405,49 @@ def test_rtmdet_tiny_learns_the_synthetic_set(tmp_path):
                        "lrf": 0.05, "warmup_iters": 30, "ema_tau": 100, "ema_decay": 0.999, "ema_schedule": "ramp"})
     metrics = trainer.train()
     assert metrics["mAP50"] >= 0.5, metrics
+
+
+@pytest.mark.parametrize("family_yaml", ["tiny_yaml", "tiny_yolo_yaml", "rtmdet_yaml"])
+def test_pretrained_transplants_by_structure_and_reports_in_the_run_folder(family_yaml, tiny_settings, tmp_path,
+                                                                           request, capsys):
+    import json
+
+    from rtdet.nn.model import DetectionModel
+
+    path = request.getfixturevalue(family_yaml)
+    text = path.read_text()
+    source = DetectionModel(str(path), nc=2)
+    ckpt = source.save(tmp_path / "source.pt")
+    # the variant has an extra stride-1 Conv after row 0 (the image stem): every later row index moves
+    rows = text.splitlines()
+    first = next(k for k, line in enumerate(rows) if line.strip().startswith("- [-1"))
+    rows.insert(first + 1, "  - [-1, 1, Conv, [8, 3, 1]]")
+    variant = tmp_path / "variant.yaml"
+    variant.write_text("\n".join(_shift_absolute(line) for line in rows) + "\n")
+    trainer = Trainer({**tiny_settings, "model": str(variant), "pretrained": str(ckpt), "verbose": True})
+    trainer.setup()
+    report = json.loads((trainer.save_dir / "transplant.json").read_text())
+    assert (trainer.save_dir / "transplant.md").read_text().startswith("# Transplant: source.pt")
+    assert report["rows"][1]["source"] is None and report["new_rows"][0] == 1 and report["share"] > 0.9
+    assert trainer.transplanted_rows == report["transplanted_rows"]
+    assert trainer.transplanted_rows[-1] == trainer.model.head_index  # the head lands, past the moved rows
+    start = trainer.model.state_dict()
+    for r in report["rows"]:
+        for key in r["copied"]:
+            assert torch.equal(start[f"model.{r['target']}.{key}"], source.state_dict()[f"model.{r['source']}.{key}"])
+    assert f"pretrained: {report['summary']}" in capsys.readouterr().out
+
+
+def _shift_absolute(line: str) -> str:
+    """A YAML row line with every absolute 'from' index >= 1 moved up by one (a row was inserted at 1)."""
+    import re
+
+    head, sep, rest = line.partition("[")
+    if not sep or not head.strip().startswith("-"):
+        return line
+    match = re.match(r"(\[[^\]]*\]|-?\d+)(.*)", rest, re.S)
+    if match is None:
+        return line
+    f, tail = match.groups()
+    fixed = re.sub(r"(?<![-\d])(\d+)", lambda m: str(int(m.group(1)) + 1) if int(m.group(1)) >= 1 else m.group(1), f)
+    return f"{head}[{fixed}{tail}"
