@@ -293,6 +293,15 @@ def _explain_failure(error: Exception, deploy: DeployModel, x: torch.Tensor) -> 
             f"ONNX has (or give its torch.autograd.Function a `symbolic`), or export with another opset=")
 
 
+_ALIAS_PREFIXES = re.compile(r"^aten::(special|linalg|fft|nn)_")
+
+
+def _canonical_op(kind: str) -> str:
+    """One name for an operation however the trace and the exporter spell it: ``aten::erfinv`` for
+    ``aten::erfinv_`` (in place), ``aten::special_erfinv`` (the torch.special alias) and ``aten::erfinv``."""
+    return _ALIAS_PREFIXES.sub("aten::", kind).removesuffix("_")
+
+
 def _locate_op(deploy: DeployModel, x: torch.Tensor, op: str) -> str | None:
     """'row i (Module)' of the first layer whose traced graph holds ``op`` (aten::name or a Python op)."""
     layers = getattr(deploy.model, "model", None)
@@ -303,10 +312,10 @@ def _locate_op(deploy: DeployModel, x: torch.Tensor, op: str) -> str | None:
             traced = torch.jit.trace(deploy, (x,), check_trace=False, strict=False)
     except Exception:
         return None
-    want = op if op.startswith("aten::") else None
+    want = _canonical_op(op) if op.startswith("aten::") else None
     for node in traced.inlined_graph.nodes():
         kind = node.kind()
-        hit = kind == want if want else (kind == "prim::PythonOp" and op in str(node))
+        hit = _canonical_op(kind) == want if want else (kind == "prim::PythonOp" and op in str(node))
         if not hit:
             continue
         scope = node.scopeName()

@@ -108,15 +108,24 @@ head:
 """
 
 
-@pytest.fixture
-def erfinv_module():
+ERFINV_SPELLINGS = {  # how a module may call the operation the exporter names aten::erfinv
+    "torch.erfinv": lambda x: torch.erfinv(x),
+    "in place": lambda x: x.clone().erfinv_(),  # traced as aten::erfinv_
+    "torch.special alias": lambda x: torch.ops.aten.special_erfinv(x),
+}
+
+
+@pytest.fixture(params=list(ERFINV_SPELLINGS))
+def erfinv_module(request):
+    call = ERFINV_SPELLINGS[request.param]
+
     @register(channels="same")
     class InverseErf(nn.Module):
         def __init__(self, c1: int):
             super().__init__()
 
         def forward(self, x):
-            return torch.erfinv(x.tanh() * 0.5)
+            return call(x.tanh() * 0.5)
 
     yield InverseErf
     unregister("InverseErf")
