@@ -126,6 +126,26 @@ def check_device(value: str) -> str:
     return ",".join(parts)
 
 
+def machine_cpus() -> int:
+    """The CPUs this process may run on (its affinity, which containers and taskset narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def cap_threads(value: int) -> int:
+    """A thread count bounded by the machine, as workers are: more threads than CPUs only contend
+    (threads=4096 started thousands of threads and never answered)."""
+    cpus = machine_cpus()
+    if value > cpus:
+        from rtdet.utils.logging import LOGGER
+
+        LOGGER.info(f"threads={value}: this machine has {cpus} CPUs; using threads={cpus}")
+        return cpus
+    return value
+
+
 # What each `type:` name of default.yaml means (keyword arguments of Setting).
 SCHEMA_TYPES: dict[str, dict] = {
     "bool": {"kind": bool},
@@ -136,6 +156,7 @@ SCHEMA_TYPES: dict[str, dict] = {
     "list": {"kind": list},
     "dict": {"kind": dict},
     "device": {"kind": str, "label": "a device (cpu, 0, 0,1)", "validate": check_device},
+    "threads": {"kind": int, "validate": cap_threads},
 }
 
 

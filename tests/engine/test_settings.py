@@ -185,3 +185,14 @@ def test_rtmdet_recipe_and_loss_keys():
         resolve_settings({"loss_vfl": 1.0}, family="rtmdet")
     with pytest.raises(SettingsError, match="loss setting of the rtmdet family"):
         resolve_settings({"qfl_beta": 1.0}, family="rtdetr")
+
+
+def test_threads_are_bounded_by_the_machine_for_every_verb_that_takes_them(monkeypatch):
+    """threads=4096 once started thousands of threads: like workers, it is capped at the CPU count."""
+    from rtdet.engine import settings
+
+    monkeypatch.setattr(settings, "machine_cpus", lambda: 3)
+    for verb in ("benchmark", "val", "predict", "export", "compare"):
+        assert resolve_settings({"threads": 4096}, verb=verb)["threads"] == 3
+    assert resolve_settings({"threads": 2}, verb="benchmark")["threads"] == 2
+    assert resolve_settings({}, verb="benchmark")["threads"] is None  # the library's default
