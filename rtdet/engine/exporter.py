@@ -43,7 +43,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from rtdet.nn.heads.base import Decoded, Detections, finalize
+from rtdet.deploy.parity import ParityReport, compare_decoded, compare_detections
+from rtdet.nn.heads.base import Decoded, finalize
 from rtdet.ops.nms import batched_nms
 from rtdet.utils.checkpoint import atomic_write_bytes
 from rtdet.utils.logging import LOGGER
@@ -397,57 +398,7 @@ def read_metadata(path_or_proto) -> dict:
 
 
 # ---------------------------------------------------------------------------------- parity check
-@dataclass
-class ParityReport:
-    """PyTorch vs ONNX Runtime on one input: matched detections and their largest differences."""
-
-    n_torch: int
-    n_onnx: int
-    matched: int
-    max_box_diff: float  # pixels
-    max_score_diff: float
-    unmatched: int  # detections clearly above the threshold that the other backend lacks
-    seconds_torch: float = 0.0
-    seconds_onnx: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.unmatched == 0
-
-    def __str__(self) -> str:
-        return (f"{self.matched}/{self.n_torch} PyTorch detections matched by ONNX Runtime ({self.n_onnx}); "
-                f"max abs difference: boxes {self.max_box_diff:.2e} px, scores {self.max_score_diff:.2e}"
-                + (f"; {self.unmatched} unmatched" if self.unmatched else ""))
-
-
-def compare_detections(a: list[Detections], b: list[Detections], conf: float, box_tol: float = 0.5,
-                       score_tol: float = 1e-3) -> ParityReport:
-    """Match detections of two backends image by image (same label, optimal assignment on the largest
-    coordinate difference) and report their differences. A detection counts as unmatched when it has no
-    partner within the tolerances and its score is more than ``score_tol`` above ``conf`` (one just at
-    the threshold may fall either side of it)."""
-    from scipy.optimize import linear_sum_assignment
-
-    matched = unmatched = 0
-    box_diff = score_diff = 0.0
-    for da, db in zip(a, b, strict=True):
-        ba, bb = da.boxes.double().cpu(), db.boxes.double().cpu()
-        cost = (ba[:, None] - bb[None]).abs().amax(-1) if len(da) and len(db) else torch.zeros(len(da), len(db))
-        ds = (da.scores.double().cpu()[:, None] - db.scores.double().cpu()[None]).abs()
-        bad = (da.labels.cpu()[:, None] != db.labels.cpu()[None]) | (cost > box_tol) | (ds > score_tol)
-        cost = cost + bad.double() * 1e9
-        rows, cols = linear_sum_assignment(cost.numpy()) if cost.numel() else ([], [])
-        good = [(r, c) for r, c in zip(rows, cols) if not bad[r, c]]
-        matched += len(good)
-        for r, c in good:
-            box_diff = max(box_diff, float((ba[r] - bb[c]).abs().max()))
-            score_diff = max(score_diff, float(ds[r, c]))
-        paired_a = {r for r, _ in good}
-        paired_b = {c for _, c in good}
-        lonely = [float(s) for i, s in enumerate(da.scores.tolist()) if i not in paired_a]
-        lonely += [float(s) for i, s in enumerate(db.scores.tolist()) if i not in paired_b]
-        unmatched += sum(s > conf + score_tol for s in lonely)
-    return ParityReport(sum(len(d) for d in a), sum(len(d) for d in b), matched, box_diff, score_diff, unmatched)
+# The comparison itself (before NMS with a tolerance, after NMS as sets robust to ties) is rtdet.deploy.parity.
 
 
 def check_image(image: np.ndarray | None, shape: tuple[int, int], batch: int) -> torch.Tensor:
@@ -481,13 +432,18 @@ def check_export(path: str | Path, model: nn.Module, x: torch.Tensor, conf: floa
     img_shape = (int(x.shape[2]), int(x.shape[3]))
     with torch.no_grad():
         t0 = time.perf_counter()
-        ours = finalize(net.head.decode(net(x), img_shape), conf, iou, max_det, multi_label)
+        decoded = net.head.decode(net(x), img_shape)
+        ours = finalize(decoded, conf, iou, max_det, multi_label)
         t1 = time.perf_counter()
         runtime = load_onnx_model(path)
         outputs = runtime(x)
         t2 = time.perf_counter()
         theirs = runtime.head.postprocess(outputs, img_shape, conf, iou, max_det, multi_label)
-    report = compare_detections(ours, theirs, conf, box_tol, score_tol)
+    in_graph = runtime.head.layout == "nms"  # NMS ran in the graph: only its results can be compared
+    report = compare_detections(ours, theirs, conf, box_tol, score_tol, iou, max_det,
+                                candidates=decoded if in_graph and decoded.labels is None else None)
+    if not in_graph:
+        report.decoded = compare_decoded(decoded, runtime.head.decode(outputs, img_shape), box_tol, score_tol)
     report.seconds_torch, report.seconds_onnx = t1 - t0, t2 - t1
     if not report.ok:
         raise ExportError(f"{path}: ONNX Runtime does not reproduce PyTorch's detections: {report}")

@@ -261,3 +261,20 @@ def test_family_export_matches_pytorch(name, tmp_path):
     meta = read_metadata(file)
     if name == "yolov9-t.yaml":  # the deploy form of a dual (PGI) model drops its auxiliary branch
         assert meta["params_deploy"] < meta["params"]
+
+
+@pytest.mark.parametrize("nms", [False, True])
+def test_a_model_whose_scores_tie_passes_the_check(dense_model, tmp_path, nms):
+    """Every class score exactly 0.5 and boxes that overlap: which survives NMS is decided by ulps, so the
+    check compares the decoded outputs before NMS, and NMS results as sets robust to ties."""
+    with torch.no_grad():
+        for conv in dense_model.head.convs:
+            conv.weight[4:].zero_()
+            conv.bias[4:].zero_()  # sigmoid(0) = 0.5 for every class of every box
+            conv.weight[:4].mul_(0.01)  # boxes of nearly one size around each point: heavy overlaps
+    x = check_image(sample_image(), (64, 64), 2)
+    file = export_onnx(dense_model, tmp_path / "tie.onnx", imgsz=64, batch=2, nms=nms, conf=0.3, iou=0.5,
+                       max_det=20, count_flops=False)
+    report = check_export(file, dense_model, x, conf=0.3, iou=0.5, max_det=20)
+    assert report.ok and report.n_torch == 40  # max_det filled from a sea of equal scores, each image
+    assert (report.decoded is not None) != nms and (report.decoded is None or report.decoded.ok)
