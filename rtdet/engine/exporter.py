@@ -473,7 +473,7 @@ class Exporter:
 
     def __call__(self, model=None) -> Path:
         from rtdet.engine.rundir import run_dir
-        from rtdet.engine.settings import SettingsError, resolve_settings
+        from rtdet.engine.settings import SettingsError, file_settings, resolve_settings
         from rtdet.io.load import load_model
         from rtdet.utils.logging import set_verbosity
 
@@ -484,7 +484,7 @@ class Exporter:
         names = _data_names(user.get("data"))
         result = load_model(spec, nc=user.get("nc") or (len(names) if names else None), names=names,
                             scale=user.get("scale"))
-        loaded, inherited = result.model, result.inherited
+        loaded, inherited = result.model, file_settings(result, user)  # checked like the command line's
         if not isinstance(loaded, nn.Module) or not hasattr(loaded, "fuse") or getattr(loaded, "is_onnx", False):
             raise SettingsError(f"export needs a PyTorch model (YAML or .pt); {spec} is already an export")
         args = resolve_settings({**inherited, **user}, family=loaded.head.family, verb="export")

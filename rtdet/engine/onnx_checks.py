@@ -33,7 +33,7 @@ def _bad(path: Path | str, key: str, value: Any, expected: str) -> ExportError:
 # ------------------------------------------------------------------------------------------ metadata
 def check_metadata(meta: dict, path: Path | str) -> None:
     """Types and ranges of the metadata rtdet reads, the ranges being those of the command line's settings."""
-    from rtdet.engine.settings import schema
+    from rtdet.engine.settings import check_stored_settings, schema
     from rtdet.utils.schema import SettingError
 
     layout = meta.get("outputs")
@@ -69,6 +69,10 @@ def check_metadata(meta: dict, path: Path | str) -> None:
     for key in ("dynamic", "half"):
         if not isinstance(meta.get(key, False), bool):
             raise _bad(path, key, meta.get(key), "is not true or false")
+    args = meta.get("args") or {}
+    if not isinstance(args, dict):
+        raise _bad(path, "args", _short(args), "is not a mapping of settings")
+    check_stored_settings(args, path)  # the transforms it was trained with, as the command line's
 
 
 def _short(value: Any, n: int = 60) -> Any:

@@ -31,7 +31,7 @@ from rtdet.data import build_pipeline, collate, load_pipeline_spec
 from rtdet.engine.errors import SourceError
 from rtdet.engine.results import Results
 from rtdet.engine.rundir import run_dir
-from rtdet.engine.settings import SettingsError, check_imgsz, check_settings, resolve_settings
+from rtdet.engine.settings import SettingsError, check_imgsz, check_settings, file_settings, resolve_settings
 from rtdet.engine.validator import image_id_of, input_spec
 from rtdet.io.load import load_model
 from rtdet.nn.model import DetectionModel
@@ -223,7 +223,7 @@ class Predictor:
             raise SettingsError("predict needs model=<checkpoint .pt or model YAML>")
         user = {k: v for k, v in self.overrides.items() if k != "source"}
         loaded = load_model(self.model_spec)
-        model, inherited = loaded.model, loaded.inherited
+        model, inherited = loaded.model, file_settings(loaded, user)  # checked like the command line's
         args = resolve_settings({**inherited, **user}, family=model.head.family, verb="predict")
         check_imgsz(args, model)
         set_verbosity(bool(args["verbose"]))

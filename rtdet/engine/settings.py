@@ -305,6 +305,46 @@ def resolve_settings(overrides: dict | None = None, family: str | None = None, v
     return args
 
 
+def check_stored_settings(stored: dict, where: str | Path, given: Any = ()) -> dict:
+    """The settings a model file carries (a checkpoint's ``args``, an .onnx's metadata: its input size and
+    transforms), checked with the schema and ranges of the command line; a bad value is one
+    CheckpointError line naming the file, the key, the value and what is allowed. Pipelines stored in a file
+    are a built-in name or the transforms themselves (never a path on this machine), and are built once.
+    Keys in ``given`` (set by the user, who overrides the file) are left out."""
+    from rtdet.data.pipelines import BUILTIN_PIPELINES, build_pipeline, load_pipeline_spec
+    from rtdet.data.transforms import PipelineConfigError
+    from rtdet.utils.checkpoint import CheckpointError
+
+    def bad(message: str) -> CheckpointError:
+        return CheckpointError(f"{where}: the setting stored in the file is wrong: {message}. The file was edited "
+                               f"or written by another program; give the setting on the command line to override it")
+
+    try:
+        out = check_settings({k: v for k, v in stored.items() if k not in given})
+    except SettingsError as e:
+        raise bad(str(e).splitlines()[0]) from None
+    imgsz = int(out.get("imgsz") or _schema()["imgsz"].default)
+    for key in ("train_pipeline", "val_pipeline"):
+        value = out.get(key)
+        if value is None:
+            continue
+        if isinstance(value, str) and value not in BUILTIN_PIPELINES:
+            raise bad(f"{key}={value!r} is not a built-in pipeline ({', '.join(BUILTIN_PIPELINES)})")
+        try:
+            spec = load_pipeline_spec(value)
+            for transforms in (spec.train, spec.val, *(stage.get("train") or [] for stage in spec.stages)):
+                build_pipeline(transforms or [], imgsz)
+        except (PipelineConfigError, AttributeError, TypeError) as e:
+            raise bad(f"{key}: {' '.join(str(e).split())[:300]}") from None
+    return out
+
+
+def file_settings(loaded: Any, given: Any = ()) -> dict:
+    """:func:`check_stored_settings` of a loaded model's inherited settings (``rtdet.io.LoadedModel``), less
+    the keys in ``given``."""
+    return check_stored_settings(loaded.inherited, loaded.path or loaded.source, given)
+
+
 def describe_settings(family: str | None = None) -> str:
     """Every setting as text: key, default, what it accepts, doc (``rtdet help settings``)."""
     lines = [f"Settings ({DEFAULT_CFG}); values are checked before anything runs:"]
