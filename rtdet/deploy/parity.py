@@ -59,8 +59,9 @@ def compare_decoded(a: Decoded, b: Decoded, box_tol: float, score_tol: float) ->
         return DecodedDiff(_max(db), _max(ds), bad, a.boxes.shape[:2].numel())
     dets_a = [Detections(bx, s, lab) for bx, s, lab in zip(a.boxes, a.scores, a.labels)]
     dets_b = [Detections(bx, s, lab) for bx, s, lab in zip(b.boxes, b.scores, b.labels)]
+    # the k entries are the model's own top-k: one whose score ties the other side's k-th may be swapped
     report = compare_detections(dets_a, dets_b, conf=float("-inf"), box_tol=box_tol, score_tol=score_tol,
-                                iou=1.01, labels_may_tie=True)
+                                iou=1.01, max_det=a.boxes.shape[1], labels_may_tie=True)
     return DecodedDiff(report.max_box_diff, report.max_score_diff, report.unmatched, report.n_torch)
 
 

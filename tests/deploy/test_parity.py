@@ -74,3 +74,15 @@ def test_final_outputs_whose_top_k_order_ties_changed_compare_equal():
     order = torch.tensor([0, 3, 2, 1, 4, 5])  # the three tied entries in another order
     theirs = Decoded(boxes[:, order], scores[:, order], labels[:, order])
     assert compare_decoded(Decoded(boxes, scores, labels), theirs, 0.1, 1e-6).ok
+
+
+def test_final_outputs_of_a_uniform_image_whose_scores_all_tie_compare_equal():
+    """A DETR head on a blank image: every query scores the same, so its top-k picks any k of them."""
+    g = torch.Generator().manual_seed(0)
+    boxes = torch.rand(1, 30, 4, generator=g) * 60
+    scores, labels = torch.full((1, 30), 0.4243), torch.zeros(1, 30, dtype=torch.long)
+    ours = Decoded(boxes[:, :10], scores[:, :10], labels[:, :10])
+    theirs = Decoded(boxes[:, 15:25], scores[:, 15:25], labels[:, 15:25])  # another 10 of the tied queries
+    assert compare_decoded(ours, theirs, 0.064, 1e-3).ok
+    worse = Decoded(boxes[:, 15:25], scores[:, 15:25] - 0.1, labels[:, 15:25])  # lower scores: not a tie
+    assert not compare_decoded(ours, worse, 0.064, 1e-3).ok
