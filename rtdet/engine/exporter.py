@@ -547,14 +547,16 @@ CALIBRATION_IMAGES = 32  # val images the int8 activation ranges are calibrated 
 class Int8Report:
     """What static int8 quantisation changed: val mAP and latency (ms per batch, median) vs fp32."""
 
-    map_fp32: float
-    map_int8: float
+    map_fp32: float | None  # None: mAP not available (the val images have no labelled box)
+    map_int8: float | None
     ms_fp32: float
     ms_int8: float
 
     def __str__(self) -> str:
-        return (f"mAP50-95 {self.map_fp32:.4f} (fp32) -> {self.map_int8:.4f} (int8), "
-                f"{self.map_int8 - self.map_fp32:+.4f}; latency {self.ms_fp32:.1f} -> {self.ms_int8:.1f} ms "
+        maps = ("mAP50-95 n/a (no labelled boxes in the val split)" if self.map_fp32 is None or self.map_int8 is None
+                else f"mAP50-95 {self.map_fp32:.4f} (fp32) -> {self.map_int8:.4f} (int8), "
+                     f"{self.map_int8 - self.map_fp32:+.4f}")
+        return (f"{maps}; latency {self.ms_fp32:.1f} -> {self.ms_int8:.1f} ms "
                 f"({self.ms_fp32 / max(self.ms_int8, 1e-9):.2f}x faster)")
 
 
@@ -613,7 +615,7 @@ def int8_report(fp32: Path, int8: Path, data, args: dict, batch: int, threads: i
     from rtdet.engine.validator import Validator
 
     models = [load_onnx_model(p, threads=threads) for p in (fp32, int8)]
-    maps = [float(Validator(args=args).run(m, loaders.val_loader(data, args, batch))["mAP50-95"]) for m in models]
+    maps = [Validator(args=args).run(m, loaders.val_loader(data, args, batch))["mAP50-95"] for m in models]  # or None
     x = next(iter(loaders.val_loader(data, args, batch)))["img"].float()
     x = x[:batch] if len(x) >= batch else x.repeat(batch, 1, 1, 1)[:batch]
     times: list[list[float]] = [[], []]
