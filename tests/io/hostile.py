@@ -3,7 +3,7 @@ and a runner that reads them in a child process under a memory limit (so a bomb 
 
     data = P.proto() + P.global_("builtins", "set") + ... + P.stop()
     torch_zip(tmp_path / "bomb.pt", data)                       # archive/data.pkl + torch's other records
-    result = run_limited("from rtdet.io.safe_pickle import read_checkpoint; read_checkpoint(sys.argv[1])", path)
+    [(result, seconds)] = run_limited("from rtdet.io.safe_pickle import read_checkpoint; read_checkpoint(path)", path)
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ def torch_zip(path: Path, data_pkl: bytes, records: dict[str, bytes] | None = No
         for key, (size, chunk) in (deflated or {}).items():
             info = zipfile.ZipInfo(f"archive/data/{key}")
             info.compress_type = zipfile.ZIP_DEFLATED
+            info._compresslevel = 1  # fast: zeros compress as well at level 1
             with dst.open(info, "w", force_zip64=True) as fh:
                 zeros = bytes(chunk)
                 for _ in range(size // chunk):
@@ -99,31 +100,32 @@ LIMITED = """
 import resource, sys, time
 import torch
 torch.set_num_threads(1)
-import rtdet.io.load, rtdet.io.safe_pickle  # imported before the limit is set
+import rtdet.io.safe_pickle  # imported before the limit is set
 size = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
 resource.setrlimit(resource.RLIMIT_AS, (size + {headroom}, size + {headroom}))
-start = time.perf_counter()
-try:
+def run(path):
 {body}
-    print("RESULT ok")
-except MemoryError:
-    print("RESULT MemoryError")
-except Exception as e:
-    print("RESULT", type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-print("SECONDS", time.perf_counter() - start)
+for path in sys.argv[1:]:
+    start = time.perf_counter()
+    try:
+        run(path)
+        result = "ok"
+    except MemoryError:
+        result = "MemoryError"
+    except Exception as e:
+        result = type(e).__name__ + " " + (str(e).splitlines()[0] if str(e) else "")
+    print("RESULT", time.perf_counter() - start, result, flush=True)
 """
 
 
-def run_limited(body: str, *args: str, headroom_mb: int = 768, timeout: float = 120) -> tuple[str, float]:
-    """Run ``body`` (statements; ``sys.argv[1:]`` are ``args``) in a child whose address space may grow by
-    ``headroom_mb`` only; returns (the 'RESULT ...' line: 'ok', 'MemoryError' or the exception's class and first
-    line, seconds). A bomb the reader does not refuse shows up as MemoryError, fast, instead of swapping."""
+def run_limited(body: str, *paths: str, headroom_mb: int = 768, timeout: float = 120) -> list[tuple[str, float]]:
+    """Run ``body`` (statements reading ``path``) for each of ``paths`` in one child whose address space may
+    grow by ``headroom_mb`` only; returns [(the outcome: 'ok', 'MemoryError' or the exception's class and first
+    line, seconds)]. A bomb the reader does not refuse shows up as MemoryError, fast, instead of swapping."""
     code = LIMITED.format(headroom=headroom_mb << 20, body=textwrap.indent(textwrap.dedent(body), " " * 4))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
+    done = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True, text=True, timeout=timeout,
                           env=env)
-    lines = done.stdout.splitlines()
-    result = next((line[len("RESULT "):] for line in lines if line.startswith("RESULT ")), None)
-    seconds = next((float(line.split()[1]) for line in lines if line.startswith("SECONDS ")), float("nan"))
-    assert result is not None, f"the child died (exit {done.returncode}): {done.stderr[-2000:]}"
-    return result, seconds
+    results = [line.split(" ", 2)[1:] for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert len(results) == len(paths), f"the child died (exit {done.returncode}): {done.stderr[-2000:]}"
+    return [(text, float(seconds)) for seconds, text in results]
