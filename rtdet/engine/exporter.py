@@ -440,7 +440,8 @@ def check_export(path: str | Path, model: nn.Module, x: torch.Tensor, conf: floa
         t2 = time.perf_counter()
         theirs = runtime.head.postprocess(outputs, img_shape, conf, iou, max_det, multi_label)
     in_graph = runtime.head.layout == "nms"  # NMS ran in the graph: only its results can be compared
-    report = compare_detections(ours, theirs, conf, box_tol, score_tol, iou, max_det,
+    kept = max_det if decoded.labels is None else min(max_det, decoded.boxes.shape[1])  # a DETR keeps its top-k
+    report = compare_detections(ours, theirs, conf, box_tol, score_tol, iou, kept,
                                 candidates=decoded if in_graph and decoded.labels is None else None)
     if not in_graph:
         report.decoded = compare_decoded(decoded, runtime.head.decode(outputs, img_shape), box_tol, score_tol)
