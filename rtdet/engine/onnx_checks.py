@@ -128,7 +128,8 @@ def _check_dense(meta: dict, shapes: dict, size: tuple[int | None, int | None], 
                    f"does not match the graph's scores output, which has {width} class columns")
     n, (h, w) = _dim(boxes[1]) or _dim(scores[1]), size
     if n is not None and h is not None and w is not None:
-        cells = sum(-(-h // s) * -(-w // s) for s in meta["stride"])
+        # a dual head (YOLOv9's training graph) lists its levels twice; its deploy form outputs one branch
+        cells = sum(-(-h // s) * -(-w // s) for s in set(meta["stride"]))
         if cells != n:
             raise _bad(path, "stride", meta["stride"], f"gives {cells} grid cells at {h}x{w}, but the graph "
                                                        f"outputs {n} boxes")
