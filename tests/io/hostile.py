@@ -71,11 +71,10 @@ def torch_zip(path: Path, data_pkl: bytes, records: dict[str, bytes] | None = No
             dst.writestr(info, data_pkl if info.filename.endswith("/data.pkl") else src.read(info))
         for key, raw in (records or {}).items():
             dst.writestr(f"archive/data/{key}", raw)
+    # level 1: zeros compress as well, and fast
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as dst:
         for key, (size, chunk) in (deflated or {}).items():
-            info = zipfile.ZipInfo(f"archive/data/{key}")
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info._compresslevel = 1  # fast: zeros compress as well at level 1
-            with dst.open(info, "w", force_zip64=True) as fh:
+            with dst.open(f"archive/data/{key}", "w", force_zip64=True) as fh:
                 zeros = bytes(chunk)
                 for _ in range(size // chunk):
                     fh.write(zeros)
