@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from rtdet.engine.results import Results
-from rtdet.engine.settings import check_settings
+from rtdet.engine.settings import check_settings, check_stored_settings
 from rtdet.io.load import INHERITED_KEYS, LoadedModel, load_model
 from rtdet.nn.builder import ModelConfigError
 from rtdet.nn.model import DetectionModel
@@ -135,4 +135,6 @@ class Detector:
 
     def _with_inherited(self, overrides: dict) -> dict:
         """The training input size / transforms of a loaded checkpoint, unless given."""
-        return {**{k: v for k, v in self._inherited.items() if k in INHERITED_KEYS}, **overrides}
+        stored = check_stored_settings({k: v for k, v in self._inherited.items() if k in INHERITED_KEYS},
+                                       self.loaded.path or self.loaded.source, overrides)  # as the command line's
+        return {**stored, **overrides}

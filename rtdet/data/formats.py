@@ -96,6 +96,7 @@ ACTIONS = {
     "box_clipped": "box clipped to the image",
     "row_duplicate": "duplicate row dropped",
     "ann_image": "annotation dropped",
+    "image_id_duplicate": "images sharing the id skipped, with their annotations",
     "ann_category": "annotation dropped",
     "ann_bbox": "annotation dropped",
 }
@@ -664,13 +665,16 @@ def read_coco_source(source: Source, names: list[str], d: dict | None = None) ->
                     jf, ", ".join(f"{a!r}->{b!r}" for a, b in differ[:5]))
     cat_index = {c.get("id"): i for i, c in enumerate(cats)}
     files = coco_image_files(source, d)
-    images = {im.get("id"): (k, im) for k, im in enumerate(d["images"])}
+    problems, shared = _duplicate_image_ids(d["images"], jf)
+    images = {im.get("id"): (k, im) for k, im in enumerate(d["images"]) if im.get("id") not in shared}
     per_image: dict[int, list] = {}
-    problems: list[Problem] = []
     facts: Counter = Counter()
     for ann in d["annotations"]:
         aid = ann.get("id")
         entry = images.get(ann.get("image_id"))
+        if entry is None and ann.get("image_id") in shared:
+            facts["ann_shared_image_id"] += 1  # its image is ambiguous: dropped with it (reported once per id)
+            continue
         if entry is None:
             problems.append(Problem("ann_image", jf, f"image_id {ann.get('image_id')} not in 'images'",
                                     ACTIONS["ann_image"], aid))
@@ -717,6 +721,20 @@ def read_coco_source(source: Source, names: list[str], d: dict | None = None) ->
             fx["background"] += 1
         return (files[k], jf, shape, cls_, boxes), probs, fx
 
-    records, probs, fx = _verify_all(range(len(files)), verify)
+    keep = [k for k, im in enumerate(d["images"]) if im.get("id") not in shared]
+    records, probs, fx = _verify_all(keep, verify)
     facts.update(fx)
     return LabelSet.from_records(records, problems + probs, facts)
+
+
+def _duplicate_image_ids(images: list[dict], jf: str) -> tuple[list[Problem], set]:
+    """([one problem per image id that several 'images' entries share], those ids). Annotations name their
+    image by id only, so which of them a box belongs to cannot be known: all of them are skipped."""
+    by_id: dict[Any, list[str]] = {}
+    for im in images:
+        by_id.setdefault(im.get("id"), []).append(str(im.get("file_name", "?")))
+    shared = {i for i, files in by_id.items() if len(files) > 1}
+    problems = [Problem("image_id_duplicate", jf, f"image id {i} is shared by {len(by_id[i])} images "
+                        f"({', '.join(by_id[i][:3])}); their annotations cannot be told apart. Give every image "
+                        f"its own id", ACTIONS["image_id_duplicate"], i) for i in sorted(shared, key=str)]
+    return problems, shared

@@ -84,6 +84,8 @@ def build_transform(spec: dict[str, Any], imgsz: int) -> Transform:
     params = inspect.signature(cls).parameters
     if "imgsz" in params and "imgsz" not in kwargs:
         kwargs["imgsz"] = imgsz
+    elif "imgsz" in kwargs:
+        _check_explicit_size(name, kwargs["imgsz"], imgsz)
     unknown = [k for k in kwargs if k not in params]
     if unknown:
         raise PipelineConfigError(f"{name}: unknown argument(s) {unknown}; it takes {list(params)}")
@@ -91,6 +93,17 @@ def build_transform(spec: dict[str, Any], imgsz: int) -> Transform:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise PipelineConfigError(f"{name}({kwargs}): {e}") from None
+
+
+def _check_explicit_size(name: str, size: Any, imgsz: int) -> None:
+    """A size a transform names itself may not exceed the run's ``imgsz``: the network's input is imgsz, and
+    a pipeline (one stored in a model file, too) letterboxing to 8000 px used 4.5 GB for one small image."""
+    sides = size if isinstance(size, list | tuple) else [size]
+    if not (1 <= len(sides) <= 2 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sides)):
+        raise PipelineConfigError(f"{name}: imgsz={size!r}: expected a side or [height, width] in pixels")
+    if max(sides) > int(imgsz):
+        raise PipelineConfigError(f"{name}: imgsz={size!r} is larger than the run's imgsz={imgsz}; a transform "
+                                  f"takes the run's imgsz when it names none (remove its imgsz), or set imgsz=")
 
 
 # ------------------------------------------------------------------------------------------- helpers

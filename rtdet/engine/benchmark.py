@@ -54,8 +54,8 @@ class BenchmarkRow:
     p90_ms: float = float("nan")
     images_per_s: float = float("nan")
     peak_mem_mb: float | None = None
-    mAP50_95: float | None = None
-    mAP50: float | None = None
+    mAP50_95: float | str | None = None  # "n/a": data= has no labelled boxes
+    mAP50: float | str | None = None
     times_ms: list[float] = field(default_factory=list, repr=False)
 
     def as_dict(self) -> dict:
@@ -291,7 +291,7 @@ class Benchmark:
                                      "workers": self.args["workers"], "verbose": False}, family=e.model.head.family)
             validator = Validator(args=args)
             metrics = validator.run(e.model, loaders.val_loader(cfg, args, max(self.batch, 1)))
-            e.row.mAP50_95, e.row.mAP50 = float(metrics["mAP50-95"]), float(metrics["mAP50"])
+            e.row.mAP50_95, e.row.mAP50 = _available(metrics["mAP50-95"]), _available(metrics["mAP50"])
 
     # ------------------------------------------------------------------ reporting
     def _header(self, runs: int, warmup: int) -> dict:
@@ -321,6 +321,11 @@ class Benchmark:
             print(table)
             print(note)
         LOGGER.info(f"Benchmark saved to {self.save_dir} (benchmark.csv, benchmark.md)")
+
+
+def _available(value: float | None) -> float | str:
+    """A metric for the table: "n/a" when the validator could not measure it (a val split without labels)."""
+    return "n/a" if value is None else float(value)
 
 
 # ---------------------------------------------------------------------------------- peak memory (child)

@@ -43,7 +43,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from rtdet.nn.heads.base import Decoded, Detections, finalize
+from rtdet.deploy.parity import ParityReport, compare_decoded, compare_detections
+from rtdet.nn.heads.base import Decoded, finalize
 from rtdet.ops.nms import batched_nms
 from rtdet.utils.checkpoint import atomic_write_bytes
 from rtdet.utils.logging import LOGGER
@@ -293,6 +294,15 @@ def _explain_failure(error: Exception, deploy: DeployModel, x: torch.Tensor) -> 
             f"ONNX has (or give its torch.autograd.Function a `symbolic`), or export with another opset=")
 
 
+_ALIAS_PREFIXES = re.compile(r"^aten::(special|linalg|fft|nn)_")
+
+
+def _canonical_op(kind: str) -> str:
+    """One name for an operation however the trace and the exporter spell it: ``aten::erfinv`` for
+    ``aten::erfinv_`` (in place), ``aten::special_erfinv`` (the torch.special alias) and ``aten::erfinv``."""
+    return _ALIAS_PREFIXES.sub("aten::", kind).removesuffix("_")
+
+
 def _locate_op(deploy: DeployModel, x: torch.Tensor, op: str) -> str | None:
     """'row i (Module)' of the first layer whose traced graph holds ``op`` (aten::name or a Python op)."""
     layers = getattr(deploy.model, "model", None)
@@ -303,10 +313,10 @@ def _locate_op(deploy: DeployModel, x: torch.Tensor, op: str) -> str | None:
             traced = torch.jit.trace(deploy, (x,), check_trace=False, strict=False)
     except Exception:
         return None
-    want = op if op.startswith("aten::") else None
+    want = _canonical_op(op) if op.startswith("aten::") else None
     for node in traced.inlined_graph.nodes():
         kind = node.kind()
-        hit = kind == want if want else (kind == "prim::PythonOp" and op in str(node))
+        hit = _canonical_op(kind) == want if want else (kind == "prim::PythonOp" and op in str(node))
         if not hit:
             continue
         scope = node.scopeName()
@@ -388,57 +398,7 @@ def read_metadata(path_or_proto) -> dict:
 
 
 # ---------------------------------------------------------------------------------- parity check
-@dataclass
-class ParityReport:
-    """PyTorch vs ONNX Runtime on one input: matched detections and their largest differences."""
-
-    n_torch: int
-    n_onnx: int
-    matched: int
-    max_box_diff: float  # pixels
-    max_score_diff: float
-    unmatched: int  # detections clearly above the threshold that the other backend lacks
-    seconds_torch: float = 0.0
-    seconds_onnx: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.unmatched == 0
-
-    def __str__(self) -> str:
-        return (f"{self.matched}/{self.n_torch} PyTorch detections matched by ONNX Runtime ({self.n_onnx}); "
-                f"max abs difference: boxes {self.max_box_diff:.2e} px, scores {self.max_score_diff:.2e}"
-                + (f"; {self.unmatched} unmatched" if self.unmatched else ""))
-
-
-def compare_detections(a: list[Detections], b: list[Detections], conf: float, box_tol: float = 0.5,
-                       score_tol: float = 1e-3) -> ParityReport:
-    """Match detections of two backends image by image (same label, optimal assignment on the largest
-    coordinate difference) and report their differences. A detection counts as unmatched when it has no
-    partner within the tolerances and its score is more than ``score_tol`` above ``conf`` (one just at
-    the threshold may fall either side of it)."""
-    from scipy.optimize import linear_sum_assignment
-
-    matched = unmatched = 0
-    box_diff = score_diff = 0.0
-    for da, db in zip(a, b, strict=True):
-        ba, bb = da.boxes.double().cpu(), db.boxes.double().cpu()
-        cost = (ba[:, None] - bb[None]).abs().amax(-1) if len(da) and len(db) else torch.zeros(len(da), len(db))
-        ds = (da.scores.double().cpu()[:, None] - db.scores.double().cpu()[None]).abs()
-        bad = (da.labels.cpu()[:, None] != db.labels.cpu()[None]) | (cost > box_tol) | (ds > score_tol)
-        cost = cost + bad.double() * 1e9
-        rows, cols = linear_sum_assignment(cost.numpy()) if cost.numel() else ([], [])
-        good = [(r, c) for r, c in zip(rows, cols) if not bad[r, c]]
-        matched += len(good)
-        for r, c in good:
-            box_diff = max(box_diff, float((ba[r] - bb[c]).abs().max()))
-            score_diff = max(score_diff, float(ds[r, c]))
-        paired_a = {r for r, _ in good}
-        paired_b = {c for _, c in good}
-        lonely = [float(s) for i, s in enumerate(da.scores.tolist()) if i not in paired_a]
-        lonely += [float(s) for i, s in enumerate(db.scores.tolist()) if i not in paired_b]
-        unmatched += sum(s > conf + score_tol for s in lonely)
-    return ParityReport(sum(len(d) for d in a), sum(len(d) for d in b), matched, box_diff, score_diff, unmatched)
+# The comparison itself (before NMS with a tolerance, after NMS as sets robust to ties) is rtdet.deploy.parity.
 
 
 def check_image(image: np.ndarray | None, shape: tuple[int, int], batch: int) -> torch.Tensor:
@@ -472,13 +432,19 @@ def check_export(path: str | Path, model: nn.Module, x: torch.Tensor, conf: floa
     img_shape = (int(x.shape[2]), int(x.shape[3]))
     with torch.no_grad():
         t0 = time.perf_counter()
-        ours = finalize(net.head.decode(net(x), img_shape), conf, iou, max_det, multi_label)
+        decoded = net.head.decode(net(x), img_shape)
+        ours = finalize(decoded, conf, iou, max_det, multi_label)
         t1 = time.perf_counter()
         runtime = load_onnx_model(path)
         outputs = runtime(x)
         t2 = time.perf_counter()
         theirs = runtime.head.postprocess(outputs, img_shape, conf, iou, max_det, multi_label)
-    report = compare_detections(ours, theirs, conf, box_tol, score_tol)
+    in_graph = runtime.head.layout == "nms"  # NMS ran in the graph: only its results can be compared
+    kept = max_det if decoded.labels is None else min(max_det, decoded.boxes.shape[1])  # a DETR keeps its top-k
+    report = compare_detections(ours, theirs, conf, box_tol, score_tol, iou, kept,
+                                candidates=decoded if in_graph and decoded.labels is None else None)
+    if not in_graph:
+        report.decoded = compare_decoded(decoded, runtime.head.decode(outputs, img_shape), box_tol, score_tol)
     report.seconds_torch, report.seconds_onnx = t1 - t0, t2 - t1
     if not report.ok:
         raise ExportError(f"{path}: ONNX Runtime does not reproduce PyTorch's detections: {report}")
@@ -508,7 +474,7 @@ class Exporter:
 
     def __call__(self, model=None) -> Path:
         from rtdet.engine.rundir import RunFolder
-        from rtdet.engine.settings import SettingsError, check_half, check_imgsz, resolve_settings
+        from rtdet.engine.settings import SettingsError, check_half, check_imgsz, file_settings, resolve_settings
         from rtdet.io.load import load_model
         from rtdet.utils.logging import set_verbosity
         from rtdet.utils.torch_utils import select_device
@@ -520,7 +486,7 @@ class Exporter:
         names = _data_names(user.get("data"))
         result = load_model(spec, nc=user.get("nc") or (len(names) if names else None), names=names,
                             scale=user.get("scale"))
-        loaded, inherited = result.model, result.inherited
+        loaded, inherited = result.model, file_settings(result, user)  # checked like the command line's
         if not isinstance(loaded, nn.Module) or not hasattr(loaded, "fuse") or getattr(loaded, "is_onnx", False):
             raise SettingsError(f"export needs a PyTorch model (YAML or .pt); {spec} is already an export")
         args = resolve_settings({**inherited, **user}, family=loaded.head.family, verb="export")
@@ -586,14 +552,16 @@ CALIBRATION_IMAGES = 32  # val images the int8 activation ranges are calibrated 
 class Int8Report:
     """What static int8 quantisation changed: val mAP and latency (ms per batch, median) vs fp32."""
 
-    map_fp32: float
-    map_int8: float
+    map_fp32: float | None  # None: mAP not available (the val images have no labelled box)
+    map_int8: float | None
     ms_fp32: float
     ms_int8: float
 
     def __str__(self) -> str:
-        return (f"mAP50-95 {self.map_fp32:.4f} (fp32) -> {self.map_int8:.4f} (int8), "
-                f"{self.map_int8 - self.map_fp32:+.4f}; latency {self.ms_fp32:.1f} -> {self.ms_int8:.1f} ms "
+        maps = ("mAP50-95 n/a (no labelled boxes in the val split)" if self.map_fp32 is None or self.map_int8 is None
+                else f"mAP50-95 {self.map_fp32:.4f} (fp32) -> {self.map_int8:.4f} (int8), "
+                     f"{self.map_int8 - self.map_fp32:+.4f}")
+        return (f"{maps}; latency {self.ms_fp32:.1f} -> {self.ms_int8:.1f} ms "
                 f"({self.ms_fp32 / max(self.ms_int8, 1e-9):.2f}x faster)")
 
 
@@ -652,7 +620,7 @@ def int8_report(fp32: Path, int8: Path, data, args: dict, batch: int, threads: i
     from rtdet.engine.validator import Validator
 
     models = [load_onnx_model(p, threads=threads) for p in (fp32, int8)]
-    maps = [float(Validator(args=args).run(m, loaders.val_loader(data, args, batch))["mAP50-95"]) for m in models]
+    maps = [Validator(args=args).run(m, loaders.val_loader(data, args, batch))["mAP50-95"] for m in models]  # or None
     x = next(iter(loaders.val_loader(data, args, batch)))["img"].float()
     x = x[:batch] if len(x) >= batch else x.repeat(batch, 1, 1, 1)[:batch]
     times: list[list[float]] = [[], []]

@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 
 from rtdet.engine.exporter import ExportError, read_metadata
+from rtdet.engine.onnx_checks import check_graph, check_metadata, open_session
+from rtdet.engine.settings import cap_threads
 from rtdet.nn.heads.base import Decoded, Detections, finalize
 
 __all__ = ["OPT_LEVELS", "OnnxDetectionModel", "OnnxHead", "is_onnx", "load_onnx_model", "make_session"]
@@ -46,7 +48,7 @@ def make_session(path: str | Path, device: str | torch.device = "cpu", threads: 
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[opt_level]
     if threads:
-        opts.intra_op_num_threads = int(threads)
+        opts.intra_op_num_threads = cap_threads(int(threads))  # as the threads= setting: at most one per CPU
         opts.inter_op_num_threads = 1
     opts.log_severity_level = 3  # errors only: shape-reuse notes of dynamic graphs are not the user's business
     device = torch.device(device)
@@ -124,6 +126,7 @@ class OnnxDetectionModel(nn.Module):
         super().__init__()
         self.path = Path(path)
         self.meta = read_metadata(self.path)
+        check_metadata(self.meta, self.path)
         self.names = {int(k): str(v) for k, v in self.meta["names"].items()}
         self.nc = int(self.meta.get("nc", len(self.names)))
         self.strides = [int(s) for s in self.meta["stride"]]
@@ -134,7 +137,8 @@ class OnnxDetectionModel(nn.Module):
         self.input_dtype = torch.float16 if self.meta.get("half") else torch.float32
         self.threads, self.opt_level = threads, opt_level
         self.device = torch.device(device)
-        self.session = make_session(self.path, self.device, threads, opt_level)
+        self.session = open_session(self.path, lambda: make_session(self.path, self.device, threads, opt_level))
+        check_graph(self.meta, self.session, self.path)
         self.input_name = self.session.get_inputs()[0].name
         self.yaml = {"name": self.meta.get("name"), "ch": 3}
 

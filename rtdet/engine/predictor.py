@@ -28,7 +28,14 @@ from rtdet.data import build_pipeline, collate, load_pipeline_spec
 from rtdet.engine.errors import SourceError
 from rtdet.engine.results import Results
 from rtdet.engine.rundir import RunFolder
-from rtdet.engine.settings import SettingsError, check_half, check_imgsz, check_settings, resolve_settings
+from rtdet.engine.settings import (
+    SettingsError,
+    check_half,
+    check_imgsz,
+    check_settings,
+    file_settings,
+    resolve_settings,
+)
 from rtdet.engine.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Frame, iter_source, opencv_messages
 from rtdet.engine.validator import input_spec
 from rtdet.io.load import load_model
@@ -103,7 +110,7 @@ class Predictor:
             raise SettingsError("predict needs model=<checkpoint .pt or model YAML>")
         user = {k: v for k, v in self.overrides.items() if k != "source"}
         loaded = load_model(self.model_spec)
-        model, inherited = loaded.model, loaded.inherited
+        model, inherited = loaded.model, file_settings(loaded, user)  # checked like the command line's
         args = resolve_settings({**inherited, **user}, family=model.head.family, verb="predict")
         check_imgsz(args, model)
         set_verbosity(bool(args["verbose"]))

@@ -136,6 +136,26 @@ def _check_run_name(value: str) -> str:
     return check_run_name(value)
 
 
+def machine_cpus() -> int:
+    """The CPUs this process may run on (its affinity, which containers and taskset narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def cap_threads(value: int) -> int:
+    """A thread count bounded by the machine, as workers are: more threads than CPUs only contend
+    (threads=4096 started thousands of threads and never answered)."""
+    cpus = machine_cpus()
+    if value > cpus:
+        from rtdet.utils.logging import LOGGER
+
+        LOGGER.info(f"threads={value}: this machine has {cpus} CPUs; using threads={cpus}")
+        return cpus
+    return value
+
+
 # What each `type:` name of default.yaml means (keyword arguments of Setting).
 SCHEMA_TYPES: dict[str, dict] = {
     "bool": {"kind": bool},
@@ -153,6 +173,7 @@ SCHEMA_TYPES: dict[str, dict] = {
     "tags": {"kind": object, "label": "key=value pairs", "validate": lambda v: _loggers().parse_tags(v)},
     "scale_range": {"kind": object, "label": "a range of factors such as 0.5-1.5, or true / false",
                     "validate": lambda v: _multiscale().parse_multi_scale(v)},
+    "threads": {"kind": int, "validate": cap_threads},
 }
 
 
@@ -311,6 +332,46 @@ def resolve_settings(overrides: dict | None = None, family: str | None = None, v
         args.update(recipe_settings(family))
     args.update(overrides)
     return args
+
+
+def check_stored_settings(stored: dict, where: str | Path, given: Any = ()) -> dict:
+    """The settings a model file carries (a checkpoint's ``args``, an .onnx's metadata: its input size and
+    transforms), checked with the schema and ranges of the command line; a bad value is one
+    CheckpointError line naming the file, the key, the value and what is allowed. Pipelines stored in a file
+    are a built-in name or the transforms themselves (never a path on this machine), and are built once.
+    Keys in ``given`` (set by the user, who overrides the file) are left out."""
+    from rtdet.data.pipelines import BUILTIN_PIPELINES, build_pipeline, load_pipeline_spec
+    from rtdet.data.transforms import PipelineConfigError
+    from rtdet.utils.checkpoint import CheckpointError
+
+    def bad(message: str) -> CheckpointError:
+        return CheckpointError(f"{where}: the setting stored in the file is wrong: {message}. The file was edited "
+                               f"or written by another program; give the setting on the command line to override it")
+
+    try:
+        out = check_settings({k: v for k, v in stored.items() if k not in given})
+    except SettingsError as e:
+        raise bad(str(e).splitlines()[0]) from None
+    imgsz = int(out.get("imgsz") or _schema()["imgsz"].default)
+    for key in ("train_pipeline", "val_pipeline"):
+        value = out.get(key)
+        if value is None:
+            continue
+        if isinstance(value, str) and value not in BUILTIN_PIPELINES:
+            raise bad(f"{key}={value!r} is not a built-in pipeline ({', '.join(BUILTIN_PIPELINES)})")
+        try:
+            spec = load_pipeline_spec(value)
+            for transforms in (spec.train, spec.val, *(stage.get("train") or [] for stage in spec.stages)):
+                build_pipeline(transforms or [], imgsz)
+        except (PipelineConfigError, AttributeError, TypeError) as e:
+            raise bad(f"{key}: {' '.join(str(e).split())[:300]}") from None
+    return out
+
+
+def file_settings(loaded: Any, given: Any = ()) -> dict:
+    """:func:`check_stored_settings` of a loaded model's inherited settings (``rtdet.io.LoadedModel``), less
+    the keys in ``given``."""
+    return check_stored_settings(loaded.inherited, loaded.path or loaded.source, given)
 
 
 def describe_settings(family: str | None = None) -> str:

@@ -23,7 +23,14 @@ from rtdet.data import PipelineConfigError
 from rtdet.data.formats import coco_ids
 from rtdet.engine import loaders
 from rtdet.engine.rundir import RunFolder
-from rtdet.engine.settings import SettingsError, check_half, check_imgsz, check_settings, resolve_settings
+from rtdet.engine.settings import (
+    SettingsError,
+    check_half,
+    check_imgsz,
+    check_settings,
+    file_settings,
+    resolve_settings,
+)
 from rtdet.io.load import is_checkpoint, load_model
 from rtdet.nn.model import DetectionModel
 from rtdet.ops.boxes import boxes_to_original, cxcywh_to_xyxy
@@ -111,7 +118,7 @@ class Validator:
         from_yaml = isinstance(spec, str | Path) and not is_checkpoint(spec)
         loaded = load_model(spec, nc=len(data.names) if from_yaml else None,
                             names=data.names if from_yaml else None, scale=args.get("scale"))
-        model, inherited = loaded.model, loaded.inherited
+        model, inherited = loaded.model, file_settings(loaded, user)  # checked like the command line's
         if model.nc != len(data.names):
             raise SettingsError(f"the model predicts {model.nc} classes but {args['data']} names {len(data.names)}; "
                                 f"validate on the dataset it was trained for")

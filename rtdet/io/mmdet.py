@@ -172,11 +172,17 @@ def _key(value: Any) -> Any:
     return value if value is None or isinstance(value, bool | int | float | str) else str(value)
 
 
+MAX_CONFIG_CHARS = 1 << 20  # mmdetection's RTMDet configs dump to about 20 KB of text
+
+
 def read_config_text(text: Any) -> tuple[dict | None, str]:
     """(the top-level assignments of an mmengine config dumped as Python text, a note): ``model = dict(...)``
     -> ``{"model": {...}}``. (None, why) when there is no text or it is not Python."""
     if not isinstance(text, str) or not text.strip():
         return None, "no config text in meta"
+    if len(text) > MAX_CONFIG_CHARS:  # parsing builds a tree of ~100 bytes per character: keep it bounded
+        return None, (f"the config text in meta is {len(text)} characters, more than a config holds "
+                      f"({MAX_CONFIG_CHARS}); not read")
     try:
         tree = ast.parse(text)
         config: dict = {}

@@ -22,12 +22,24 @@ global name itself, in three classes:
   global.
 
 Reading allocates the tensors in memory and nothing else happens: the returned tree is inert data.
+
+**Bounded.** What one file may build is in proportion to its size (:class:`ReadBudget`): zip records are
+compared with the budget before they are inflated, containers built by a call (``set(range(10**9))``) are
+counted as they are built, and the tree's *expanded* size -- what a walk over it meets, a shared reference
+counted as often as it appears -- is counted once it is read, so that a 2 KB tree of shared references
+cannot become gigabytes in whatever walks it next. What exceeds the budget is refused, naming the file.
+
+**No state shared between loads.** Every name a pickle may resolve is either immutable (builtin types,
+torch dtypes) or a frozen wrapper (:class:`_Callable`) that refuses BUILD / SETITEM / attribute changes;
+the record classes of foreign names are made per load. A hostile file that fails cannot change how the
+next file is read.
 """
 
 from __future__ import annotations
 
 import _compat_pickle
 import collections
+import contextvars
 import datetime
 import io
 import pathlib
@@ -41,14 +53,61 @@ from typing import Any
 import numpy as np
 import torch
 
-from rtdet.utils.checkpoint import CheckpointError
+from rtdet.utils.checkpoint import CheckpointError, check_archive, read_limit, refuse_allocating_calls
 
-__all__ = ["ForeignObject", "UnsafePickleError", "read_checkpoint", "read_torch_file", "read_pickle",
-           "is_zip_checkpoint"]
+__all__ = ["ForeignObject", "UnsafePickleError", "ReadLimitError", "ReadBudget", "read_checkpoint", "read_torch_file",
+           "read_pickle", "is_zip_checkpoint", "check_expansion"]
 
 
 class UnsafePickleError(CheckpointError):
     """A pickle that asks for something rtdet does not run (a function call, a forbidden global)."""
+
+
+class ReadLimitError(CheckpointError):
+    """A file that would build more in memory than its size allows (a memory bomb, or a damaged file)."""
+
+
+# --------------------------------------------------------------------------------------- the budget
+OBJECTS_FLOOR = 1 << 20  # objects any pickle may build (a set of a million ints: about 60 MB)
+OBJECTS_PER_BYTE = 16  # ... and per byte of the pickle: one object costs a pickle at least one opcode byte
+
+
+class ReadBudget:
+    """What reading one file may build: ``max_bytes`` of tensor data (:func:`read_limit` of the file size)
+    and ``max_objects`` container items, counted as they are made; exceeding either raises
+    :class:`ReadLimitError` naming the file and what exceeded it."""
+
+    def __init__(self, where: str, file_bytes: int, pickle_bytes: int | None = None):
+        self.where, self.file_bytes = where, int(file_bytes)
+        self.max_bytes = read_limit(file_bytes)
+        self.max_objects = max(OBJECTS_FLOOR, OBJECTS_PER_BYTE * int(file_bytes if pickle_bytes is None
+                                                                      else pickle_bytes))
+        self.objects = 0
+
+    def take_objects(self, n: int, what: str) -> None:
+        self.objects += n
+        if n > self.max_objects or self.objects > self.max_objects:
+            raise ReadLimitError(f"{self.where}: {what} holds {n} items ({self.objects} built so far), more "
+                                 f"than a {self.file_bytes}-byte file may build ({self.max_objects}); refusing "
+                                 f"to read it (a damaged or hostile file)")
+
+
+class _Load:
+    """The state of one load: its budget and its foreign record classes (never shared with another load)."""
+
+    def __init__(self, budget: ReadBudget):
+        self.budget = budget
+        self.classes: dict[str, type[ForeignObject]] = {}
+
+
+_CURRENT: contextvars.ContextVar[_Load] = contextvars.ContextVar("rtdet_safe_pickle_load")
+
+
+def _load_state() -> _Load:
+    state = _CURRENT.get(None)
+    if state is None:  # a safe callable used outside a load (tests, tools): a fresh budget of its own
+        state = _Load(ReadBudget("pickle", 0))
+    return state
 
 
 # --------------------------------------------------------------------------------------- inert records
@@ -105,17 +164,45 @@ class ForeignObject:
         return f"<foreign {self.cls_name}>"
 
 
-_FOREIGN_CLASSES: dict[str, type[ForeignObject]] = {}
-
-
 def _foreign_class(module: str, name: str) -> type[ForeignObject]:
-    """One record class per foreign global (cached), so records of the same class share a type."""
-    full = f"{module}.{name}"
-    cls = _FOREIGN_CLASSES.get(full)
+    """One record class per foreign global and load, so that records of the same class share a type and
+    nothing a pickle does to a class can reach another load."""
+    full, classes = f"{module}.{name}", _load_state().classes
+    cls = classes.get(full)
     if cls is None:
         cls = type(name, (ForeignObject,), {"cls_name": full, "__module__": __name__, "__qualname__": name})
-        _FOREIGN_CLASSES[full] = cls
+        classes[full] = cls
     return cls
+
+
+class _Frozen:
+    """Shared between loads, so refuses every change a pickle can ask for: BUILD (``__setstate__``),
+    attribute assignment; it has no ``__dict__``, ``__setitem__`` or ``append``."""
+
+    __slots__ = ()
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise UnsafePickleError(f"the pickle tries to change {self!r}.{key}; refusing (a hostile file)")
+
+    def __setstate__(self, state: Any) -> None:
+        raise UnsafePickleError(f"the pickle tries to change {self!r} with {_short(state)}; refusing (a hostile file)")
+
+
+class _Callable(_Frozen):
+    """A name a pickle may call: the function (or class) it stands for, behind a frozen wrapper, so that no
+    pickle can set the function's ``__defaults__``, ``__dict__`` or a class attribute for the next load."""
+
+    __slots__ = ("_func", "_name")
+
+    def __init__(self, func: Any, name: str):
+        object.__setattr__(self, "_func", func)
+        object.__setattr__(self, "_name", name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._func(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return self._name
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -128,11 +215,17 @@ _MAX_EXPANDED = 1 << 24  # elements a broadcast (zero-stride) view may claim bey
 _MAX_PICKLE_BYTES = 1 << 31  # data.pkl holds structure, not tensors: 2 GiB is far beyond any real model
 
 
-class _StorageType:
-    """What ``torch.HalfStorage`` & co. resolve to: the element type of a storage record."""
+class _StorageType(_Frozen):
+    """What ``torch.HalfStorage`` & co. resolve to: the element type of a storage record (frozen: one hostile
+    file that changed FloatStorage's dtype would otherwise corrupt every later file's weights)."""
+
+    __slots__ = ("dtype",)
 
     def __init__(self, dtype: torch.dtype):
-        self.dtype = dtype
+        object.__setattr__(self, "dtype", dtype)
+
+    def __repr__(self) -> str:
+        return f"torch storage type {self.dtype}"
 
 
 class _Storage:
@@ -204,7 +297,7 @@ _REBUILDERS = (_rebuild_tensor, _rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild
 
 def _rebuild_from_type_v2(func, new_type, args, state):
     """Tensor subclasses (and tensors with Python attributes) are rebuilt as plain tensors."""
-    if func not in _REBUILDERS or not isinstance(args, tuple):
+    if not (isinstance(func, _Callable) and func._func in _REBUILDERS) or not isinstance(args, tuple):
         raise UnsafePickleError(f"a tensor subclass must be rebuilt by a tensor function, got {_short(func)}")
     return func(*args)
 
@@ -220,10 +313,40 @@ def _latin1_encode(text: Any, encoding: str = "latin1") -> bytes:
 def _bytearray(data: Any = b"", encoding: Any = None) -> bytearray:
     """Protocol-2 bytearrays: ``bytearray(str, 'latin-1')``; never ``bytearray(n)`` (an n-byte allocation)."""
     if isinstance(data, str) and encoding in ("latin1", "latin-1"):
+        _load_state().budget.take_objects(len(data), "a bytearray")
         return bytearray(data.encode("latin1"))
     if isinstance(data, bytes | bytearray) and encoding is None:
+        _load_state().budget.take_objects(len(data), "a bytearray")
         return bytearray(data)
     raise UnsafePickleError(f"a bytearray is rebuilt from its bytes only, got {_short(data)}")
+
+
+_SIZED = (list, tuple, set, frozenset, dict, str, bytes, bytearray, range)
+
+
+def _counted(items: Any, what: str) -> Any:
+    """``items`` for a container built by a call, once its length is within the budget: a call copies
+    what it is given (``set(range(10**9))`` from 435 bytes), so the copy is counted before it is made."""
+    if not isinstance(items, _SIZED):
+        raise UnsafePickleError(f"{what} is built from plain containers only, got {_short(items)}")
+    try:
+        n = len(items)
+    except OverflowError:  # range(10**30)
+        n = 1 << 63
+    _load_state().budget.take_objects(n, what)
+    return items
+
+
+def _set(items: Any = ()) -> set:
+    return set(_counted(items, "a set"))
+
+
+def _frozenset(items: Any = ()) -> frozenset:
+    return frozenset(_counted(items, "a frozenset"))
+
+
+def _ordered_dict(items: Any = ()) -> collections.OrderedDict:
+    return collections.OrderedDict(_counted(items, "an OrderedDict"))
 
 
 def _path(*parts: Any) -> str:
@@ -249,7 +372,8 @@ def _torch_device(kind: Any, index: Any = None) -> str:
 
 
 def _defaultdict(default_factory: Any = None, *items: Any) -> dict:
-    return dict(*items)  # the factory is never needed to read data; a plain dict keeps it inert
+    # the factory is never needed to read data; a plain dict keeps it inert
+    return dict(*(_counted(i, "a defaultdict") for i in items))
 
 
 def _reconstructor(cls: Any, base: Any, state: Any = None) -> ForeignObject:
@@ -304,26 +428,31 @@ class _NumpyArray:
         self.array = np.frombuffer(raw, dtype=dtype.numpy()).reshape(shape, order="F" if fortran else "C").copy()
 
 
-class _Marker:
+class _Marker(_Frozen):
     """A class named only as an argument (``numpy.ndarray`` in ``_reconstruct``); never called."""
 
+    __slots__ = ("name",)
+
     def __init__(self, name: str):
-        self.name = name
+        object.__setattr__(self, "name", name)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise UnsafePickleError(f"the pickle calls {self.name}, which rtdet does not run")
+
+    def __repr__(self) -> str:
+        return self.name
 
 
 _NUMPY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray")
 _PATH_MODULES = ("pathlib", "pathlib._local")
 
 # (module, name) -> what the name resolves to. Everything here is rtdet's own function or a constructor
-# that builds plain data from plain data.
-_SAFE: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
+# that builds plain data from plain data; see _frozen_table for how it is shared between loads.
+_NAMES: dict[tuple[str, str], Any] = {
+    ("collections", "OrderedDict"): _ordered_dict,
     ("collections", "defaultdict"): _defaultdict,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
+    ("builtins", "set"): _set,
+    ("builtins", "frozenset"): _frozenset,
     ("builtins", "slice"): slice,
     ("builtins", "complex"): complex,
     ("builtins", "bytearray"): _bytearray,
@@ -355,6 +484,20 @@ _SAFE: dict[tuple[str, str], Any] = {
     **{(m, n): _windows_path for m in _PATH_MODULES for n in ("WindowsPath", "PureWindowsPath")},
     **{("torch", n): _StorageType(d) for n, d in _STORAGE_DTYPES.items()},
 }
+
+
+
+def _frozen_table(names: dict[tuple[str, str], Any]) -> dict[tuple[str, str], Any]:
+    """The table every load shares: builtin types (``slice``, ``datetime.datetime``: their attributes cannot
+    be set) and frozen objects as they are; rtdet's own functions and classes behind a :class:`_Callable`."""
+    table = {}
+    for (module, name), value in names.items():
+        builtin = isinstance(value, type) and value.__module__ in ("builtins", "datetime")
+        table[(module, name)] = value if builtin or isinstance(value, _Frozen) else _Callable(value, f"{module}.{name}")
+    return table
+
+
+_SAFE = _frozen_table(_NAMES)
 
 # Standard-library classes whose instances only carry attributes (training-script settings): records.
 _INERT_STDLIB = {("argparse", "Namespace"), ("types", "SimpleNamespace")}
@@ -454,8 +597,11 @@ class _Archive:
         if size != nbytes:
             raise CheckpointError(f"{self.where}: the tensor record {name} holds {size} bytes, expected "
                                   f"{nbytes} (truncated or damaged file)")
-        raw = self.zf.read(name)
-        untyped = (torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8))
+        raw = bytearray(size)  # within the budget: check_archive compared every record with it
+        with self.zf.open(name) as fh:
+            if fh.readinto(raw) != size:
+                raise CheckpointError(f"{self.where}: the tensor record {name} is shorter than it says (truncated)")
+        untyped = (torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8))
         untyped = untyped.untyped_storage()
         if self.swap and dtype.itemsize > 1:
             untyped.byteswap(dtype)
@@ -481,11 +627,13 @@ def read_checkpoint(path: str | Path) -> Any:
         )
     try:
         with zipfile.ZipFile(path) as zf:
+            check_archive(zf, str(path), path.stat().st_size)  # before any record is inflated
             archive = _Archive(zf, str(path))
             if zf.getinfo(f"{archive.prefix}/data.pkl").file_size > _MAX_PICKLE_BYTES:
                 raise CheckpointError(f"{path}: its pickle record is larger than 2 GiB; not a checkpoint")
-            data = io.BytesIO(zf.read(f"{archive.prefix}/data.pkl"))
-            return _unpickle(data, archive.storage, str(path))
+            data = zf.read(f"{archive.prefix}/data.pkl")
+            budget = ReadBudget(str(path), path.stat().st_size, len(data))
+            return _unpickle(io.BytesIO(data), archive.storage, budget)
     except (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile) as e:
         raise CheckpointError(f"{path}: cannot be read ({type(e).__name__}: {e}); the file may be truncated, "
                               f"use another copy") from None
@@ -500,45 +648,135 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def read_torch_file(path: str | Path) -> tuple[Any, str]:
-    """(content, how) of any ``torch.save`` file: ``torch.load(weights_only=True)`` when the file holds
-    only tensors and plain types (how = "weights_only"), else :func:`read_checkpoint` ("restricted")."""
+    """(content, how) of any ``torch.save`` file, within the file's :class:`ReadBudget`: how = "weights_only"
+    when it holds only tensors and plain types, "restricted" when it holds foreign records.
+
+    A zip checkpoint is read by :func:`read_checkpoint` (bounded: torch.load(weights_only=True) would build
+    ``bytearray(10**10)`` or inflate any record a file names); a file in PyTorch's pre-1.6 format by
+    ``torch.load(weights_only=True)`` once its pickles are checked for allocating calls."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
-    if not is_zip_checkpoint(path) and path.stat().st_size > 0:
-        # PyTorch's pre-1.6 format (mmdetection's publish_model.py still writes it): readable when it holds
-        # only tensors and plain types; anything else gets read_checkpoint's clear error
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True), "weights_only"
-        except Exception:
-            read_checkpoint(path)
-    if not is_zip_checkpoint(path) or _is_torchscript(path):
-        read_checkpoint(path)  # raises the clear error for empty / truncated / other files, TorchScript
+    if is_zip_checkpoint(path) or path.stat().st_size == 0:
+        content = read_checkpoint(path)
+        return content, "restricted" if _holds_records(content) else "weights_only"
+    # PyTorch's pre-1.6 format (mmdetection's publish_model.py still writes it): readable when it holds only
+    # tensors and plain types; anything else gets read_checkpoint's clear error
     try:
-        return torch.load(path, map_location="cpu", weights_only=True), "weights_only"
-    except pickle.UnpicklingError:  # foreign classes inside: the restricted reader decides what may be read
-        return read_checkpoint(path), "restricted"
-    except Exception as e:  # damaged archives raise RuntimeError / OSError / ...: say what is wrong
-        content = read_checkpoint(path)  # TorchScript, missing records, ...: raises the precise error
-        if content is not None:
-            return content, "restricted"
-        reason = (str(e).strip().splitlines() or [""])[0][:200]
-        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {reason}); the file "
-                              f"may be truncated, use another copy") from None
+        _check_legacy(path)
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except ReadLimitError:
+        raise
+    except Exception:
+        read_checkpoint(path)  # raises the clear error (not a checkpoint, truncated ...)
+        raise
+    check_expansion(content, ReadBudget(str(path), path.stat().st_size))
+    return content, "weights_only"
+
+
+def _check_legacy(path: Path) -> None:
+    """The pickles at the head of a pre-1.6 file (magic, protocol, system info, the content, storage keys)
+    checked for allocating calls before torch.load runs them."""
+    with path.open("rb") as fh:
+        for _ in range(5):
+            try:
+                refuse_allocating_calls(fh, str(path))
+            except CheckpointError as e:
+                raise ReadLimitError(str(e)) from None
+
+
+def _holds_records(obj: Any) -> bool:
+    """Whether a read tree holds a foreign record anywhere (each container visited once)."""
+    seen, stack = set(), [obj]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ForeignObject):
+            return True
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.extend(_children(node))
+    return False
+
+
+def _children(node: Any) -> list:
+    """What a walk over a read tree goes into from ``node`` (containers and records; leaves have none)."""
+    if isinstance(node, dict):
+        return [*node.keys(), *node.values()]
+    if isinstance(node, list | tuple | set | frozenset):
+        return list(node)
+    if isinstance(node, ForeignObject):
+        return [node.args, node.kwargs, node.state, node.items, node.mapping]
+    return []
+
+
+def _leaf_bytes(node: Any) -> int:
+    if isinstance(node, torch.Tensor):
+        return node.numel() * node.element_size()
+    if isinstance(node, _NumpyArray):
+        return node.array.nbytes
+    if isinstance(node, str | bytes | bytearray):
+        return len(node)
+    return 0
+
+
+def check_expansion(root: Any, budget: ReadBudget) -> None:
+    """Refuse a tree whose expanded size exceeds the budget: the objects and tensor bytes a walk over it
+    meets, a shared reference counted once per place it appears (a 2 KB tree of references shared 2 by 2,
+    40 deep, is 2**40 objects to anything that copies, prints or converts it). Each container is visited
+    once (its expanded size is remembered), so the check costs what the file holds, not what it expands to."""
+    sizes: dict[int, tuple[int, int]] = {}  # id -> (objects, bytes) of its expanded subtree
+    entered: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack[-1]
+        key = id(node)
+        kids = _children(node)
+        if key in sizes or not kids:
+            stack.pop()
+            continue
+        if key not in entered:  # first visit: its children first
+            entered.add(key)
+            stack.extend(k for k in kids if _children(k) and id(k) not in entered)
+            continue
+        stack.pop()
+        # a child still being entered is a cycle back to an ancestor: the walkers stop there (counted once)
+        objects = 1 + sum(sizes.get(id(k), (1, 0))[0] for k in kids)
+        nbytes = sum(sizes[id(k)][1] if id(k) in sizes else _leaf_bytes(k) for k in kids)
+        sizes[key] = (min(objects, 1 << 62), min(nbytes, 1 << 62))
+        if objects > budget.max_objects or nbytes > budget.max_bytes:
+            what = (f"{objects} objects (at most {budget.max_objects})" if objects > budget.max_objects
+                    else f"{nbytes} bytes of tensors and arrays (at most {budget.max_bytes})")
+            raise ReadLimitError(f"{budget.where}: its content expands to {what} once its shared references "
+                                 f"are followed, more than a {budget.file_bytes}-byte file may hold; refusing to "
+                                 f"read it (a damaged or hostile file)")
+    if root is not None and not _children(root) and _leaf_bytes(root) > budget.max_bytes:
+        raise ReadLimitError(f"{budget.where}: a single tensor of {_leaf_bytes(root)} bytes, more than the file "
+                             f"may hold ({budget.max_bytes}); refusing to read it")
 
 
 def read_pickle(data: bytes, where: str = "pickle") -> Any:
-    """A bare pickle (no tensors) read with the same restrictions, e.g. metadata records."""
-    return _unpickle(io.BytesIO(data), None, where)
+    """A bare pickle (no tensors) read with the same restrictions and a budget of its own size."""
+    return _unpickle(io.BytesIO(data), None, ReadBudget(where, len(data)))
 
 
-def _unpickle(data: io.BytesIO, storages: Any, where: str) -> Any:
+def _unpickle(data: io.BytesIO, storages: Any, budget: ReadBudget) -> Any:
+    """Replay one pickle in a load of its own (its budget, its record classes), then check its expansion."""
+    where = budget.where
+    token = _CURRENT.set(_Load(budget))
     try:
-        return _RestrictedUnpickler(data, storages).load()
+        content = _RestrictedUnpickler(data, storages).load()
+        check_expansion(content, budget)
+        return content
     except UnsafePickleError as e:
         raise UnsafePickleError(f"{where}: {e}") from None
     except CheckpointError:
         raise
+    except MemoryError:
+        raise ReadLimitError(f"{where}: reading it ran out of memory; refusing it (a damaged or hostile "
+                             f"file)") from None
     except (Exception, RecursionError) as e:  # the file's own damage (UnpicklingError, EOFError, TypeError ...)
         raise CheckpointError(f"{where}: the pickle inside is damaged or not a checkpoint "
                               f"({type(e).__name__}: {str(e)[:200]})") from None
+    finally:
+        _CURRENT.reset(token)

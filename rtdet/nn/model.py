@@ -320,6 +320,7 @@ class DetectionModel(nn.Module):
         if missing:
             raise CheckpointError(f"{source}: not an rtdet model checkpoint (missing keys {missing})")
         model = cls(ckpt["yaml"], nc=ckpt.get("nc"), names=ckpt.get("names"), load_weights=False)
+        _check_shapes(model.state_dict(), ckpt["state_dict"], source)
         result = model.load_state_dict(ckpt["state_dict"], strict=False)
         if result.missing_keys or result.unexpected_keys:
             raise CheckpointError(
@@ -406,3 +407,26 @@ def build_model(cfg: str | Path | dict, nc: int | None = None, scale: str | None
     from rtdet.io.load import load_model
 
     return load_model(cfg, nc=nc, names=names, scale=scale, verbose=verbose).model
+
+
+def _check_shapes(own: dict[str, torch.Tensor], stored: Any, source: str) -> None:
+    """Every stored tensor of a name the model has must have its shape (else load_state_dict's multi-line
+    RuntimeError): the first that does not is named with both shapes."""
+    from rtdet.utils.checkpoint import CheckpointError
+
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{source}: its state_dict is a {type(stored).__name__}, expected a dict of tensors")
+    for key, value in stored.items():
+        if key not in own:
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{source}: {key} is a {type(value).__name__}, expected a tensor of shape "
+                                  f"{tuple(own[key].shape)}")
+        if value.shape != own[key].shape:
+            n = sum(1 for k, v in stored.items()
+                    if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape)
+            raise CheckpointError(
+                f"{source}: {key} has shape {tuple(value.shape)} but the model it describes needs "
+                f"{tuple(own[key].shape)}" + (f" ({n - 1} more tensors differ)" if n > 1 else "")
+                + "; the weights do not belong to its model YAML (an edited or damaged checkpoint)")
+

@@ -261,3 +261,27 @@ def test_image_unreadable_after_the_check_is_replaced_in_training_never_in_evalu
     assert s["img"].shape == (640, 640, 3)
     assert not val[1].get("unreadable") and val[1]["im_file"].endswith("b.jpg")
     assert sum("left out of the evaluation" in m for m in warnings_of(caplog)) == 1
+
+
+def test_coco_images_sharing_an_id_are_reported_and_never_given_each_others_boxes(tmp_path, caplog):
+    root = tmp_path / "coco"
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        write_image(root / "images" / "val" / name, 50, 100)
+    ann = {
+        "images": [{"id": 7, "file_name": "a.jpg", "width": 100, "height": 50},
+                   {"id": 7, "file_name": "b.jpg", "width": 100, "height": 50},  # the same id: ambiguous
+                   {"id": 8, "file_name": "c.jpg", "width": 100, "height": 50}],
+        "categories": [{"id": 1, "name": "cat"}],
+        "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [10, 5, 20, 10]},
+                        {"id": 2, "image_id": 8, "category_id": 1, "bbox": [0, 0, 40, 20]}],
+    }
+    (root / "annotations").mkdir(parents=True)
+    (root / "annotations" / "instances_val.json").write_text(json.dumps(ann))
+    y = write_yaml(root / "d.yaml", {"train": {"json": "annotations/instances_val.json", "images": "images/val"},
+                                     "val": {"json": "annotations/instances_val.json", "images": "images/val"},
+                                     "names": ["cat"]})
+    ds = DetectionDataset(y, "val", cache_dir=False, pipeline="plain")
+    assert len(ds) == 1 and ds.labels.im_files[0].endswith("c.jpg")  # only the image whose id is its own
+    np.testing.assert_allclose(ds.ground_truth(0)[1], [[0, 0, 40, 20]], atol=1e-4)
+    msgs = [m for m in warnings_of(caplog) if "image id 7" in m]
+    assert len(msgs) == 1 and "shared by 2 images (a.jpg, b.jpg)" in msgs[0] and "own id" in msgs[0]

@@ -108,15 +108,24 @@ head:
 """
 
 
-@pytest.fixture
-def erfinv_module():
+ERFINV_SPELLINGS = {  # how a module may call the operation the exporter names aten::erfinv
+    "torch.erfinv": lambda x: torch.erfinv(x),
+    "in place": lambda x: x.clone().erfinv_(),  # traced as aten::erfinv_
+    "torch.special alias": lambda x: torch.ops.aten.special_erfinv(x),
+}
+
+
+@pytest.fixture(params=list(ERFINV_SPELLINGS))
+def erfinv_module(request):
+    call = ERFINV_SPELLINGS[request.param]
+
     @register(channels="same")
     class InverseErf(nn.Module):
         def __init__(self, c1: int):
             super().__init__()
 
         def forward(self, x):
-            return torch.erfinv(x.tanh() * 0.5)
+            return call(x.tanh() * 0.5)
 
     yield InverseErf
     unregister("InverseErf")
@@ -260,3 +269,20 @@ def test_exporter_rounds_imgsz_up_to_the_stride_as_every_verb_does(tiny_yaml, tm
     file = Exporter({"model": str(tiny_yaml), "imgsz": 70, "project": str(tmp_path), "verbose": False,
                      "check": False})()
     assert read_metadata(file)["imgsz"] == [80, 80]
+
+
+@pytest.mark.parametrize("nms", [False, True])
+def test_a_model_whose_scores_tie_passes_the_check(dense_model, tmp_path, nms):
+    """Every class score exactly 0.5 and boxes that overlap: which survives NMS is decided by ulps, so the
+    check compares the decoded outputs before NMS, and NMS results as sets robust to ties."""
+    with torch.no_grad():
+        for conv in dense_model.head.convs:
+            conv.weight[4:].zero_()
+            conv.bias[4:].zero_()  # sigmoid(0) = 0.5 for every class of every box
+            conv.weight[:4].mul_(0.01)  # boxes of nearly one size around each point: heavy overlaps
+    x = check_image(sample_image(), (64, 64), 2)
+    file = export_onnx(dense_model, tmp_path / "tie.onnx", imgsz=64, batch=2, nms=nms, conf=0.3, iou=0.5,
+                       max_det=20, count_flops=False)
+    report = check_export(file, dense_model, x, conf=0.3, iou=0.5, max_det=20)
+    assert report.ok and report.n_torch == 40  # max_det filled from a sea of equal scores, each image
+    assert (report.decoded is not None) != nms and (report.decoded is None or report.decoded.ok)

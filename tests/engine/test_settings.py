@@ -185,3 +185,35 @@ def test_rtmdet_recipe_and_loss_keys():
         resolve_settings({"loss_vfl": 1.0}, family="rtmdet")
     with pytest.raises(SettingsError, match="loss setting of the rtmdet family"):
         resolve_settings({"qfl_beta": 1.0}, family="rtdetr")
+
+
+def test_threads_are_bounded_by_the_machine_for_every_verb_that_takes_them(monkeypatch):
+    """threads=4096 once started thousands of threads: like workers, it is capped at the CPU count."""
+    from rtdet.engine import settings
+
+    monkeypatch.setattr(settings, "machine_cpus", lambda: 3)
+    for verb in ("benchmark", "val", "predict", "export", "compare"):
+        assert resolve_settings({"threads": 4096}, verb=verb)["threads"] == 3
+    assert resolve_settings({"threads": 2}, verb="benchmark")["threads"] == 2
+    assert resolve_settings({}, verb="benchmark")["threads"] is None  # the library's default
+
+
+def test_settings_stored_in_a_model_file_are_checked_like_the_command_line():
+    from rtdet.engine.settings import check_stored_settings
+    from rtdet.utils.checkpoint import CheckpointError
+
+    ok = check_stored_settings({"imgsz": 320, "val_pipeline": "rtdetr"}, "m.pt")
+    assert ok == {"imgsz": 320, "val_pipeline": "rtdetr"}
+    cases = {
+        "imgsz=99999: expected an integer >= 32 and <= 8192": {"imgsz": 99999},
+        "LetterBox: imgsz=8000 is larger than the run's imgsz=640": {"val_pipeline": [{"name": "LetterBox",
+                                                                                        "imgsz": 8000}]},
+        "val_pipeline='/etc/passwd' is not a built-in pipeline": {"val_pipeline": "/etc/passwd"},
+        "unknown transform 'Nope'": {"train_pipeline": {"train": [{"name": "Nope"}]}},
+    }
+    for text, stored in cases.items():
+        with pytest.raises(CheckpointError) as err:
+            check_stored_settings(stored, "m.pt")
+        assert str(err.value).startswith("m.pt: the setting stored in the file is wrong: ") and text in str(err.value)
+        assert "\n" not in str(err.value)
+    assert check_stored_settings({"imgsz": 99999}, "m.pt", given={"imgsz": 640}) == {}  # the user overrides it

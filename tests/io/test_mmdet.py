@@ -496,3 +496,13 @@ def test_the_config_text_is_read_not_run():
                       "x": [1, (2, 3), {"k": "Ellipsis"}]}
     assert read_config_text("model = dict(") == (None, "the config text in meta is not Python (SyntaxError: '(' was "
                                                       "never closed (<unknown>, line 1))")
+
+
+def test_the_config_text_parse_is_bounded():
+    """A config text larger than any real config is not parsed (its syntax tree would be ~100x its size)."""
+    from rtdet.io.mmdet import MAX_CONFIG_CHARS
+
+    config, note = read_config_text("x = [" + "1," * MAX_CONFIG_CHARS + "]\n")
+    assert config is None and "more than a config holds" in note
+    config, note = read_config_text("x = " + "[" * 5000 + "]" * 5000)  # nested past the parser's limit
+    assert config is None and "not Python" in note

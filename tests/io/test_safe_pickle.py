@@ -18,6 +18,7 @@ import torch.nn as nn
 from rtdet.io.foreign import is_module, module_state_dict, plain, to_float32
 from rtdet.io.safe_pickle import ForeignObject, UnsafePickleError, read_checkpoint, read_torch_file
 from rtdet.utils.checkpoint import CheckpointError
+from tests.io.hostile import P, run_limited, tensor, torch_zip
 from tests.io.iohelpers import define_class, throwaway_modules
 
 CALLS: list = []
@@ -213,3 +214,115 @@ def test_a_module_cycle_is_an_error_not_a_crash(tmp_path):
         torch.save({"model": node}, path)
     with pytest.raises(CheckpointError, match="nested more than"):
         module_state_dict(read_checkpoint(path)["model"])
+
+
+# ------------------------------------------------------------------------ issue 18: bounded, no shared state
+def _set_of_range(n: int) -> bytes:
+    """``set(range(n))``: a few hundred bytes that build n objects."""
+    return (P.proto() + P.EMPTY_DICT + P.text("model") + P.global_("builtins", "set") + P.global_("builtins", "range")
+            + P.int_(n) + P.TUPLE1 + P.REDUCE + P.TUPLE1 + P.REDUCE + P.SETITEM + P.STOP)
+
+
+def _shared_tree(levels: int) -> bytes:
+    """An mmdetection-shaped {'meta': tree, 'state_dict': {}} whose tree is [t, t] of [t', t'] ... ``levels``
+    deep, every level one shared reference: 2**levels leaves from a few hundred bytes."""
+    ops = P.proto() + P.EMPTY_LIST + P.text("leaf") + P.APPEND + P.put(0) + P.POP
+    for i in range(1, levels + 1):
+        ops += P.EMPTY_LIST + P.MARK + P.get(i - 1) + P.get(i - 1) + P.APPENDS + P.put(i) + P.POP
+    return (ops + P.EMPTY_DICT + P.text("meta") + P.EMPTY_DICT + P.text("cfg") + P.get(levels) + P.SETITEM
+            + P.SETITEM + P.text("state_dict") + P.EMPTY_DICT + P.SETITEM + P.STOP)
+
+
+READ = "from rtdet.io.safe_pickle import read_torch_file; read_torch_file(path)"
+
+
+def test_memory_bombs_are_refused_fast_within_a_memory_limit(tmp_path):
+    """Three bombs read in one child under RLIMIT_AS (so a bomb not refused fails fast, never swaps):
+    a set built from a huge range (435 bytes: 2.6 GB before), a tree of shared references (2**40 leaves
+    once expanded), a record that inflates from a few hundred KB to 260 MiB (more than any file may take)."""
+    size = 260 << 20
+    inflating = P.proto() + P.EMPTY_DICT + P.text("w") + tensor("0", size, (size,), (1,), "ByteStorage")
+    paths = [torch_zip(tmp_path / "set.pt", _set_of_range(10**9)), torch_zip(tmp_path / "tree.pt", _shared_tree(40)),
+             torch_zip(tmp_path / "inflate.pt", inflating + P.SETITEM + P.STOP, deflated={"0": (size, 1 << 20)})]
+    assert paths[0].stat().st_size < 2000 and paths[2].stat().st_size < 2 << 20
+    results = run_limited(READ, *map(str, paths), headroom_mb=256)
+    expected = [("ReadLimitError", "set.pt: a set holds 1000000000 items"),
+                ("ReadLimitError", "tree.pt: its content expands to"),
+                ("CheckpointError", "inflate.pt: the record archive/data/0 inflates to 272629760 bytes")]
+    for (result, seconds), (kind, text) in zip(results, expected):
+        assert result.startswith(kind) and text in result and seconds < 10, result
+    with pytest.raises(CheckpointError, match="a set holds 1000000000 items"):  # in this process too: no allocation
+        read_checkpoint(paths[0])
+    from rtdet.utils.checkpoint import load_checkpoint  # rtdet's own torch.load path checks records the same way
+
+    with pytest.raises(CheckpointError, match="inflates to 272629760 bytes"):
+        load_checkpoint(paths[2])
+
+
+def test_what_real_files_hold_stays_readable(tmp_path):
+    """A real set, and a normal amount of sharing, read as before."""
+    assert read_checkpoint(torch_zip(tmp_path / "small.pt", _set_of_range(1000)))["model"] == set(range(1000))
+    assert len(read_checkpoint(torch_zip(tmp_path / "ok.pt", _shared_tree(8)))["meta"]["cfg"]) == 2  # 256 leaves
+
+
+def test_bytearray_of_a_size_written_in_the_file_is_refused_on_every_path(tmp_path):
+    from rtdet.utils.checkpoint import load_checkpoint
+
+    pkl = (P.proto() + P.EMPTY_DICT + P.text("x") + P.global_("__builtin__", "bytearray") + P.int_(10**10)
+           + P.TUPLE1 + P.REDUCE + P.SETITEM + P.STOP)
+    path = torch_zip(tmp_path / "bytes.pt", pkl)
+    with pytest.raises(UnsafePickleError, match="bytes.pt: a bytearray is rebuilt from its bytes only"):
+        read_torch_file(path)
+    with pytest.raises(CheckpointError, match="bytes.pt: its pickle builds a bytearray"):
+        load_checkpoint(path)  # torch.load(weights_only=True) would allocate 10 GB
+
+
+def test_many_broadcast_views_count_what_they_expand_to(tmp_path):
+    n = 1 << 24  # each view is allowed alone (16M elements of one 4-byte storage) ...
+    views = b"".join(P.text(f"v{i}") + tensor("0", 1, (n,), (0,)) for i in range(64))
+    pkl = P.proto() + P.EMPTY_DICT + P.MARK + views + b"u" + P.STOP  # SETITEMS
+    path = torch_zip(tmp_path / "views.pt", pkl, records={"0": b"\0\0\0\0"})
+    with pytest.raises(CheckpointError, match=r"views.pt: its content expands to \d+ bytes of tensors"):
+        read_checkpoint(path)  # ... but 64 of them are 4 GiB to anything that copies them
+
+
+def _hostile_mutations() -> list[bytes]:
+    """Pickles that try to change what every load shares: each name the reader resolves, set with BUILD
+    (a dict, and (None, slots) -- setattr: a function's __defaults__, a storage type's dtype), SETITEM, APPEND."""
+    from rtdet.io.safe_pickle import _SAFE
+
+    names = [*_SAFE, ("torch", "float32"), ("thirdparty", "Layer"), ("torch.nn.modules.conv", "Conv2d")]
+    changes = [P.EMPTY_DICT + P.text("dtype") + P.global_("torch", "int32") + P.SETITEM + P.BUILD,
+               b"N" + P.EMPTY_DICT + P.text("__defaults__") + P.MARK + P.int_(1) + P.TUPLE + P.SETITEM + P.TUPLE2
+               + P.BUILD,
+               P.text("k") + P.int_(1) + P.SETITEM,
+               P.int_(1) + P.APPEND]
+    return [P.proto() + P.global_(m, n) + change + P.STOP for m, n in names for change in changes]
+
+
+def test_a_hostile_load_cannot_change_how_the_next_file_is_read(tmp_path):
+    from rtdet.io import safe_pickle
+
+    clean = tmp_path / "clean.pt"
+    weights = {"w": torch.randn(3, 4), "b": torch.arange(5, dtype=torch.int64), "h": torch.randn(2).half()}
+    torch.save({"model": weights, "args": argparse.Namespace(lr=0.1)}, clean)
+    snapshot = {k: (getattr(v, "__defaults__", None), getattr(v, "__kwdefaults__", None), repr(v))
+                for k, v in safe_pickle._SAFE.items()}
+    refused = 0
+    for i, pkl in enumerate(_hostile_mutations()):
+        try:
+            read_checkpoint(torch_zip(tmp_path / f"hostile{i}.pt", pkl))
+        except CheckpointError:
+            refused += 1
+        out = read_checkpoint(clean)
+        assert set(out["model"]) == set(weights), i
+        assert all(torch.equal(out["model"][k], v) and out["model"][k].dtype == v.dtype for k, v in weights.items()), i
+        assert out["args"].cls_name == "argparse.Namespace" and out["args"].state == {"lr": 0.1}
+    after = {k: (getattr(v, "__defaults__", None), getattr(v, "__kwdefaults__", None), repr(v))
+             for k, v in safe_pickle._SAFE.items()}
+    assert after == snapshot
+    assert refused >= len(_hostile_mutations()) * 3 // 4  # nearly every one is refused outright
+    # the storage-type attack that corrupted weights before: refused, naming the file
+    with pytest.raises(UnsafePickleError, match=r"dtype.pt: the pickle tries to change torch storage type"):
+        read_checkpoint(torch_zip(tmp_path / "dtype.pt", P.proto() + P.global_("torch", "FloatStorage") + P.EMPTY_DICT
+                                  + P.text("dtype") + P.global_("torch", "int32") + P.SETITEM + P.BUILD + P.STOP))

@@ -108,3 +108,15 @@ def test_errors_raised_by_a_module_constructor_name_the_row():
     cfg = {"nc": 1, "backbone": [[-1, 1, "Conv", [30, 3, 2]], [-1, 1, "DySample", [2, "lp", 5]]], "head": []}
     with pytest.raises(ModelConfigError, match=r"row 1 \(DySample\): .*32.*5|row 1 \(DySample\): .*5.*32"):
         build_model(cfg)
+
+
+def test_a_checkpoint_whose_tensor_shapes_do_not_fit_names_the_key_and_both_shapes(tmp_path):
+    from tests.tiny_models import tiny_rtdetr_yaml
+
+    (tmp_path / "tiny.yaml").write_text(tiny_rtdetr_yaml(nc=2, queries=10, denoising=10))
+    entry = build_model(str(tmp_path / "tiny.yaml")).to_checkpoint()
+    key = next(k for k, v in entry["state_dict"].items() if v.dim() == 4)
+    shape = tuple(entry["state_dict"][key].shape)
+    entry["state_dict"][key] = torch.zeros(shape[0] + 1, *shape[1:])
+    with pytest.raises(CheckpointError, match=rf"edited.pt: {key} has shape \({shape[0] + 1}, .* needs \({shape[0]}, "):
+        DetectionModel.from_checkpoint(entry, source="edited.pt")

@@ -104,3 +104,55 @@ def test_atomic_writes_use_the_recognisable_temporary_name(tmp_path, monkeypatch
     monkeypatch.setattr(os, "replace", lambda src, dst: (seen.append(src), real_replace(src, dst)))
     atomic_write_text(tmp_path / "results.csv", "a\n")
     assert len(seen) == 1 and is_temporary(seen[0]) and (tmp_path / "results.csv").read_text() == "a\n"
+
+
+def _full_disk_torch_save(obj, fh):
+    """torch.save on a full disk: part of the file written, then its zip writer's RuntimeError."""
+    fh.write(b"PK\x03\x04partial")
+    raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0\n"
+                       "PytorchStreamWriter failed writing file data/0: file write failed")
+
+
+def test_a_full_disk_says_no_space_left_on_the_folder_and_keeps_the_last_good_file(tmp_path, monkeypatch):
+    import errno
+    import os
+    from collections import namedtuple
+
+    from rtdet.utils import checkpoint
+
+    path = save_checkpoint({"epoch": 1}, tmp_path / "last.pt")
+    monkeypatch.setattr(checkpoint.torch, "save", _full_disk_torch_save)
+    vfs = namedtuple("vfs", "f_bavail f_frsize")
+    monkeypatch.setattr(checkpoint.os, "statvfs", lambda p: vfs(3, 4096))  # 12 KB left
+    with pytest.raises(OSError, match=f"no space left on {tmp_path} while writing last.pt") as err:
+        save_checkpoint({"epoch": 2}, path)
+    assert err.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1 and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+    def no_space(fh):  # Python's own write error names no file
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    from rtdet.utils.checkpoint import atomic_write_bytes
+
+    with pytest.raises(OSError, match=f"no space left on {tmp_path} while writing results.csv"):
+        atomic_write_bytes(tmp_path / "results.csv", no_space)
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_a_real_full_disk(tmp_path):
+    """The same on a 1 MB tmpfs, where root may mount one (skipped elsewhere)."""
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        save_checkpoint({"w": torch.zeros(10)}, mnt / "last.pt")
+        with pytest.raises(OSError, match=f"no space left on {mnt} while writing last.pt"):
+            save_checkpoint({"w": torch.zeros(1 << 20)}, mnt / "last.pt")
+        assert load_checkpoint(mnt / "last.pt")["w"].shape == (10,)
+        assert [p.name for p in mnt.iterdir()] == ["last.pt"]
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
