@@ -43,7 +43,7 @@ TINY_YAMLS = {"rtdetr-tiny": tiny_rtdetr_yaml(nc=3, queries=20, denoising=20), "
 # Width/depth letters of the built-in file names, smallest first: a model's size is guessed from its
 # name (yolov9-demo < yolov9-t < yolov9-s ...) because building every YAML to count parameters would
 # cost the default suite about 30 s. The slow matrix builds and checks all of them anyway.
-_SIZE_ORDER = ["demo", "tiny", "atto", "n", "t", "s", "m", "c", "l", "b", "x", "e"]
+_SIZE_ORDER = ["demo", "atto", "femto", "pico", "nano", "tiny", "n", "t", "s", "m", "c", "l", "b", "x", "e"]
 
 
 @dataclass(frozen=True)
