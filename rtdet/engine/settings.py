@@ -126,6 +126,13 @@ def check_device(value: str) -> str:
     return ",".join(parts)
 
 
+def check_freeze(value):
+    """A ``freeze=`` spec of the right form (rtdet.engine.freeze.parse_freeze), normalised."""
+    from rtdet.engine.freeze import parse_freeze
+
+    return parse_freeze(value)
+
+
 # What each `type:` name of default.yaml means (keyword arguments of Setting).
 SCHEMA_TYPES: dict[str, dict] = {
     "bool": {"kind": bool},
@@ -136,6 +143,8 @@ SCHEMA_TYPES: dict[str, dict] = {
     "list": {"kind": list},
     "dict": {"kind": dict},
     "device": {"kind": str, "label": "a device (cpu, 0, 0,1)", "validate": check_device},
+    "freeze": {"kind": str, "label": "rows (0-10, 0,3,5-7) or parts (backbone, neck, head, transplanted)",
+               "validate": check_freeze},
 }
 
 
