@@ -10,7 +10,9 @@ loss, letterbox mapping); one that can is at least wired correctly end to end. T
 family's recipe plus its short-run settings (``rtdet/cfg/demo/<family>.yaml``: learning rate, cosine
 schedule, short warmup, quick EMA, letterbox + HSV + flip, one optimizer step per batch), with the epochs,
 size and batch given here (``--recipe``: the recipe alone, e.g. YOLOv9's Mosaic / MixUp pipeline and nominal
-batch of 64). ``--report`` lists the epochs whose mAP goes into the table (default: the last).
+batch of 64, as ``recipe=official``); ``--defaults``: what ``rtdet train`` does with no settings of its own
+(the recipe with ``recipe=auto``'s adaptations, printed with the values it chose). ``--report`` lists the epochs
+whose mAP goes into the table (default: the last).
 Prints a markdown table; ``--out`` also writes it.
 """
 
@@ -35,6 +37,9 @@ from rtdet.engine.trainer import Trainer  # noqa: E402
 from rtdet.nn.model import build_model  # noqa: E402
 
 COCO128 = REPO.parent / "shared" / "data" / "coco128-train"
+# The settings a run's table names (what recipe=auto may choose).
+CHOSEN = ("recipe", "lr_batch", "backbone_lr_ratio", "scheduler", "lrf", "nbs", "warmup_max_fraction", "ema_decay",
+          "ema_tau", "ema_schedule", "clip_grad")
 
 
 def subset_yaml(root: Path, n: int, out_dir: Path) -> Path:
@@ -62,6 +67,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="8 images, 2 epochs at 128 px: checks the script")
     ap.add_argument("--recipe", action="store_true",
                     help="the family recipe alone (for YOLOv9: Mosaic, MixUp, nominal batch 64), no short-run settings")
+    ap.add_argument("--defaults", action="store_true",
+                    help="the defaults of `rtdet train` (recipe=auto), no short-run settings")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.quick:
@@ -71,7 +78,9 @@ def main() -> None:
         sys.exit(f"{COCO128} not found")
     torch.set_num_threads(args.threads)
     family = build_model(args.model).head.family
-    short_run = {} if args.recipe else family_demo_settings(family)
+    short_run = {} if args.recipe or args.defaults else family_demo_settings(family)
+    if args.recipe:
+        short_run["recipe"] = "official"
     settings = {**short_run, "model": args.model, "imgsz": args.imgsz, "batch": args.batch,
                 "epochs": args.epochs, "workers": 0, "device": "cpu", "verbose": False, "plots": False}
     if args.lr0 is not None:
@@ -92,6 +101,10 @@ def main() -> None:
         trainer.train()
         optimizer, lr0 = trainer.args["optimizer"], trainer.args["lr0"]
         pipeline, accumulate = trainer.args["train_pipeline"], trainer.accumulate
+        chosen = ", ".join(f"{k} {trainer.args[k]}" for k in CHOSEN if k in trainer.args)
+        warmup = trainer.schedule.warmup
+    source = ("recipe=official" if args.recipe else "defaults, recipe=auto" if args.defaults
+              else f"+ cfg/demo/{family}.yaml")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     rows = [f"| {Path(args.model).stem} | {args.images} | {args.imgsz} | {e} | {history[e][0]:.4f} | "
             f"{history[e][1]:.4f} | {history[e][2] / 60:.1f} min |" for e in report if e in history]
@@ -100,8 +113,9 @@ def main() -> None:
         "|---|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
-        f"Trained from scratch ({family} recipe{'' if args.recipe else f' + cfg/demo/{family}.yaml'}, {optimizer} "
-        f"lr {lr0}, pipeline {pipeline}, {accumulate} batch(es) per step) and evaluated "
+        f"Trained from scratch ({family} recipe, {source}, {optimizer} "
+        f"lr {lr0}, pipeline {pipeline}, {accumulate} batch(es) per step, {warmup} warmup steps; {chosen}) "
+        f"and evaluated "
         f"on the same {args.images} coco128-train images (80 classes), batch {args.batch}, {args.epochs} epochs in "
         f"all. {args.threads} threads; {platform.machine()}, {os.cpu_count()} CPU cores (load average {load:.1f}), "
         f"torch {torch.__version__}.",
