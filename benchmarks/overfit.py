@@ -19,6 +19,7 @@ Prints a markdown table; ``--out`` also writes it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import sys
@@ -54,6 +55,16 @@ def subset_yaml(root: Path, n: int, out_dir: Path) -> Path:
     return path
 
 
+def _history(rows: list[dict]) -> dict[int, tuple[float, float, float]]:
+    """{epoch: (mAP50, mAP50-95, seconds of training and validation up to it)} from the run's results rows."""
+    out, seconds = {}, 0.0
+    for r in rows:
+        seconds += float(r.get("time") or 0)
+        out[int(float(r["epoch"]))] = (float(r.get("metrics/mAP50") or 0), float(r.get("metrics/mAP50-95") or 0),
+                                       seconds)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="rtdetr-demo.yaml")
@@ -70,6 +81,9 @@ def main() -> None:
     ap.add_argument("--defaults", action="store_true",
                     help="the defaults of `rtdet train` (recipe=auto), no short-run settings")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--dir", type=Path, default=None,
+                    help="keep the data list and the run here (default: a temporary folder), so --resume can continue")
+    ap.add_argument("--resume", action="store_true", help="continue the run kept in --dir (its own settings)")
     args = ap.parse_args()
     if args.quick:
         args.images, args.epochs, args.imgsz = 8, 2, 128
@@ -85,20 +99,24 @@ def main() -> None:
                 "epochs": args.epochs, "workers": 0, "device": "cpu", "verbose": False, "plots": False}
     if args.lr0 is not None:
         settings["lr0"] = args.lr0
-    history: dict[int, tuple[float, float, float]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        data = subset_yaml(COCO128, args.images, Path(tmp))
+    if args.resume and args.dir is None:
+        sys.exit("--resume needs --dir (the folder of the run to continue)")
+    with contextlib.ExitStack() as stack:
+        tmp = args.dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        tmp.mkdir(parents=True, exist_ok=True)
+        data = subset_yaml(COCO128, args.images, tmp)
         t0 = time.time()
-        trainer = Trainer({**settings, "data": str(data), "project": str(Path(tmp) / "runs")})
+        run = {"project": str(tmp / "runs"), "name": "overfit", "exist_ok": True}
+        trainer = Trainer({"resume": str(tmp / "runs" / "train" / "overfit" / "weights" / "last.pt"),
+                           "device": "cpu", "workers": 0} if args.resume else {**settings, "data": str(data), **run})
 
         def record(t: Trainer) -> None:
-            m = t.metrics
-            history[t.epoch + 1] = (m.get("mAP50", 0.0), m.get("mAP50-95", 0.0), time.time() - t0)
-            print(f"epoch {t.epoch + 1}: mAP50 {history[t.epoch + 1][0]:.4f} ({history[t.epoch + 1][2]:.0f} s)",
+            print(f"epoch {t.epoch + 1}: mAP50 {t.metrics.get('mAP50', 0.0):.4f} ({time.time() - t0:.0f} s)",
                   flush=True)
 
         trainer.add_callback("on_fit_epoch_end", record)
         trainer.train()
+        history = _history(trainer.rows)
         optimizer, lr0 = trainer.args["optimizer"], trainer.args["lr0"]
         pipeline, accumulate = trainer.args["train_pipeline"], trainer.accumulate
         chosen = ", ".join(f"{k} {trainer.args[k]}" for k in CHOSEN if k in trainer.args)
