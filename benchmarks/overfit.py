@@ -4,6 +4,8 @@ mAP50 / mAP50-95 on those same images after a fixed number of epochs (slow: minu
     .venv/bin/python benchmarks/overfit.py [--model rtdetr-demo.yaml] [--epochs 60] [--imgsz 320]
     .venv/bin/python benchmarks/overfit.py --model yolov9t.yaml --epochs 300 --report 100 300
     .venv/bin/python benchmarks/overfit.py --quick       # 8 images, 2 epochs at 128: checks the script runs
+    .venv/bin/python benchmarks/overfit.py --model yolov9t.yaml --defaults --epochs 100 --dir runs/overfit-v9t
+    .venv/bin/python benchmarks/overfit.py --model yolov9t.yaml --defaults --epochs 100 --dir runs/overfit-v9t --resume
 
 A pipeline that cannot drive mAP up on 32 images it sees every epoch is broken somewhere (labels, matching,
 loss, letterbox mapping); one that can is at least wired correctly end to end. The settings are the model
