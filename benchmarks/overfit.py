@@ -4,19 +4,24 @@ mAP50 / mAP50-95 on those same images after a fixed number of epochs (slow: minu
     .venv/bin/python benchmarks/overfit.py [--model rtdetr-demo.yaml] [--epochs 60] [--imgsz 320]
     .venv/bin/python benchmarks/overfit.py --model yolov9t.yaml --epochs 300 --report 100 300
     .venv/bin/python benchmarks/overfit.py --quick       # 8 images, 2 epochs at 128: checks the script runs
+    .venv/bin/python benchmarks/overfit.py --model yolov9t.yaml --defaults --epochs 100 --dir runs/overfit-v9t
+    .venv/bin/python benchmarks/overfit.py --model yolov9t.yaml --defaults --epochs 100 --dir runs/overfit-v9t --resume
 
 A pipeline that cannot drive mAP up on 32 images it sees every epoch is broken somewhere (labels, matching,
 loss, letterbox mapping); one that can is at least wired correctly end to end. The settings are the model
 family's recipe plus its short-run settings (``rtdet/cfg/demo/<family>.yaml``: learning rate, cosine
 schedule, short warmup, quick EMA, letterbox + HSV + flip, one optimizer step per batch), with the epochs,
 size and batch given here (``--recipe``: the recipe alone, e.g. YOLOv9's Mosaic / MixUp pipeline and nominal
-batch of 64). ``--report`` lists the epochs whose mAP goes into the table (default: the last).
+batch of 64, as ``recipe=official``); ``--defaults``: what ``rtdet train`` does with no settings of its own
+(the recipe with ``recipe=auto``'s adaptations, printed with the values it chose). ``--report`` lists the epochs
+whose mAP goes into the table (default: the last).
 Prints a markdown table; ``--out`` also writes it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import sys
@@ -35,6 +40,9 @@ from rtdet.engine.trainer import Trainer  # noqa: E402
 from rtdet.nn.model import build_model  # noqa: E402
 
 COCO128 = REPO.parent / "shared" / "data" / "coco128-train"
+# The settings a run's table names (what recipe=auto may choose).
+CHOSEN = ("recipe", "lr_batch", "backbone_lr_ratio", "scheduler", "lrf", "nbs", "warmup_max_fraction", "ema_decay",
+          "ema_tau", "ema_schedule", "clip_grad")
 
 
 def subset_yaml(root: Path, n: int, out_dir: Path) -> Path:
@@ -47,6 +55,16 @@ def subset_yaml(root: Path, n: int, out_dir: Path) -> Path:
     path = out_dir / "data.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def _history(rows: list[dict]) -> dict[int, tuple[float, float, float]]:
+    """{epoch: (mAP50, mAP50-95, seconds of training and validation up to it)} from the run's results rows."""
+    out, seconds = {}, 0.0
+    for r in rows:
+        seconds += float(r.get("time") or 0)
+        out[int(float(r["epoch"]))] = (float(r.get("metrics/mAP50") or 0), float(r.get("metrics/mAP50-95") or 0),
+                                       seconds)
+    return out
 
 
 def main() -> None:
@@ -62,7 +80,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="8 images, 2 epochs at 128 px: checks the script")
     ap.add_argument("--recipe", action="store_true",
                     help="the family recipe alone (for YOLOv9: Mosaic, MixUp, nominal batch 64), no short-run settings")
+    ap.add_argument("--defaults", action="store_true",
+                    help="the defaults of `rtdet train` (recipe=auto), no short-run settings")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--dir", type=Path, default=None,
+                    help="keep the data list and the run here (default: a temporary folder), so --resume can continue")
+    ap.add_argument("--resume", action="store_true", help="continue the run kept in --dir (its own settings)")
     args = ap.parse_args()
     if args.quick:
         args.images, args.epochs, args.imgsz = 8, 2, 128
@@ -71,27 +94,37 @@ def main() -> None:
         sys.exit(f"{COCO128} not found")
     torch.set_num_threads(args.threads)
     family = build_model(args.model).head.family
-    short_run = {} if args.recipe else family_demo_settings(family)
+    short_run = {} if args.recipe or args.defaults else family_demo_settings(family)
+    if args.recipe:
+        short_run["recipe"] = "official"
     settings = {**short_run, "model": args.model, "imgsz": args.imgsz, "batch": args.batch,
                 "epochs": args.epochs, "workers": 0, "device": "cpu", "verbose": False, "plots": False}
     if args.lr0 is not None:
         settings["lr0"] = args.lr0
-    history: dict[int, tuple[float, float, float]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        data = subset_yaml(COCO128, args.images, Path(tmp))
+    if args.resume and args.dir is None:
+        sys.exit("--resume needs --dir (the folder of the run to continue)")
+    with contextlib.ExitStack() as stack:
+        tmp = args.dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        tmp.mkdir(parents=True, exist_ok=True)
+        data = subset_yaml(COCO128, args.images, tmp)
         t0 = time.time()
-        trainer = Trainer({**settings, "data": str(data), "project": str(Path(tmp) / "runs")})
+        run = {"project": str(tmp / "runs"), "name": "overfit", "exist_ok": True}
+        trainer = Trainer({"resume": str(tmp / "runs" / "train" / "overfit" / "weights" / "last.pt"),
+                           "device": "cpu", "workers": 0} if args.resume else {**settings, "data": str(data), **run})
 
         def record(t: Trainer) -> None:
-            m = t.metrics
-            history[t.epoch + 1] = (m.get("mAP50", 0.0), m.get("mAP50-95", 0.0), time.time() - t0)
-            print(f"epoch {t.epoch + 1}: mAP50 {history[t.epoch + 1][0]:.4f} ({history[t.epoch + 1][2]:.0f} s)",
+            print(f"epoch {t.epoch + 1}: mAP50 {t.metrics.get('mAP50', 0.0):.4f} ({time.time() - t0:.0f} s)",
                   flush=True)
 
         trainer.add_callback("on_fit_epoch_end", record)
         trainer.train()
+        history = _history(trainer.rows)
         optimizer, lr0 = trainer.args["optimizer"], trainer.args["lr0"]
         pipeline, accumulate = trainer.args["train_pipeline"], trainer.accumulate
+        chosen = ", ".join(f"{k} {trainer.args[k]}" for k in CHOSEN if k in trainer.args)
+        warmup = trainer.schedule.warmup
+    source = ("recipe=official" if args.recipe else "defaults, recipe=auto" if args.defaults
+              else f"+ cfg/demo/{family}.yaml")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     rows = [f"| {Path(args.model).stem} | {args.images} | {args.imgsz} | {e} | {history[e][0]:.4f} | "
             f"{history[e][1]:.4f} | {history[e][2] / 60:.1f} min |" for e in report if e in history]
@@ -100,8 +133,9 @@ def main() -> None:
         "|---|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
-        f"Trained from scratch ({family} recipe{'' if args.recipe else f' + cfg/demo/{family}.yaml'}, {optimizer} "
-        f"lr {lr0}, pipeline {pipeline}, {accumulate} batch(es) per step) and evaluated "
+        f"Trained from scratch ({family} recipe, {source}, {optimizer} "
+        f"lr {lr0}, pipeline {pipeline}, {accumulate} batch(es) per step, {warmup} warmup steps; {chosen}) "
+        f"and evaluated "
         f"on the same {args.images} coco128-train images (80 classes), batch {args.batch}, {args.epochs} epochs in "
         f"all. {args.threads} threads; {platform.machine()}, {os.cpu_count()} CPU cores (load average {load:.1f}), "
         f"torch {torch.__version__}.",

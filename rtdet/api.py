@@ -73,7 +73,8 @@ class Detector:
         from rtdet.engine.trainer import Trainer
 
         resume = overrides.get("resume")
-        self.trainer = Trainer(overrides, model=None if resume else self.model)
+        self.trainer = Trainer(overrides, model=None if resume else self.model,
+                               weights_loaded=self.checkpoint is not None)
         self.metrics = self.trainer.train()
         if self.trainer.save_dir is not None:
             weights = self.trainer.best if self.trainer.best.is_file() else self.trainer.last

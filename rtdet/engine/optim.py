@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn as nn
 
-__all__ = ["LRSchedule", "build_optimizer", "param_groups", "scaled_lr", "warmup_steps"]
+__all__ = ["LRSchedule", "add_params", "build_optimizer", "nominal_batch", "param_groups", "scaled_lr", "warmup_steps"]
 
 # Modules whose parameters never get weight decay (RMSNorm only exists in torch >= 2.4).
 _NO_DECAY_MODULES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.Embedding,
@@ -83,12 +83,41 @@ def build_optimizer(model: nn.Module, name: str = "AdamW", lr0: float = 1e-3, mo
     raise ValueError(f"optimizer={name!r} is not supported; choose one of {', '.join(OPTIMIZERS)}")
 
 
+def add_params(optimizer: torch.optim.Optimizer, model: nn.Module, params: list[nn.Parameter], weight_decay: float,
+               backbone_lr_ratio: float = 1.0) -> None:
+    """Give ``params`` (rows just unfrozen) their optimizer entries: each joins the group of :func:`param_groups`
+    it belongs to, appended to the existing group of that name or as a new group. Deterministic, so a resumed
+    run that unfreezes the same rows gets the same layout and loads the saved optimizer state onto it."""
+    new = {id(p) for p in params}
+    existing = {g.get("name"): g for g in optimizer.param_groups}
+    lr0 = optimizer.defaults["lr"]
+    for group in param_groups(model, weight_decay, backbone_lr_ratio):
+        joining = [p for p in group["params"] if id(p) in new]
+        if not joining:
+            continue
+        if group["name"] in existing:
+            existing[group["name"]]["params"].extend(joining)
+            continue
+        group.update(params=joining, lr=lr0 * group["lr_scale"], initial_lr=lr0 * group["lr_scale"])
+        optimizer.add_param_group(group)
+
+
 def scaled_lr(lr0: float, images_per_step: int, lr_batch: int = 0) -> float:
     """``lr0`` for a run whose optimizer steps see ``images_per_step`` images: unchanged when ``lr_batch``
     is 0, else scaled linearly by ``images_per_step / lr_batch``."""
     if lr_batch < 0 or images_per_step < 1:
         raise ValueError(f"lr_batch must be >= 0 and the batch >= 1, got lr_batch={lr_batch}, batch={images_per_step}")
     return float(lr0) if lr_batch == 0 else float(lr0) * images_per_step / lr_batch
+
+
+def nominal_batch(batch: int, accumulate: int, nbs: int, weight_decay: float) -> tuple[int, float]:
+    """(batches per optimizer step, weight decay). With a nominal batch size ``nbs`` > 0 the step
+    accumulates round(nbs / batch) batches and the decay is scaled by batch * accumulate / nbs (official
+    YOLOv9 / Ultralytics: batch 16 -> 4 batches per step, decay unchanged); otherwise ``accumulate`` as set."""
+    if nbs <= 0:
+        return max(accumulate, 1), weight_decay
+    steps = max(round(nbs / batch), 1)
+    return steps, weight_decay * batch * steps / nbs
 
 
 def warmup_steps(warmup_iters: int, warmup_epochs: float, steps_per_epoch: int, total_steps: int,

@@ -156,6 +156,13 @@ def cap_threads(value: int) -> int:
     return value
 
 
+def check_freeze(value):
+    """A ``freeze=`` spec of the right form (rtdet.engine.freeze.parse_freeze), normalised."""
+    from rtdet.engine.freeze import parse_freeze
+
+    return parse_freeze(value)
+
+
 # What each `type:` name of default.yaml means (keyword arguments of Setting).
 SCHEMA_TYPES: dict[str, dict] = {
     "bool": {"kind": bool},
@@ -174,6 +181,8 @@ SCHEMA_TYPES: dict[str, dict] = {
     "scale_range": {"kind": object, "label": "a range of factors such as 0.5-1.5, or true / false",
                     "validate": lambda v: _multiscale().parse_multi_scale(v)},
     "threads": {"kind": int, "validate": cap_threads},
+    "freeze": {"kind": str, "label": "rows (0-10, 0,3,5-7) or parts (backbone, neck, head, transplanted)",
+               "validate": check_freeze},
 }
 
 

@@ -43,11 +43,13 @@ import yaml
 from tqdm import tqdm
 
 from rtdet.engine import loaders
+from rtdet.engine.autorecipe import auto_recipe, summary
 from rtdet.engine.errors import Interrupted, NonFiniteLossError
+from rtdet.engine.freeze import Freezer, resolve_freeze
 from rtdet.engine.loggers import attach_loggers
 from rtdet.engine.meters import LossMeter, learning_rates, to_host
 from rtdet.engine.multiscale import MultiScale
-from rtdet.engine.optim import LRSchedule, build_optimizer, scaled_lr, warmup_steps
+from rtdet.engine.optim import LRSchedule, add_params, build_optimizer, nominal_batch, scaled_lr, warmup_steps
 from rtdet.engine.resume import check_resumed_classes, own_run_folder, resume_settings
 from rtdet.engine.rundir import RunFolder, latest_run, run_dir
 from rtdet.engine.settings import (
@@ -114,11 +116,14 @@ class Trainer:
 
     task = "train"
 
-    def __init__(self, overrides: dict | None = None, model: DetectionModel | None = None):
+    def __init__(self, overrides: dict | None = None, model: DetectionModel | None = None,
+                 weights_loaded: bool = False):
         # bad values stop here, before any work; cfg=file.yaml lies under the given settings
         self.overrides = apply_cfg(check_settings(overrides, "train"), "train")
         if model is not None:
             self.overrides["model"] = model
+        self.weights_loaded = weights_loaded  # a ``model`` object's weights came from a file (recipe=auto)
+        self.transplanted_rows: list[int] = []  # rows that received weights from pretrained= (freeze=transplanted)
         self.callbacks: dict[str, list[Callable]] = defaultdict(list)
         self.args: dict = {}
         self.save_dir: Path | None = None
@@ -214,7 +219,8 @@ class Trainer:
             model = load_model(ckpt, prefer_ema=False, name=str(self.resume_path)).model
             check_resumed_classes(self.resume_path, model.nc, args["data"], self.data.names)
         else:  # a YAML, or a checkpoint (rtdet or foreign) to fine-tune: a new head when the class count differs
-            model = load_model(args["model"], nc=len(names), names=names, scale=args.get("scale")).model
+            loaded = load_model(args["model"], nc=len(names), names=names, scale=args.get("scale"))
+            model, self.weights_loaded = loaded.model, self.weights_loaded or loaded.is_checkpoint
             model.names = names
             if args.get("pretrained"):
                 if not is_checkpoint(args["pretrained"]):
@@ -254,17 +260,18 @@ class Trainer:
         self.val_loader = loaders.val_loader(self.data, args, self.batch_size * 2) if (
             self.rank == 0 and args["val"]) else None
 
+        if ckpt is None:  # recipe=auto adapts the recipe to this run once; a resumed run keeps what it chose
+            self._auto_recipe(args, set(user), self.weights_loaded or bool(args.get("pretrained")))
+
         # Model, criterion, optimizer, schedule, EMA.
         self.model = model.to(self.device)
+        self.freezer = self._make_freezer(self.model, args, ckpt)  # before the optimizer and DDP see the model
         self.criterion = self.model.head.build_criterion(criterion_hyperparameters(args, self.model.head))
         if hasattr(self.criterion, "to"):
             self.criterion = self.criterion.to(self.device)
         self.model = _maybe_sync_bn(self.model, bool(args.get("sync_bn")), self.world, self.device)
         if self.world > 1:
-            # A head that uses every parameter on every step may say so (skips DDP's extra graph traversal).
-            unused = bool(getattr(self.model.head, "ddp_find_unused_parameters", True))
-            self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=(
-                [self.device.index] if self.device.type == "cuda" else None), find_unused_parameters=unused)
+            self.model = self._wrap_ddp(self.model)
         self.accumulate, weight_decay = nominal_batch(int(args["batch"]), int(args["accumulate"]),
                                                       int(args.get("nbs") or 0), float(args["weight_decay"]))
         # A criterion whose loss is a sum over images (YOLO's mean x batch size) is summed over the
@@ -280,6 +287,7 @@ class Trainer:
         if self.lr0 != float(args["lr0"]):
             LOGGER.info(f"lr0 {args['lr0']:g} is for batch {args['lr_batch']}; this run's optimizer steps see "
                         f"{self.batch_size * self.world * self.accumulate} images: lr {self.lr0:.4g} (linear scaling)")
+        self.weight_decay = weight_decay
         self.optimizer = build_optimizer(de_parallel(self.model), args["optimizer"], self.lr0,
                                          float(args["momentum"]), weight_decay,
                                          float(args["backbone_lr_ratio"]))
@@ -324,6 +332,57 @@ class Trainer:
                            f"beside the run's args.yaml); the run continues in a new folder, {self.folder.path}")
         return self.folder.path
 
+    def _auto_recipe(self, args: dict, user_keys: set[str], weights_loaded: bool) -> None:
+        """``recipe=auto``: adapt the recipe's nominal batch, warmup, EMA and lr to this run's size and start
+        (rtdet.engine.autorecipe), in ``args``; one line says what changed and why."""
+        changes, reasons = auto_recipe(args, user_keys, len(self.train_loader.dataset), int(args["batch"]),
+                                       self.world, weights_loaded)
+        line = summary(args, changes, reasons)
+        if line and self.rank == 0:
+            LOGGER.info(line)
+        args.update(changes)
+
+    def _wrap_ddp(self, model: nn.Module) -> nn.Module:
+        """DDP over ``model``'s trainable parameters (again after unfreezing: DDP fixes them when it wraps)."""
+        # A head that uses every parameter on every step may say so (skips DDP's extra graph traversal).
+        unused = bool(getattr(model.head, "ddp_find_unused_parameters", True))
+        return nn.parallel.DistributedDataParallel(model, device_ids=(
+            [self.device.index] if self.device.type == "cuda" else None), find_unused_parameters=unused)
+
+    def _make_freezer(self, model: DetectionModel, args: dict, ckpt: dict | None) -> Freezer:
+        """The rows ``freeze=`` names, frozen (a resumed run also restores which rows were transplanted)."""
+        if ckpt is not None:
+            self.transplanted_rows = [int(i) for i in ckpt.get("transplanted_rows") or []]
+        try:
+            rows = resolve_freeze(args.get("freeze"), model, self.transplanted_rows)
+        except ValueError as e:
+            raise SettingsError(str(e)) from None
+        if rows and not any(p.requires_grad for i, m in enumerate(model.model) if i not in rows
+                            for p in m.parameters()):
+            raise SettingsError(f"freeze={args['freeze']}: freezes every row of {model.name}, leaving nothing to "
+                                f"train; freeze fewer rows, e.g. freeze=backbone")
+        freezer = Freezer(model, rows)
+        if rows and self.rank == 0:
+            n = sum(p.numel() for i in rows for p in model.model[i].parameters())
+            until = f"for {args['freeze_epochs']} epoch(s)" if args.get("freeze_epochs") else "for the whole run"
+            LOGGER.info(f"Freezing {len(rows)} row(s) ({args['freeze']}: {n:,} parameters) {until}")
+        return freezer
+
+    def _unfreeze(self) -> None:
+        """Make the frozen rows trainable and give them their optimizer entries (at ``freeze_epochs``)."""
+        model = de_parallel(self.model)
+        params = self.freezer.release(model)
+        add_params(self.optimizer, model, params, self.weight_decay, float(self.args["backbone_lr_ratio"]))
+        if self.world > 1:
+            self.model = self._wrap_ddp(model)
+        LOGGER.info(f"Unfroze {len(self.freezer.rows)} row(s) ({sum(p.numel() for p in params):,} parameters) "
+                    f"after {self.args['freeze_epochs']} epoch(s)")
+
+    def _unfreeze_due(self, epoch: int) -> bool:
+        """Rows are still frozen but epoch ``epoch`` (0-based) trains them."""
+        after = int(self.args.get("freeze_epochs") or 0)
+        return self.freezer.frozen and 0 < after <= epoch
+
     def _make_run_folder(self) -> None:
         """The run folder, its settings, and no stale temporaries: a run killed inside a write leaves a
         hidden ``.<name>.<random>.rtdet-tmp`` beside the file (the file itself is intact); they are removed here."""
@@ -341,6 +400,8 @@ class Trainer:
 
     def _load_state(self, ckpt: dict) -> None:
         """Model, EMA, optimizer, schedule, scaler, epoch and RNG from a last.pt (exact continuation)."""
+        if self._unfreeze_due(int(ckpt["epoch"])):  # saved after unfreezing: the optimizer holds every row
+            self._unfreeze()
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.schedule.load_state_dict(ckpt["scheduler"])
         if ckpt.get("scaler"):
@@ -379,6 +440,8 @@ class Trainer:
                     f"results -> {self.save_dir}")
         for epoch in range(self.start_epoch, self.epochs):
             self.epoch = epoch
+            if self._unfreeze_due(epoch):
+                self._unfreeze()
             self._run_callbacks("on_train_epoch_start")
             t0 = time.time()
             interrupted, losses = self._train_epoch(epoch)
@@ -468,6 +531,7 @@ class Trainer:
         needed (:class:`LossMeter`). A NaN/inf loss raises NonFiniteLossError before any update. ``where``
         (epoch, batch, batches) places the batch in the run: multi-scale draws its size from it."""
         self.model.train()
+        self.freezer.hold(de_parallel(self.model))  # frozen rows keep their BatchNorm statistics
         batch = loaders.to_device(batch, self.device)
         if where is not None and getattr(self, "multi_scale", None) is not None:
             batch = self.multi_scale(batch, where[0], where[1])
@@ -495,6 +559,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.model)
+            self.freezer.sync_ema(self.ema.model, de_parallel(self.model))
 
     def _sync_flags(self, non_finite: bool) -> tuple[int, bool]:
         """(signal that asked to stop or 0, loss not finite) agreed by every DDP rank, so that all stop at the
@@ -579,6 +644,7 @@ class Trainer:
             "rng": get_rng_state(),
             "epoch_rng": self._epoch_rng if step_in_epoch else None,
             "args": _plain(self.args),
+            "transplanted_rows": [int(i) for i in self.transplanted_rows],
             "results": _plain(self.rows),  # results.csv up to this checkpoint
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
@@ -655,16 +721,6 @@ class Trainer:
         LOGGER.info(f"DDP: {' '.join(cmd)}")
         subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
         return {}
-
-
-def nominal_batch(batch: int, accumulate: int, nbs: int, weight_decay: float) -> tuple[int, float]:
-    """(batches per optimizer step, weight decay). With a nominal batch size ``nbs`` > 0 the step
-    accumulates round(nbs / batch) batches and the decay is scaled by batch * accumulate / nbs (official
-    YOLOv9 / Ultralytics: batch 16 -> 4 batches per step, decay unchanged); otherwise ``accumulate`` as set."""
-    if nbs <= 0:
-        return max(accumulate, 1), weight_decay
-    steps = max(round(nbs / batch), 1)
-    return steps, weight_decay * batch * steps / nbs
 
 
 def _model_pipeline(args: dict, user: dict, model: DetectionModel) -> None:

@@ -62,10 +62,12 @@ def tiny_data(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tiny_settings(tiny_yaml, tiny_data, tmp_path) -> dict:
-    """Trainer settings for a seconds-long deterministic CPU run into tmp_path."""
+    """Trainer settings for a seconds-long deterministic CPU run into tmp_path (the recipe as written: these
+    runs test the trainer's mechanics; tests/engine/test_autorecipe.py tests recipe=auto)."""
     return {"model": str(tiny_yaml), "data": str(tiny_data), "imgsz": 64, "batch": 4, "epochs": 2, "workers": 0,
             "device": "cpu", "project": str(tmp_path / "runs"), "val": False, "plots": False, "verbose": False,
-            "train_pipeline": "plain", "lr0": 1e-3, "warmup_iters": 1, "seed": 0, "deterministic": True}
+            "train_pipeline": "plain", "lr0": 1e-3, "warmup_iters": 1, "seed": 0, "deterministic": True,
+            "recipe": "official"}
 
 
 # A real RTMDet graph (input normalisation, CSPNeXt stem / CSP layers / SPP, CSPNeXtPAFPN rows, the shared-conv
@@ -122,4 +124,4 @@ def rtmdet_settings(rtmdet_yaml, tiny_data, tmp_path) -> dict:
     with a learning rate for batch 4 and a short warmup)."""
     return {"model": str(rtmdet_yaml), "data": str(tiny_data), "imgsz": 64, "batch": 4, "epochs": 2, "workers": 0,
             "device": "cpu", "project": str(tmp_path / "runs"), "val": False, "plots": False, "verbose": False,
-            "lr0": 2e-3, "lr_batch": 0, "warmup_iters": 1, "seed": 0, "deterministic": True}
+            "lr0": 2e-3, "lr_batch": 0, "warmup_iters": 1, "seed": 0, "deterministic": True, "recipe": "official"}
