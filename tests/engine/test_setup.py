@@ -36,3 +36,24 @@ def test_half_needs_cuda():
     assert device_for({"device": "cpu", "half": False}).type == "cpu"
     with pytest.raises(SettingsError, match="fp16 inference needs a CUDA GPU"):
         device_for({"device": "cpu", "half": True})
+
+
+def test_predict_and_track_take_their_score_threshold_from_the_schema(tiny_yaml, tmp_path):
+    from rtdet.engine.predictor import Predictor
+    from rtdet.engine.settings import verb_defaults
+
+    settings = {"model": str(tiny_yaml), "project": str(tmp_path)}
+    predictor = Predictor(settings)
+    predictor.setup()
+    assert predictor.conf == verb_defaults("predict")["conf"] == 0.25
+    assert not predictor.args["multi_label"]
+    pytest.importorskip("trackers")
+    from rtdet.engine.tracker import Tracker
+
+    tracker = Tracker(settings)
+    tracker.setup()
+    assert tracker.conf == verb_defaults("track")["conf"] == 0.1  # low: ByteTrack keeps tracks alive with them
+    tracker = Tracker({**settings, "conf": 0.4})
+    tracker.setup()
+    assert tracker.conf == 0.4
+    assert not any(tmp_path.iterdir())  # set-up alone makes no run folder
