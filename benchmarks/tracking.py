@@ -23,7 +23,8 @@ import torch
 from rtdet.data.synthetic_tracks import render_track_clip, write_mot, write_video
 from rtdet.engine.predictor import Predictor
 from rtdet.engine.results import Results
-from rtdet.engine.tracker import TRACK_CONF, TRACKERS, make_tracker, mot_rows, track_frame
+from rtdet.engine.settings import verb_defaults
+from rtdet.engine.tracker import TRACKERS, make_tracker, mot_rows, track_frame
 
 
 def detect(weights: str, clip: Path, conf: float) -> tuple[list[Results], float]:
@@ -72,7 +73,7 @@ def main() -> None:
     ap.add_argument("--imgsz", type=int, default=256, help="clip side in pixels")
     ap.add_argument("--fps", type=float, default=15.0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--conf", type=float, default=TRACK_CONF)
+    ap.add_argument("--conf", type=float, default=verb_defaults("track")["conf"])
     ap.add_argument("--out", default="runs/bench-tracking")
     args = ap.parse_args()
     out = Path(args.out)

@@ -130,6 +130,11 @@ def _runner(model, x: torch.Tensor, conf: float, iou: float, max_det: int) -> Ca
     return run
 
 
+def _nms_settings(args: dict) -> tuple[float, float, int]:
+    """(conf, iou, max_det) of resolved settings: what every timed post-processing keeps."""
+    return float(args["conf"]), float(args["iou"]), int(args["max_det"])
+
+
 def _pytorch_for_inference(model, device: torch.device, half: bool):
     from rtdet.engine.predictor import prepare_for_inference
 
@@ -153,16 +158,16 @@ class Benchmark:
 
     def __call__(self) -> list[BenchmarkRow]:
         from rtdet.engine.rundir import RunFolder
-        from rtdet.engine.settings import SettingsError, check_half, resolve_settings
+        from rtdet.engine.settings import SettingsError, resolve_settings
+        from rtdet.engine.setup import device_for
         from rtdet.utils.logging import set_verbosity
-        from rtdet.utils.torch_utils import select_device
 
         user = dict(self.overrides)
         specs = split_models(user.pop("models", None)) or split_models(user.pop("model", None))
         user.pop("model", None)
         if not specs:
             raise SettingsError("benchmark needs model=a.yaml[,b.yaml,...] (YAMLs, checkpoints or .onnx files)")
-        args = resolve_settings(user, verb="benchmark")
+        args = resolve_settings(user, verb=self.task)
         set_verbosity(bool(args["verbose"]))
         formats = split_models(args.get("formats") or "pytorch")
         bad = [f for f in formats if f not in FORMATS]
@@ -173,8 +178,7 @@ class Benchmark:
         if runs < 1 or warmup < 0:
             raise SettingsError(f"runs={runs}, warmup={warmup}: need runs >= 1 and warmup >= 0")
         self.args = args
-        self.device = select_device(args["device"])
-        check_half(args, self.device)
+        self.device = device_for(args)
         self.batch = int(user.get("batch") or 1)  # the training default (16) is not a latency default
         self.imgsz = int(args["imgsz"])
         threads = args.get("threads")
@@ -208,8 +212,7 @@ class Benchmark:
             from rtdet.data import load_data_config
 
             names = list(load_data_config(args["data"]).names)
-        conf, iou, max_det = 0.25 if args.get("conf") is None else float(args["conf"]), float(args["iou"]), int(
-            args["max_det"])
+        conf, iou, max_det = _nms_settings(args)
         image = _check_source(args.get("source"), args.get("data"))
         x = check_image(image, (self.imgsz, self.imgsz), self.batch)
         threads = int(args["threads"]) if args.get("threads") else None
@@ -275,7 +278,7 @@ class Benchmark:
         for e in entries:
             job = {**e.spec, "imgsz": self.imgsz, "batch": self.batch, "runs": max(warmup, 1),
                    "threads": self.args.get("threads"), "opt_level": self.args["ort_opt_level"],
-                   "format": e.fmt}
+                   "format": e.fmt, "nms": _nms_settings(self.args)}
             with ctx.Pool(1) as pool:
                 e.row.peak_mem_mb = pool.apply(peak_rss_growth_mb, (job,))
 
@@ -288,7 +291,8 @@ class Benchmark:
         for e in entries:
             inherited = e.model.inherited_settings() if hasattr(e.model, "inherited_settings") else {}
             args = resolve_settings({**{k: v for k, v in inherited.items() if k != "imgsz"}, "imgsz": self.imgsz,
-                                     "workers": self.args["workers"], "verbose": False}, family=e.model.head.family)
+                                     "workers": self.args["workers"], "verbose": False}, family=e.model.head.family,
+                                    verb="val")
             validator = Validator(args=args)
             metrics = validator.run(e.model, loaders.val_loader(cfg, args, max(self.batch, 1)))
             e.row.mAP50_95, e.row.mAP50 = _available(metrics["mAP50-95"]), _available(metrics["mAP50"])
@@ -359,7 +363,9 @@ def peak_rss_growth_mb(job: dict) -> float | None:
         model = load_onnx_model(job["onnx"], "cpu", job.get("threads"), job["opt_level"])
     else:
         model = _pytorch_for_inference(load_model(job["model"], nc=job.get("nc")).model, torch.device("cpu"), False)
-    run = _runner(model, x, 0.25, 0.7, 300)
+    from rtdet.engine.settings import resolve_settings
+
+    run = _runner(model, x, *(job.get("nms") or _nms_settings(resolve_settings({}, verb="benchmark"))))
     for _ in range(job["runs"]):
         run()
     return max(_status_mb("VmHWM") - base, 0.0)

@@ -28,27 +28,17 @@ from rtdet.data import build_pipeline, collate, load_pipeline_spec
 from rtdet.engine.errors import SourceError
 from rtdet.engine.results import Results
 from rtdet.engine.rundir import RunFolder
-from rtdet.engine.settings import (
-    SettingsError,
-    check_half,
-    check_imgsz,
-    check_settings,
-    file_settings,
-    resolve_settings,
-)
+from rtdet.engine.settings import SettingsError, check_settings
+from rtdet.engine.setup import prepare
 from rtdet.engine.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Frame, iter_source, opencv_messages
 from rtdet.engine.validator import input_spec
-from rtdet.io.load import load_model
 from rtdet.nn.model import DetectionModel
 from rtdet.ops.boxes import boxes_to_original
 from rtdet.ops.metrics import coco_predictions, save_predictions_json
 from rtdet.utils.checkpoint import atomic_write_bytes, atomic_write_text
 from rtdet.utils.logging import LOGGER, set_verbosity
-from rtdet.utils.torch_utils import select_device
 
 __all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "Predictor", "iter_source", "opencv_messages"]
-
-PREDICT_CONF = 0.25
 
 
 def prepare_for_inference(model: DetectionModel, fuse: bool, channels_last: bool) -> DetectionModel:
@@ -93,7 +83,7 @@ class Predictor:
     task = "predict"
 
     def __init__(self, overrides: dict | None = None, model: DetectionModel | None = None):
-        self.overrides = check_settings(overrides, "predict")  # bad values stop here, before any work
+        self.overrides = check_settings(overrides, self.task)  # bad values stop here, before any work
         self.model_spec = model if model is not None else self.overrides.pop("model", None)
         self.overrides.pop("model", None)
         self.model: DetectionModel | None = None
@@ -109,14 +99,9 @@ class Predictor:
         if self.model_spec is None:
             raise SettingsError("predict needs model=<checkpoint .pt or model YAML>")
         user = {k: v for k, v in self.overrides.items() if k != "source"}
-        loaded = load_model(self.model_spec)
-        model, inherited = loaded.model, file_settings(loaded, user)  # checked like the command line's
-        args = resolve_settings({**inherited, **user}, family=model.head.family, verb="predict")
-        check_imgsz(args, model)
+        model, _, args, self.device = prepare(self.model_spec, user, self.task)  # track: its own conf default
         set_verbosity(bool(args["verbose"]))
         self.args = args
-        self.device = select_device(args["device"])
-        check_half(args, self.device)
         self.folder = RunFolder(args["project"], self.task, args.get("name"), bool(args["exist_ok"]))
         self.model = prepare_for_inference(model.to(self.device).eval(), bool(args["fuse"]),
                                            bool(args["channels_last"]) and self.device.type == "cpu")
@@ -124,7 +109,7 @@ class Predictor:
             self.model = self.model.half()
         spec = load_pipeline_spec(args.get("val_pipeline") or args.get("train_pipeline") or None)
         self.preprocess_pipeline = build_pipeline(spec.val, int(args["imgsz"]))
-        self.conf = PREDICT_CONF if args.get("conf") is None else float(args["conf"])
+        self.conf = float(args["conf"])
         self.saves = bool(args["save"] or args["save_txt"] or args["save_json"])
 
     def __call__(self, source=None) -> list[Results]:
@@ -174,7 +159,7 @@ class Predictor:
         out = self.model(x)
         dets = self.model.head.postprocess(out, tuple(x.shape[2:]), conf=self.conf, iou=float(self.args["iou"]),
                                            max_det=int(self.args["max_det"]),
-                                           multi_label=bool(self.args.get("multi_label") or False))
+                                           multi_label=bool(self.args["multi_label"]))
         ms = 1000 * (time.perf_counter() - t0) / len(chunk)
         results = []
         for f, det, rp in zip(chunk, dets, batch["ratio_pad"]):

@@ -13,14 +13,12 @@ import cv2
 import numpy as np
 import torch
 
+from rtdet.engine.settings import verb_defaults
 from rtdet.utils.checkpoint import atomic_write_bytes
 from rtdet.utils.plotting import draw_detections
 from rtdet.utils.torch_utils import de_parallel
 
 __all__ = ["save_sample_predictions", "tile"]
-
-SAMPLE_CONF = 0.25  # the predict default: boxes a user would be shown
-
 
 @torch.no_grad()
 def save_sample_predictions(trainer, n: int = 4, name: str = "val_predictions.jpg") -> Path | None:
@@ -36,7 +34,8 @@ def save_sample_predictions(trainer, n: int = 4, name: str = "val_predictions.jp
     batch = next(iter(loader))
     img = batch["img"][:n].to(device)
     args = trainer.args
-    dets = model.head.postprocess(model(img), tuple(img.shape[2:]), conf=SAMPLE_CONF, iou=float(args["iou"]),
+    conf = verb_defaults("predict")["conf"]  # the boxes a user would be shown, not val's 0.001
+    dets = model.head.postprocess(model(img), tuple(img.shape[2:]), conf=conf, iou=float(args["iou"]),
                                   max_det=int(args["max_det"]))
     model.train(was_training)
     names = dict(getattr(model, "names", {}) or {})

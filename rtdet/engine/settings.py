@@ -52,6 +52,8 @@ __all__ = [
     "resolve_settings",
     "schema",
     "valid_keys",
+    "verb_defaults",
+    "with_verb_defaults",
 ]
 
 CFG_DIR = Path(__file__).resolve().parent.parent / "cfg"
@@ -331,16 +333,32 @@ def criterion_hyperparameters(args: dict, head) -> dict:
     return {st.name: args[st.name] for st in head.criterion_settings() if st.name in args}
 
 
+def verb_defaults(verb: str | None) -> dict:
+    """{key: value}: what an empty setting means for ``verb``, as default.yaml declares it (``verbs``), e.g.
+    ``verb_defaults("val")["conf"] == 0.001``. The one place a per-verb default is written."""
+    return {k: copy.deepcopy(st.verb_default(verb)) for k, st in _schema().items() if st.verb_default(verb) is not None}
+
+
+def with_verb_defaults(args: dict, verb: str | None) -> dict:
+    """``args`` (in place) with every empty key that ``verb`` declares a default for set to it: a value set
+    anywhere (default.yaml, recipe, the model file, the user) wins. Returns ``args``."""
+    for k, v in verb_defaults(verb).items():
+        if args.get(k) is None:
+            args[k] = v
+    return args
+
+
 def resolve_settings(overrides: dict | None = None, family: str | None = None, verb: str | None = None) -> dict:
-    """default.yaml < the family's loss defaults < its recipe < ``overrides``, every value checked; unknown
-    keys (or another family's loss keys) and bad values raise SettingsError."""
+    """default.yaml < the family's loss defaults < its recipe < ``overrides``, every value checked; an empty
+    value then takes ``verb``'s default (:func:`verb_defaults`). Unknown keys (or another family's loss keys)
+    and bad values raise SettingsError."""
     overrides = check_settings(overrides, verb, family)
     args = default_settings()
     if family:
         args.update({k: copy.deepcopy(st.default) for k, st in family_settings().get(family, {}).items()})
         args.update(recipe_settings(family))
     args.update(overrides)
-    return args
+    return with_verb_defaults(args, verb)
 
 
 def check_stored_settings(stored: dict, where: str | Path, given: Any = ()) -> dict:
@@ -389,7 +407,8 @@ def describe_settings(family: str | None = None) -> str:
 
     def row(st: Setting) -> str:
         default = "" if st.default is None else st.default
-        return f"  {st.name:<20} {str(default):<10} {st.allowed()}: {st.doc}"
+        verbs = f" [empty: {', '.join(f'{v} for {k}' for k, v in st.verbs)}]" if st.verbs else ""
+        return f"  {st.name:<20} {str(default):<10} {st.allowed()}: {st.doc}{verbs}"
 
     lines += [row(st) for st in _schema().values()]
     for name, settings in sorted(family_settings().items()):

@@ -8,6 +8,9 @@ Detections come from the Predictor (so every family and ``.onnx`` models track t
 is a maintained library's: Roboflow's ``trackers`` (Apache-2.0; ``pip install rtdet[track]``), which offers
 ByteTrack, SORT and OC-SORT (``tracker=``). A result holds the tracked boxes only (a detection that no
 track has confirmed yet is left out, as the tracker reports it with id -1).
+The detection threshold ``conf`` is low by default (``verbs`` of ``conf`` in default.yaml: 0.1), because
+ByteTrack and OC-SORT use the low-score detections of a frame to keep existing tracks alive (their own
+thresholds start new tracks).
 
 Each video or stream is one sequence with its own tracker; the still images of a source, in order, form
 one more (``images``: a folder of MOT-style frames). With ``save`` (on in the CLI) the run folder gets, per
@@ -33,13 +36,10 @@ from rtdet.engine.settings import SettingsError
 from rtdet.engine.sources import Frame
 from rtdet.utils.plotting import class_color, draw_detections
 
-__all__ = ["TRACKERS", "TRACK_CONF", "Tracker", "make_tracker", "mot_rows"]
+__all__ = ["TRACKERS", "Tracker", "make_tracker", "mot_rows"]
 
 # tracker= -> the class of the `trackers` package
 TRACKERS = {"bytetrack": "ByteTrackTracker", "sort": "SORTTracker", "ocsort": "OCSORTTracker"}
-# The detection threshold of tracking when conf= is not given: low, because ByteTrack and OC-SORT use the
-# low-score detections of a frame to keep existing tracks alive (their own thresholds start new tracks).
-TRACK_CONF = 0.1
 STILLS = "images"  # the sequence that the still images of a source form
 
 
@@ -139,8 +139,6 @@ class Tracker(Predictor):
             raise SettingsError("save_txt / save_json are predict settings: track writes one MOT file per video or "
                                 "stream (mot/<stem>.txt) with save=true")
         make_tracker(self.args["tracker"])  # a missing package fails here, before any run folder
-        if self.args.get("conf") is None:
-            self.conf = TRACK_CONF
         self.saves = bool(self.args["save"])
 
     def on_result(self, r: Results, f: Frame, predictions: list[dict]) -> Results:

@@ -23,24 +23,16 @@ from rtdet.data import PipelineConfigError
 from rtdet.data.formats import coco_ids
 from rtdet.engine import loaders
 from rtdet.engine.rundir import RunFolder
-from rtdet.engine.settings import (
-    SettingsError,
-    check_half,
-    check_imgsz,
-    check_settings,
-    file_settings,
-    resolve_settings,
-)
-from rtdet.io.load import is_checkpoint, load_model
+from rtdet.engine.settings import SettingsError, check_settings, resolve_settings, with_verb_defaults
+from rtdet.engine.setup import prepare
+from rtdet.io.load import is_checkpoint
 from rtdet.nn.model import DetectionModel
 from rtdet.ops.boxes import boxes_to_original, cxcywh_to_xyxy
 from rtdet.ops.metrics import COCOEvaluator, coco_predictions, save_predictions_json
 from rtdet.utils.logging import LOGGER, set_verbosity
-from rtdet.utils.torch_utils import de_parallel, select_device
+from rtdet.utils.torch_utils import de_parallel
 
 __all__ = ["Validator", "fitness", "image_id_of", "input_spec"]
-
-VAL_CONF = 0.001  # score threshold for mAP: keep (almost) everything, COCO ranks by score
 
 
 def input_spec(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -99,7 +91,7 @@ class Validator:
         spec = model if model is not None else self.overrides.get("model")
         if spec is None:
             raise SettingsError("val needs model=<checkpoint .pt or model YAML>")
-        args = resolve_settings(user, verb="val")
+        args = resolve_settings(user, verb=self.task)
         set_verbosity(bool(args["verbose"]))
         if not args.get("data"):
             raise SettingsError("val needs data=<dataset YAML>, e.g. data=coco128.yaml")
@@ -116,19 +108,17 @@ class Validator:
         """Load the data and the model, settle the settings, run the loop: (metrics, class names)."""
         data = loaders.load_data(args["data"])
         from_yaml = isinstance(spec, str | Path) and not is_checkpoint(spec)
-        loaded = load_model(spec, nc=len(data.names) if from_yaml else None,
-                            names=data.names if from_yaml else None, scale=args.get("scale"))
-        model, inherited = loaded.model, file_settings(loaded, user)  # checked like the command line's
-        if model.nc != len(data.names):
-            raise SettingsError(f"the model predicts {model.nc} classes but {args['data']} names {len(data.names)}; "
-                                f"validate on the dataset it was trained for")
+
+        def same_classes(model) -> None:
+            if model.nc != len(data.names):
+                raise SettingsError(f"the model predicts {model.nc} classes but {args['data']} names "
+                                    f"{len(data.names)}; validate on the dataset it was trained for")
+
         # default < recipe < the checkpoint's training size and transforms < user
-        args = resolve_settings({**inherited, **user}, family=model.head.family, verb="val")
-        check_imgsz(args, model)
-        self.args = args
-        device = select_device(args["device"])
-        check_half(args, device)
-        model = model.to(device)
+        ready = prepare(spec, user, self.task, nc=len(data.names) if from_yaml else None,
+                        names=data.names if from_yaml else None, scale=args.get("scale"), check=same_classes)
+        self.args = args = ready.args
+        model = ready.model.to(ready.device)
         if args["half"]:
             model = model.half()
         loader = loaders.val_loader(data, args, int(args["batch"]))
@@ -138,14 +128,14 @@ class Validator:
     @torch.no_grad()
     def run(self, model: torch.nn.Module, loader, save_dir: Path | None = None) -> dict:
         """COCO metrics of ``model`` on ``loader``; writes predictions.json to ``save_dir`` when given."""
-        args = self.args or resolve_settings({})
+        # The trainer's settings leave conf / multi_label empty: here they take val's defaults.
+        args = with_verb_defaults(dict(self.args or resolve_settings({})), "val")
         model = de_parallel(model)
         was_training = model.training
         model.eval()
         device, dtype = input_spec(model)
-        conf = VAL_CONF if args.get("conf") is None else float(args["conf"])
-        iou, max_det = float(args["iou"]), int(args["max_det"])
-        multi_label = True if args.get("multi_label") is None else bool(args["multi_label"])  # as COCO val does
+        conf, iou, max_det = float(args["conf"]), float(args["iou"]), int(args["max_det"])
+        multi_label = bool(args["multi_label"])  # val's default: every class above conf, as COCO val does
         dataset = loader.dataset
         names = [model.names.get(k, str(k)) for k in range(model.nc)]
         evaluator = COCOEvaluator(model.nc, names)

@@ -10,6 +10,10 @@ one line naming the key, the value and what is allowed. Booleans are strict: onl
 spellings of them) are booleans, and ``maybe`` is an error rather than a truthy string. Numbers must be
 finite; an int setting takes a float only when it is whole (``3.0``), never a string.
 
+A setting whose default is empty may declare a default per verb (``verbs``: the score threshold ``conf``
+is 0.001 for ``val``, which ranks every box, and 0.25 for ``predict``); :meth:`Setting.verb_default` reads
+it, and the engine's settings resolver puts it in place of an empty value. Each is checked like the default.
+
 A setting may accept several kinds (``kind=(bool, str)``: ``resume=true`` or ``resume=path/to/last.pt``);
 the first kind that fits wins. ``validate`` adds a check the type cannot express (a device that must
 exist); it returns the (normalised) value or raises ``ValueError`` saying why.
@@ -32,7 +36,7 @@ __all__ = ["SCHEMA_FIELDS", "Setting", "SettingError", "parse_range"]
 
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
                dict: "a mapping"}
-SCHEMA_FIELDS = ("default", "type", "range", "choices", "doc")
+SCHEMA_FIELDS = ("default", "type", "range", "choices", "doc", "verbs")
 _INTERVAL = re.compile(r"^\s*([\[(])\s*([^,\s]+)\s*,\s*([^,\s]+)\s*([\])])\s*$")
 
 
@@ -63,6 +67,11 @@ class Setting:
     nullable: bool = False
     label: str | None = None
     validate: Callable[[Any], Any] | None = None
+    verbs: tuple[tuple[str, Any], ...] = ()  # ((verb, its default), ...) for a key whose default is empty
+
+    def verb_default(self, verb: str | None) -> Any:
+        """The value that an empty setting takes for ``verb`` (None when the verb declares none)."""
+        return dict(self.verbs).get(verb)
 
     @property
     def kinds(self) -> tuple[type, ...]:
@@ -198,7 +207,26 @@ class Setting:
                 object.__setattr__(setting, "default", setting.check(setting.default))
             except SettingError as e:
                 raise SettingError(f"{where}: the default of '{name}' does not fit its own schema: {e}") from None
+        if entry.get("verbs") is not None:
+            object.__setattr__(setting, "verbs", setting._checked_verbs(entry["verbs"], where))
         return setting
+
+    def _checked_verbs(self, verbs: Any, where: str) -> tuple[tuple[str, Any], ...]:
+        """A schema block's ``verbs`` ({verb: default}), each value checked against the setting's own schema."""
+        if not isinstance(verbs, dict) or not verbs:
+            raise SettingError(f"{where}: '{self.name}': 'verbs' must be a mapping of verb: default, "
+                               f"e.g. {{val: 0.001}}")
+        if self.default is not None:
+            raise SettingError(f"{where}: '{self.name}': 'verbs' applies to a key whose default is empty (what an "
+                               f"empty value means for each verb); this one defaults to {self.default!r}")
+        out = []
+        for verb, value in verbs.items():
+            try:
+                out.append((str(verb), self.check(value)))
+            except SettingError as e:
+                raise SettingError(f"{where}: the {verb} default of '{self.name}' does not fit its own schema: {e}") \
+                    from None
+        return tuple(out)
 
 
 def parse_range(text: Any) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from rtdet.engine.settings import (
     parse_value,
     resolve_settings,
     schema,
+    verb_defaults,
+    with_verb_defaults,
 )
 
 
@@ -24,7 +26,7 @@ def test_default_yaml_is_the_schema_of_every_key():
     table = schema()
     assert set(raw) == set(default_settings()) == set(_engine_keys())
     for key, entry in raw.items():
-        assert set(entry) <= {"default", "type", "range", "choices", "doc"}, key
+        assert set(entry) <= {"default", "type", "range", "choices", "doc", "verbs"}, key
         assert entry["doc"] and "\n" not in entry["doc"], key
         st = table[key]
         assert st.check(st.default) == st.default if st.default is not None else st.nullable
@@ -217,3 +219,13 @@ def test_settings_stored_in_a_model_file_are_checked_like_the_command_line():
         assert str(err.value).startswith("m.pt: the setting stored in the file is wrong: ") and text in str(err.value)
         assert "\n" not in str(err.value)
     assert check_stored_settings({"imgsz": 99999}, "m.pt", given={"imgsz": 640}) == {}  # the user overrides it
+
+
+def test_an_empty_setting_takes_the_verbs_default_and_a_set_value_wins():
+    """The per-verb defaults are written once, in default.yaml (``verbs``): val ranks every box for mAP."""
+    assert verb_defaults("val") == {"conf": 0.001, "multi_label": True}
+    assert verb_defaults("predict")["conf"] == 0.25 and verb_defaults("track")["conf"] == 0.1
+    assert verb_defaults("train") == {} and resolve_settings({}, verb="train")["conf"] is None
+    assert resolve_settings({}, family="rtmdet", verb="val")["conf"] == 0.001  # the recipe's empty conf
+    assert resolve_settings({"conf": 0.5}, verb="val")["conf"] == 0.5
+    assert with_verb_defaults({"conf": None, "multi_label": False}, "val") == {"conf": 0.001, "multi_label": False}

@@ -90,3 +90,16 @@ def test_from_mapping_reads_a_schema_block():
         Setting.from_mapping("x", {"default": True, "type": "bool", "range": "[0, 1]", "doc": "d"}, types, "f")
     with pytest.raises(SettingError, match="f: the default of 'x' does not fit"):
         Setting.from_mapping("x", {"default": math.inf, "type": "float", "doc": "d"}, types, "f")
+
+
+def test_verbs_give_an_empty_setting_a_default_per_verb():
+    types = {"float": {"kind": float}}
+    block = {"default": None, "type": "float", "range": "[0, 1]", "doc": "c", "verbs": {"val": 0.001, "predict": 0.25}}
+    st = Setting.from_mapping("conf", block, types, "f")
+    assert (st.verb_default("val"), st.verb_default("predict"), st.verb_default("train")) == (0.001, 0.25, None)
+    with pytest.raises(SettingError, match="f: the val default of 'conf' does not fit"):
+        Setting.from_mapping("conf", {**block, "verbs": {"val": 2.0}}, types, "f")
+    with pytest.raises(SettingError, match="'verbs' applies to a key whose default is empty"):
+        Setting.from_mapping("conf", {**block, "default": 0.5}, types, "f")
+    with pytest.raises(SettingError, match="'verbs' must be a mapping"):
+        Setting.from_mapping("conf", {**block, "verbs": [0.1]}, types, "f")
