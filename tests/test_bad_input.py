@@ -33,7 +33,7 @@ DRIVER = textwrap.dedent("""
     torch.set_num_threads(1)
     import rtdet.cli, rtdet.engine.trainer, rtdet.engine.validator, rtdet.engine.predictor, rtdet.engine.demo
     import cv2, matplotlib.backends.backend_agg, matplotlib.figure, rtdet.data.check  # load once, not per child
-    from rtdet.engine.model_io import load_model
+    from rtdet.io.load import load_model
     load_model(sys.argv[4])  # builds and runs the tiny model once: kernels and registry warm (1 thread: fork-safe)
     cv2.VideoCapture(sys.argv[3]).release()
     cases, out = json.load(open(sys.argv[1])), sys.argv[2]

@@ -29,7 +29,7 @@ DRIVER = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)
     import rtdet.cli, rtdet.engine.trainer, rtdet.engine.validator, rtdet.engine.exporter, rtdet.engine.benchmark
-    from rtdet.engine.model_io import load_model
+    from rtdet.io.load import load_model
     load_model(sys.argv[3])  # builds and runs the tiny model once: kernels and registry warm (1 thread: fork-safe)
 
     def full_disk(path):

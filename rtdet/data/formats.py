@@ -29,7 +29,8 @@ from typing import Any
 
 import cv2
 import numpy as np
-import yaml
+
+from rtdet.utils.yaml_file import read_yaml
 
 __all__ = [
     "IMG_FORMATS",
@@ -298,14 +299,7 @@ def load_data_config(data: str | Path | dict) -> DataConfig:
         raw, yaml_file, base = dict(data), Path("<dict>"), Path.cwd()
     else:
         yaml_file = _resolve_yaml_path(data)
-        try:
-            raw = yaml.safe_load(yaml_file.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            raise DataConfigError(f"{yaml_file}:{where} is not valid YAML ({getattr(e, 'problem', e)})") from None
-        except UnicodeDecodeError:
-            raise DataConfigError(f"{yaml_file}: not a UTF-8 text file") from None
+        raw = read_yaml(yaml_file, DataConfigError)
         base = yaml_file.parent
     if not isinstance(raw, dict):
         raise DataConfigError(f"{yaml_file}: expected a mapping with keys path, train, val, names; "

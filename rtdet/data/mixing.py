@@ -10,10 +10,10 @@ import numpy as np
 from rtdet.data.transforms import (
     Compose,
     Transform,
-    box_area,
     canvas,
-    clip_boxes,
+    clip_to_image,
     letterbox_to,
+    nonnegative_area,
     register_transform,
 )
 
@@ -57,7 +57,7 @@ def mosaic4(samples: list[dict], s: int, xc: int, yc: int, pad_value=114) -> dic
         dx, dy = x1a - x1b, y1a - y1b
         cls_all.append(smp["cls"])
         box_all.append(b + np.array([dx, dy, dx, dy], np.float32))
-    boxes = clip_boxes(np.concatenate(box_all).reshape(-1, 4), 2 * s, 2 * s)
+    boxes = clip_to_image(np.concatenate(box_all).reshape(-1, 4), 2 * s, 2 * s)
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     first = samples[0]
     return {**{k: v for k, v in first.items() if k not in ("img", "cls", "bboxes")}, "img": board,
@@ -193,15 +193,15 @@ class CachedMixUp(Transform):
         if flip:
             fitted = cv2.flip(fitted, 1)
             b = np.stack([jw - b[:, 2], b[:, 1], jw - b[:, 0], b[:, 3]], 1)
-        b = clip_boxes(b, jh, jw)
+        b = clip_to_image(b, jh, jw)
         th, tw = sample["img"].shape[:2]
         padded = canvas(max(jh, th), max(jw, tw), self.pad_value)
         padded[:jh, :jw] = fitted
         y0 = int(self.rng.integers(0, padded.shape[0] - th + 1))
         x0 = int(self.rng.integers(0, padded.shape[1] - tw + 1))
         crop = padded[y0:y0 + th, x0:x0 + tw]
-        b = clip_boxes(b - np.array([x0, y0, x0, y0], np.float32), th, tw)
-        keep = box_area(b) > 0
+        b = clip_to_image(b - np.array([x0, y0, x0, y0], np.float32), th, tw)
+        keep = nonnegative_area(b) > 0
         sample["img"] = cv2.addWeighted(sample["img"], 0.5, crop, 0.5, 0)
         sample["cls"] = np.concatenate([sample["cls"], other["cls"][keep]])
         sample["bboxes"] = np.concatenate([sample["bboxes"], b[keep]]).astype(np.float32)

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 import rtdet.data.mixing  # noqa: F401  (registers the mixing transforms)
 from rtdet.data.transforms import Compose, PipelineConfigError, build_transform
+from rtdet.utils.yaml_file import read_yaml
 
 __all__ = ["BUILTIN_PIPELINES", "PipelineSchedule", "PipelineSpec", "build_pipeline", "load_pipeline_spec",
            "resolve_stage_start"]
@@ -106,10 +106,7 @@ def load_pipeline_spec(spec: str | Path | dict | list | PipelineSpec | None, def
                 f"pipeline '{spec}' not found: not a YAML file and not a built-in ({', '.join(BUILTIN_PIPELINES)})"
             )
         name = path.stem
-        try:
-            spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise PipelineConfigError(f"{path}: not valid YAML ({e})") from None
+        spec = read_yaml(path, PipelineConfigError)
     if isinstance(spec, list):
         return PipelineSpec(name="<list>", train=_check_list(spec, "pipeline"))
     if not isinstance(spec, dict):

@@ -128,14 +128,18 @@ def _compose_ratio_pad(rp, ry: float, rx: float, px: float, py: float):
     return (ry0 * ry, rx0 * rx), (px0 * rx + px, py0 * ry + py)
 
 
-def clip_boxes(boxes: np.ndarray, h: int, w: int) -> np.ndarray:
+# NumPy box helpers for the transforms; the torch / NumPy box ops of the models are in rtdet.ops.boxes, under
+# other names (ops' clip_boxes takes a (h, w) shape), so one name means one thing.
+def clip_to_image(boxes: np.ndarray, h: int, w: int) -> np.ndarray:
+    """xyxy boxes [n, 4] clipped to an h x w image; a new array."""
     out = boxes.copy()
     np.clip(out[:, 0::2], 0, w, out=out[:, 0::2])
     np.clip(out[:, 1::2], 0, h, out=out[:, 1::2])
     return out
 
 
-def box_area(b: np.ndarray) -> np.ndarray:
+def nonnegative_area(b: np.ndarray) -> np.ndarray:
+    """Area of xyxy boxes [n, 4] -> [n]; an inverted side (x2 < x1 or y2 < y1) counts as 0, so no area is < 0."""
     return np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
 
 
@@ -448,7 +452,7 @@ class RandomAffine(Transform):
         b = sample["bboxes"].astype(np.float64)
         if len(b):
             new = warp_boxes(b, M, out_h, out_w, bool(self.perspective))
-            keep = box_candidates(b * s, new, self.wh_thr, self.ar_thr, self.area_thr) & (box_area(new) > 0)
+            keep = box_candidates(b * s, new, self.wh_thr, self.ar_thr, self.area_thr) & (nonnegative_area(new) > 0)
             sample["cls"], sample["bboxes"] = sample["cls"][keep], new[keep].astype(np.float32)
         sample["img"], sample["ratio_pad"] = out, None
         return sample
@@ -492,12 +496,12 @@ class RandomCrop(Transform):
         img, b = sample["img"], sample["bboxes"]
         h, w = img.shape[:2]
         ch, cw = min(self.imgsz[0], h), min(self.imgsz[1], w)
-        area0 = box_area(b)
+        area0 = nonnegative_area(b)
         for _ in range(self.max_tries):
             y0 = int(self.rng.integers(0, h - ch + 1))
             x0 = int(self.rng.integers(0, w - cw + 1))
-            nb = clip_boxes(b - np.array([x0, y0, x0, y0], np.float32), ch, cw)
-            area = box_area(nb)
+            nb = clip_to_image(b - np.array([x0, y0, x0, y0], np.float32), ch, cw)
+            area = nonnegative_area(nb)
             keep = (area > 0) & (area >= self.min_area_ratio * area0)
             if keep.any() or not len(b) or self.allow_negative_crop:
                 break
@@ -591,7 +595,7 @@ class IoUCrop(Transform):
                 ix = np.clip(np.minimum(bi[:, 2], right) - np.maximum(bi[:, 0], left), 0, None)
                 iy = np.clip(np.minimum(bi[:, 3], bottom) - np.maximum(bi[:, 1], top), 0, None)
                 inter = ix * iy
-                iou = inter / (box_area(bi) + nw * nh - inter)
+                iou = inter / (nonnegative_area(bi) + nw * nh - inter)
                 if iou.max() < min_iou:
                     continue
                 return left, top, nw, nh, inside
@@ -607,7 +611,7 @@ class IoUCrop(Transform):
             return sample
         left, top, nw, nh, inside = found
         sample["img"] = sample["img"][top:top + nh, left:left + nw]
-        sample["bboxes"] = clip_boxes(b - np.array([left, top, left, top], np.float32), nh, nw).astype(np.float32)
+        sample["bboxes"] = clip_to_image(b - np.array([left, top, left, top], np.float32), nh, nw).astype(np.float32)
         sample["ratio_pad"] = _compose_ratio_pad(sample.get("ratio_pad"), 1.0, 1.0, -left, -top)
         return _keep(sample, inside)
 

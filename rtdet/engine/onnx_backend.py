@@ -23,6 +23,7 @@ from rtdet.engine.exporter import ExportError, read_metadata
 from rtdet.engine.onnx_checks import check_graph, check_metadata, open_session
 from rtdet.engine.settings import cap_threads
 from rtdet.nn.heads.base import Decoded, Detections, finalize
+from rtdet.utils.class_names import class_names
 
 __all__ = ["OPT_LEVELS", "OnnxDetectionModel", "OnnxHead", "is_onnx", "load_onnx_model", "make_session"]
 
@@ -127,7 +128,7 @@ class OnnxDetectionModel(nn.Module):
         self.path = Path(path)
         self.meta = read_metadata(self.path)
         check_metadata(self.meta, self.path)
-        self.names = {int(k): str(v) for k, v in self.meta["names"].items()}
+        self.names = class_names(self.meta["names"])
         self.nc = int(self.meta.get("nc", len(self.names)))
         self.strides = [int(s) for s in self.meta["stride"]]
         self.head = OnnxHead(self.meta)

@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from rtdet.utils.schema import Setting, SettingError
+from rtdet.utils.yaml_file import read_yaml
 
 __all__ = [
     "CFG_DIR",
@@ -70,12 +71,7 @@ SettingsError = SettingError
 def load_yaml(path: str | Path) -> dict:
     """A YAML mapping read with yaml.safe_load, with errors that name the file."""
     path = Path(path)
-    if not path.is_file():
-        raise SettingsError(f"{path}: file not found")
-    try:
-        d = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise SettingsError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    d = read_yaml(path, SettingsError)
     if d is None:
         return {}
     if not isinstance(d, dict):

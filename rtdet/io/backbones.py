@@ -36,7 +36,6 @@ from rtdet.io.rules import ConversionReport, KeyTable, WeightLoadError, drop, lo
 __all__ = [
     "WeightLoadError",
     "ConversionReport",
-    "LoadReport",
     "unwrap_state_dict",
     "CONVNEXTV2_OFFICIAL",
     "CONVNEXTV2_TIMM",
@@ -48,8 +47,6 @@ __all__ = [
     "load_shvit_weights",
     "load_backbone_weights",
 ]
-
-LoadReport = ConversionReport  # the name this report had before rtdet.io existed
 
 # ---------------------------------------------------------------------------------------------- ConvNeXt V2
 _CLASSIFIER = "the ImageNet classifier, which a detector never runs"

@@ -20,6 +20,7 @@ import torch
 
 from rtdet.io.safe_pickle import ForeignObject, _NumpyArray
 from rtdet.utils.checkpoint import CheckpointError
+from rtdet.utils.class_names import class_names
 
 __all__ = ["is_module", "module_state_dict", "to_float32", "attribute", "plain", "class_name", "model_record",
            "stored_yaml", "stored_names"]
@@ -157,8 +158,4 @@ def stored_yaml(record: ForeignObject, source: str) -> dict:
 def stored_names(record: ForeignObject) -> dict[int, str] | None:
     """The class names a pickled model carries (a dict or a list), None when it has none."""
     names = plain(attribute(record, "names"))
-    if isinstance(names, dict):
-        return {int(k): str(v) for k, v in names.items()}
-    if isinstance(names, list):
-        return dict(enumerate(map(str, names)))
-    return None
+    return class_names(names) if isinstance(names, dict | list) else None

@@ -33,6 +33,7 @@ from rtdet.io.rules import ConversionReport, WeightLoadError
 from rtdet.io.safe_pickle import read_torch_file
 from rtdet.nn.model import DetectionModel
 from rtdet.utils.checkpoint import CheckpointError, save_checkpoint
+from rtdet.utils.class_names import class_names
 from rtdet.utils.logging import LOGGER
 
 __all__ = ["LoadedModel", "load_model", "convert_file", "transfer_weights", "is_checkpoint", "is_rtdet_checkpoint",
@@ -193,7 +194,7 @@ def _from_onnx(source, nc: int | None, names: list | dict | None) -> LoadedModel
                               f"...) but {nc} were asked for; an export cannot change its class count: use the data "
                               f"it was trained on, or export a checkpoint trained for {nc} classes")
     if names is not None:
-        model.names = _names(names)
+        model.names = class_names(names)
     return LoadedModel(model, str(model.path), "onnx", dict(model.names), args=model.inherited_settings(),
                        path=model.path, description="rtdet ONNX export (ONNX Runtime)")
 
@@ -214,7 +215,7 @@ def _adapt(loaded: LoadedModel, nc: int | None, names: list | dict | None) -> Lo
         loaded.model, loaded.reinitialised = new, reinit
         model = new
     if names is not None:
-        model.names = _names(names)
+        model.names = class_names(names)
     loaded.names = dict(model.names)
     return loaded
 
@@ -237,12 +238,6 @@ def transfer_weights(model: torch.nn.Module, state_dict: dict, source: str = "we
 
 def _listing(keys: list[str], n: int = 6) -> str:
     return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
-
-
-def _names(names: list | dict) -> dict[int, str]:
-    if isinstance(names, dict):
-        return {int(k): str(v) for k, v in names.items()}
-    return dict(enumerate(map(str, names)))
 
 
 # ------------------------------------------------------------------------------------------ convert

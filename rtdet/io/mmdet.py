@@ -45,6 +45,7 @@ from rtdet.io.foreign import plain, to_float32
 from rtdet.io.formats import ConvertContext, Converted, ForeignFormat, register_format
 from rtdet.io.rules import KeyTable, WeightLoadError, load_into, rename
 from rtdet.utils.checkpoint import CheckpointError
+from rtdet.utils.class_names import class_names
 
 __all__ = ["MMDET_RTMDET_KEYS", "RTMDetArch", "STANDARD_SCALES", "is_mmdet_rtmdet_checkpoint", "convert_mmdet_rtmdet",
            "read_config_text", "arch_from_config", "arch_from_tensors", "rtmdet_yaml"]
@@ -383,7 +384,7 @@ def _class_names(meta: dict, nc: int) -> dict[int, str] | None:
     dataset = meta.get("dataset_meta") if isinstance(meta.get("dataset_meta"), dict) else {}
     names = dataset.get("classes", meta.get("CLASSES"))  # mmdetection 2.x wrote meta['CLASSES']
     if isinstance(names, list | tuple) and len(names) == nc:
-        return dict(enumerate(map(str, names)))
+        return class_names(names)
     return None
 
 

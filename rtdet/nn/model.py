@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from rtdet.nn.builder import BuiltLayer, ModelConfigError, load_model_yaml, parse_model
+from rtdet.utils.class_names import class_names
 
 __all__ = ["DetectionModel", "build_model", "count_parameters"]
 
@@ -64,7 +65,7 @@ class DetectionModel(nn.Module):
         self.layers_info: list[BuiltLayer] = built
         self.saved_slots = sorted(save)
         self.nc = d["nc"]
-        self.names = _names_dict(names, self.nc)
+        self.names = class_names(names, self.nc)
         eps, momentum = _batchnorm_settings(d)
         set_batchnorm_defaults(self, eps, momentum)
         self.head_index = _head_row(built, layers, d.get("yaml_file", "<dict>"))
@@ -308,7 +309,7 @@ class DetectionModel(nn.Module):
             "rtdet_version": __version__,
             "yaml": copy.deepcopy(self.yaml),
             "nc": self.nc,
-            "names": {int(k): str(v) for k, v in self.names.items()},
+            "names": class_names(self.names),
             "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()},
         }
 
@@ -390,14 +391,6 @@ def _head_row(built: list[BuiltLayer], layers: list[nn.Module], where: str) -> i
         rows = ", ".join(f"{built[k].row} ({built[k].name})" for k in heads)
         raise ModelConfigError(f"{where}: a model has one head, in its last row; head modules found in rows {rows}")
     return heads[0]
-
-
-def _names_dict(names: list[str] | dict | None, nc: int) -> dict[int, str]:
-    if names is None:
-        return {i: f"class{i}" for i in range(nc)}
-    if isinstance(names, dict):
-        return {int(k): str(v) for k, v in names.items()}
-    return dict(enumerate(map(str, names)))
 
 
 def build_model(cfg: str | Path | dict, nc: int | None = None, scale: str | None = None,

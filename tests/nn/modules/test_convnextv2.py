@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rtdet import build_model
-from rtdet.nn.convert import WeightLoadError, load_convnextv2_weights
+from rtdet.io.backbones import WeightLoadError, load_convnextv2_weights
 from rtdet.nn.modules.convnextv2 import (
     CONVNEXTV2_MODELS,
     CONVNEXTV2_VARIANTS,

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from rtdet import build_model
-from rtdet.nn.convert import load_shvit_weights
+from rtdet.io.backbones import load_shvit_weights
 from rtdet.nn.modules.shvit import (
     SHSA,
     SHVIT_MODELS,
