@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rtdet.losses.common import batch_targets
+from rtdet.ops.anchors import anchor_points
 from rtdet.ops.boxes import elementwise_iou, ltrb_to_xyxy, xyxy_to_ltrb
 from rtdet.utils.schema import Setting
 
@@ -193,8 +194,6 @@ class YOLOCriterion(nn.Module):
 
     # ------------------------------------------------------------------ loss
     def forward(self, outputs, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        from rtdet.nn.heads.yolo import make_anchors
-
         branches, weights = self._branches(outputs)
         k = len(branches)
         main = branches[0]
@@ -204,7 +203,7 @@ class YOLOCriterion(nn.Module):
             parts = [self._flatten(br) for br in branches]
             dist = torch.cat([p[0] for p in parts])  # [K*B, N, 4, R], branch-major
             logits = torch.cat([p[1] for p in parts])  # [K*B, N, C]
-            points, stride = make_anchors(shapes, self.strides, device, torch.float32)
+            points, stride = anchor_points(shapes, self.strides, device, torch.float32)
             img_shape = (shapes[0][0] * self.strides[0], shapes[0][1] * self.strides[0])
             targets = batch_targets(batch, b, self.nc)
             gt_boxes = targets.xyxy(img_shape).to(device=device, dtype=torch.float32).repeat(k, 1, 1)

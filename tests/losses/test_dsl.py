@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from rtdet.losses import dsl
 from rtdet.losses.dsl import DynamicSoftLabelAssigner, RTMDetCriterion
-from rtdet.nn.heads.rtmdet import RTMDetTrainOutput, grid_priors
+from rtdet.nn.heads.rtmdet import RTMDetTrainOutput
+from rtdet.ops.anchors import grid_priors
 from rtdet.ops.boxes import pairwise_iou, xyxy_to_cxcywh
 
 

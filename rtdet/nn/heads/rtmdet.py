@@ -30,8 +30,9 @@ import torch.nn as nn
 from rtdet.nn.heads.base import Decoded, DetectionHead
 from rtdet.nn.modules.common import Conv
 from rtdet.nn.registry import register
+from rtdet.ops.anchors import grid_priors
 
-__all__ = ["RTMDetPredictions", "RTMDetSepBNHead", "RTMDetTrainOutput", "grid_priors"]
+__all__ = ["RTMDetPredictions", "RTMDetSepBNHead", "RTMDetTrainOutput"]
 
 PRIOR_PROB = 0.01  # initial foreground probability of every class logit
 
@@ -50,21 +51,6 @@ class RTMDetPredictions(NamedTuple):
 
     boxes: torch.Tensor  # [B, N, 4] xyxy, input pixels (not clipped)
     scores: torch.Tensor  # [B, N, C]
-
-
-def grid_priors(shapes: Sequence[tuple[int, int]], strides: Sequence[int], device=None,
-                dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prior points at the grid corners of each level (mmdet MlvlPointGenerator with offset 0).
-
-    Level l of shape (h, w) and stride s gives (x * s, y * s) for y < h, x < w, row-major. Returns points
-    [N, 2] and strides [N], levels concatenated in order."""
-    points, level_strides = [], []
-    for (h, w), s in zip(shapes, strides, strict=True):
-        ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=dtype) * s,
-                                torch.arange(w, device=device, dtype=dtype) * s, indexing="ij")
-        points.append(torch.stack([xs.reshape(-1), ys.reshape(-1)], -1))
-        level_strides.append(torch.full((h * w,), float(s), device=device, dtype=dtype))
-    return torch.cat(points), torch.cat(level_strides)
 
 
 def distance_to_boxes(points: torch.Tensor, ltrb: torch.Tensor) -> torch.Tensor:
