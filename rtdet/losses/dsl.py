@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rtdet.losses.common import batch_targets, quality_focal_loss
-from rtdet.ops.boxes import elementwise_iou, pairwise_iou
+from rtdet.ops.boxes import elementwise_iou, ltrb_to_xyxy, pairwise_iou
 from rtdet.utils.schema import Setting
 
 __all__ = ["DSLAssignment", "DynamicSoftLabelAssigner", "RTMDetCriterion"]
@@ -169,7 +169,7 @@ class RTMDetCriterion(nn.Module):
             b = cls_logits.shape[0]
             targets = batch_targets(batch, b, self.nc)
             gt_boxes = targets.xyxy(self._input_shape(batch, points, strides)).to(device)
-            boxes = torch.cat([points - ltrb[..., :2], points + ltrb[..., 2:]], -1)  # [B, N, 4] xyxy
+            boxes = ltrb_to_xyxy(points, ltrb)  # [B, N, 4] xyxy
             a = self.assigner(cls_logits.detach(), boxes.detach(), points, strides, targets.cls.to(device), gt_boxes,
                               targets.mask.to(device))
             norm = self._normaliser(a.iou.sum())

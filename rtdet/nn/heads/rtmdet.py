@@ -31,6 +31,7 @@ from rtdet.nn.heads.base import Decoded, DetectionHead
 from rtdet.nn.modules.common import Conv
 from rtdet.nn.registry import register
 from rtdet.ops.anchors import grid_priors
+from rtdet.ops.boxes import ltrb_to_xyxy
 
 __all__ = ["RTMDetPredictions", "RTMDetSepBNHead", "RTMDetTrainOutput"]
 
@@ -51,11 +52,6 @@ class RTMDetPredictions(NamedTuple):
 
     boxes: torch.Tensor  # [B, N, 4] xyxy, input pixels (not clipped)
     scores: torch.Tensor  # [B, N, C]
-
-
-def distance_to_boxes(points: torch.Tensor, ltrb: torch.Tensor) -> torch.Tensor:
-    """(px - l, py - t, px + r, py + b): points [N, 2] and distances [..., N, 4] -> xyxy [..., N, 4]."""
-    return torch.cat([points - ltrb[..., :2], points + ltrb[..., 2:]], -1)
 
 
 @register(channels="head")
@@ -154,7 +150,7 @@ class RTMDetSepBNHead(DetectionHead):
         points, strides = grid_priors([tuple(f.shape[2:]) for f in feats], self.strides, ltrb.device)
         if self.training:
             return RTMDetTrainOutput(cls_logits, ltrb, points, strides)
-        return RTMDetPredictions(distance_to_boxes(points, ltrb), cls_logits.sigmoid())
+        return RTMDetPredictions(ltrb_to_xyxy(points, ltrb), cls_logits.sigmoid())
 
     def decode(self, outputs: RTMDetPredictions, img_shape: tuple[int, int]) -> Decoded:
         """Boxes clipped to the (h, w) input, as mmdetection's decoder clips them to the image; a box left
