@@ -18,8 +18,9 @@ import torch.distributed as dist
 import torch.nn as nn
 from scipy.optimize import linear_sum_assignment
 
-from rtdet.losses.common import PaddedTargets, batch_targets, varifocal_loss
+from rtdet.losses.common import varifocal_loss
 from rtdet.ops.boxes import cxcywh_to_xyxy, elementwise_iou, pairwise_iou
+from rtdet.ops.targets import PaddedTargets, batch_targets
 from rtdet.utils.schema import Setting
 
 __all__ = ["HungarianMatcher", "RTDETRCriterion"]

@@ -30,8 +30,9 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rtdet.losses.common import batch_targets, quality_focal_loss
+from rtdet.losses.common import quality_focal_loss
 from rtdet.ops.boxes import elementwise_iou, ltrb_to_xyxy, pairwise_iou
+from rtdet.ops.targets import batch_targets
 from rtdet.utils.schema import Setting
 
 __all__ = ["DSLAssignment", "DynamicSoftLabelAssigner", "RTMDetCriterion"]

@@ -31,9 +31,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rtdet.losses.common import batch_targets
 from rtdet.ops.anchors import anchor_points
 from rtdet.ops.boxes import elementwise_iou, ltrb_to_xyxy, xyxy_to_ltrb
+from rtdet.ops.targets import batch_targets
 from rtdet.utils.schema import Setting
 
 __all__ = ["Assignment", "TaskAlignedAssigner", "dfl_loss", "YOLOCriterion"]

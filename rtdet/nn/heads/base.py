@@ -86,7 +86,7 @@ class DetectionHead(nn.Module, ABC):
     forward(feats, targets=None): training output (a NamedTuple, for the criterion) in train mode,
     inference output in eval mode. ``targets`` is the batch dict (``batch_idx`` [N], ``cls`` [N],
     ``bboxes`` [N, 4] normalised cx cy w h, and ``targets``: the padded per-image
-    :class:`~rtdet.losses.common.PaddedTargets` built once per step) and is only read by heads that
+    :class:`~rtdet.ops.targets.PaddedTargets` built once per step) and is only read by heads that
     need it in training (RT-DETR denoising).
     """
 
