@@ -14,13 +14,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 from scipy.optimize import linear_sum_assignment
 
 from rtdet.losses.common import varifocal_loss
 from rtdet.ops.boxes import cxcywh_to_xyxy, elementwise_iou, pairwise_iou
 from rtdet.ops.targets import PaddedTargets, batch_targets
+from rtdet.utils.dist import reduce_mean
 from rtdet.utils.schema import Setting
 
 __all__ = ["HungarianMatcher", "RTDETRCriterion"]
@@ -348,8 +348,4 @@ class RTDETRCriterion(nn.Module):
         under DDP (as the official criterion does) so every rank divides by the same number; at least 1."""
         if num_boxes is not None:
             return max(float(num_boxes), 1.0)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            count = torch.tensor([float(n)], device=device)
-            dist.all_reduce(count)
-            return max(float(count) / dist.get_world_size(), 1.0)
-        return max(float(n), 1.0)
+        return max(float(reduce_mean(torch.tensor([float(n)], device=device))), 1.0)

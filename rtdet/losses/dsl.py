@@ -26,13 +26,13 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
 from rtdet.losses.common import quality_focal_loss
 from rtdet.ops.boxes import elementwise_iou, ltrb_to_xyxy, pairwise_iou
 from rtdet.ops.targets import batch_targets
+from rtdet.utils.dist import reduce_mean
 from rtdet.utils.schema import Setting
 
 __all__ = ["DSLAssignment", "DynamicSoftLabelAssigner", "RTMDetCriterion"]
@@ -214,8 +214,4 @@ class RTMDetCriterion(nn.Module):
     @staticmethod
     def _normaliser(iou_sum: torch.Tensor) -> float:
         """Sum of matched IoUs, averaged over DDP processes (mmdetection's reduce_mean), at least 1."""
-        total = iou_sum.detach().float().reshape(1).clone()
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(total)
-            total /= dist.get_world_size()
-        return max(float(total), 1.0)
+        return max(float(reduce_mean(iou_sum)), 1.0)
