@@ -17,10 +17,10 @@ import torch
 import torch.nn as nn
 from scipy.optimize import linear_sum_assignment
 
+from rtdet.losses.base import Criterion
 from rtdet.losses.common import varifocal_loss
 from rtdet.ops.boxes import cxcywh_to_xyxy, elementwise_iou, pairwise_iou
 from rtdet.ops.targets import PaddedTargets, batch_targets
-from rtdet.utils.dist import reduce_mean
 from rtdet.utils.schema import Setting
 
 __all__ = ["HungarianMatcher", "RTDETRCriterion"]
@@ -113,7 +113,7 @@ class _Pairs(NamedTuple):
     gt_row: torch.Tensor
 
 
-class RTDETRCriterion(nn.Module):
+class RTDETRCriterion(Criterion):
     """RT-DETR training loss: ``criterion(outputs, batch, num_boxes=None) -> (total, logs)``.
 
     outputs: the head's training output :class:`~rtdet.nn.heads.rtdetr.RTDETRTrainOutput` ``(dec_bboxes
@@ -150,28 +150,15 @@ class RTDETRCriterion(nn.Module):
         Setting("matcher_gamma", 2.0, float, "focal gamma of the matcher's class cost", low=0.0),
         Setting("aux_loss", True, bool, "supervise every decoder layer and the encoder's top-k proposals"),
     )
-    DEFAULTS: dict[str, Any] = {st.name: st.default for st in SETTINGS}
 
     def __init__(self, nc: int, **hyp: Any):
-        super().__init__()
-        unknown = sorted(set(hyp) - set(self.DEFAULTS))
-        if unknown:
-            raise ValueError(
-                f"RTDETRCriterion: unknown hyper-parameter(s) {unknown}; accepted keys and defaults: "
-                + ", ".join(f"{k}={v}" for k, v in self.DEFAULTS.items())
-            )
-        hyp = {st.name: st.check(hyp[st.name]) for st in self.SETTINGS if st.name in hyp}
-        h = {**self.DEFAULTS, **hyp}
-        self.nc = int(nc)
-        self.hyp = h
+        super().__init__(nc, **hyp)
+        h = self.hyp
         self.gain = {"vfl": float(h["loss_vfl"]), "l1": float(h["loss_bbox"]), "giou": float(h["loss_giou"])}
         self.vfl_alpha, self.vfl_gamma = float(h["vfl_alpha"]), float(h["vfl_gamma"])
         self.aux_loss = bool(h["aux_loss"])
         self.matcher = HungarianMatcher(h["cost_class"], h["cost_bbox"], h["cost_giou"], h["matcher_alpha"],
                                         h["matcher_gamma"], use_focal=True)
-
-    def extra_repr(self) -> str:
-        return f"nc={self.nc}, " + ", ".join(f"{k}={v}" for k, v in self.hyp.items())
 
     # ------------------------------------------------------------------------------------------ API
     def forward(self, outputs: tuple, batch: dict,
@@ -348,4 +335,4 @@ class RTDETRCriterion(nn.Module):
         under DDP (as the official criterion does) so every rank divides by the same number; at least 1."""
         if num_boxes is not None:
             return max(float(num_boxes), 1.0)
-        return max(float(reduce_mean(torch.tensor([float(n)], device=device))), 1.0)
+        return Criterion.normaliser(torch.tensor([float(n)], device=device))

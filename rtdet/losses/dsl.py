@@ -29,10 +29,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rtdet.losses.base import Criterion
 from rtdet.losses.common import quality_focal_loss
 from rtdet.ops.boxes import elementwise_iou, ltrb_to_xyxy, pairwise_iou
 from rtdet.ops.targets import batch_targets
-from rtdet.utils.dist import reduce_mean
 from rtdet.utils.schema import Setting
 
 __all__ = ["DSLAssignment", "DynamicSoftLabelAssigner", "RTMDetCriterion"]
@@ -128,7 +128,7 @@ def _points_inside(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     return (x > x1) & (y > y1) & (x < x2) & (y < y2)  # = min(x - x1, y - y1, x2 - x, y2 - y) > 0
 
 
-class RTMDetCriterion(nn.Module):
+class RTMDetCriterion(Criterion):
     """RTMDet loss: ``criterion(outputs, batch) -> (total, {"qfl": ..., "giou": ...})``.
 
     outputs: the head's :class:`~rtdet.nn.heads.rtmdet.RTMDetTrainOutput` (cls_logits [B, N, C], ltrb
@@ -146,20 +146,11 @@ class RTMDetCriterion(nn.Module):
                 low=0.0),
         Setting("dsl_iou_weight", 3.0, float, "dynamic soft-label assigner: weight of the -log(IoU) cost", low=0.0),
     )
-    DEFAULTS: dict[str, Any] = {st.name: st.default for st in SETTINGS}
 
     def __init__(self, nc: int, **hyp: Any):
-        super().__init__()
-        unknown = sorted(set(hyp) - set(self.DEFAULTS))
-        if unknown:
-            raise ValueError(f"RTMDetCriterion: unknown hyper-parameter(s) {unknown}; accepted keys and defaults: "
-                             + ", ".join(f"{k}={v}" for k, v in self.DEFAULTS.items()))
-        h = {**self.DEFAULTS, **{st.name: st.check(hyp[st.name]) for st in self.SETTINGS if st.name in hyp}}
-        self.nc, self.hyp = int(nc), h
+        super().__init__(nc, **hyp)
+        h = self.hyp
         self.assigner = DynamicSoftLabelAssigner(h["dsl_topk"], h["dsl_center_radius"], h["dsl_iou_weight"])
-
-    def extra_repr(self) -> str:
-        return f"nc={self.nc}, " + ", ".join(f"{k}={v}" for k, v in self.hyp.items())
 
     def forward(self, outputs, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cls_logits, ltrb, points, strides = self._unpack(outputs)
@@ -173,7 +164,7 @@ class RTMDetCriterion(nn.Module):
             boxes = ltrb_to_xyxy(points, ltrb)  # [B, N, 4] xyxy
             a = self.assigner(cls_logits.detach(), boxes.detach(), points, strides, targets.cls.to(device), gt_boxes,
                               targets.mask.to(device))
-            norm = self._normaliser(a.iou.sum())
+            norm = self.normaliser(a.iou.sum())
             img, prior = a.fg.nonzero(as_tuple=True)  # the positives
             pos_iou = a.iou[img, prior]
             score = torch.zeros_like(cls_logits)  # soft target: the matched IoU on the matched class
@@ -201,17 +192,12 @@ class RTMDetCriterion(nn.Module):
             raise ValueError(f"RTMDetCriterion: built for nc={self.nc} but the head predicts {cls_logits.shape[-1]} "
                              f"classes; build the criterion with the model's nc")
 
-    @staticmethod
-    def _input_shape(batch: dict, points: torch.Tensor, strides: torch.Tensor) -> tuple[int, int]:
+    def _input_shape(self, batch: dict, points: torch.Tensor, strides: torch.Tensor) -> tuple[int, int]:
         """(h, w) of the network input: the batch's image tensor, else the first level's grid x stride."""
-        img = batch.get("img")
-        if isinstance(img, torch.Tensor) and img.dim() == 4:
-            return int(img.shape[2]), int(img.shape[3])
-        s = float(strides[0])
-        first = strides == strides[0]
-        return int(round(float(points[first, 1].max()) + s)), int(round(float(points[first, 0].max()) + s))
 
-    @staticmethod
-    def _normaliser(iou_sum: torch.Tensor) -> float:
-        """Sum of matched IoUs, averaged over DDP processes (mmdetection's reduce_mean), at least 1."""
-        return max(float(reduce_mean(iou_sum)), 1.0)
+        def from_priors() -> tuple[int, int]:  # the first level's last corner + one stride
+            s = float(strides[0])
+            first = strides == strides[0]
+            return int(round(float(points[first, 1].max()) + s)), int(round(float(points[first, 0].max()) + s))
+
+        return self.input_size(batch, from_priors)

@@ -28,9 +28,9 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
+from rtdet.losses.base import Criterion
 from rtdet.ops.anchors import anchor_points
 from rtdet.ops.boxes import elementwise_iou, ltrb_to_xyxy, xyxy_to_ltrb
 from rtdet.ops.targets import batch_targets
@@ -129,7 +129,7 @@ def dfl_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (ce_left * w_left + ce_right * (1 - w_left)).mean(-1)
 
 
-class YOLOCriterion(nn.Module):
+class YOLOCriterion(Criterion):
     """YOLOv9 loss for DDetect / DualDDetect / Detect outputs (see the module docstring).
 
     ``criterion(outputs, batch) -> (total, {"box", "cls", "dfl"})``: ``outputs`` a
@@ -147,28 +147,21 @@ class YOLOCriterion(nn.Module):
         Setting("aux_weight", 0.25, float, "weight of the PGI auxiliary branch (DualDDetect) in every term",
                 low=0.0),
     )
-    DEFAULTS: dict[str, Any] = {st.name: st.default for st in SETTINGS}
     reduction = "sum"  # the loss is a sum over the batch's images: the trainer sums it over accumulated batches
 
     def __init__(self, nc: int, strides: Sequence[int], reg_max: int = 16, **hyp: Any):
-        super().__init__()
-        unknown = sorted(set(hyp) - set(self.DEFAULTS))
-        if unknown:
-            raise ValueError(f"YOLOCriterion: unknown hyper-parameter(s) {unknown}; accepted keys and defaults: "
-                             + ", ".join(f"{k}={v}" for k, v in self.DEFAULTS.items()))
-        h = {**self.DEFAULTS, **{st.name: st.check(hyp[st.name]) for st in self.SETTINGS if st.name in hyp}}
+        super().__init__(nc, **hyp)
+        h = self.hyp
         if not strides:
             raise ValueError("YOLOCriterion needs the head's strides (build the model first: head.setup sets them)")
-        self.nc, self.strides, self.reg_max = int(nc), [int(s) for s in strides], int(reg_max)
-        self.hyp = h
+        self.strides, self.reg_max = [int(s) for s in strides], int(reg_max)
         self.gains = {"box": h["box"], "cls": h["cls"], "dfl": h["dfl"]}
         self.aux_weight = h["aux_weight"]
         self.assigner = TaskAlignedAssigner(h["tal_topk"], h["tal_alpha"], h["tal_beta"])
         self.register_buffer("bins", torch.arange(self.reg_max, dtype=torch.float32), persistent=False)
 
-    def extra_repr(self) -> str:
-        return f"nc={self.nc}, strides={self.strides}, reg_max={self.reg_max}, " + ", ".join(
-            f"{k}={v}" for k, v in self.hyp.items())
+    def repr_fields(self) -> dict[str, Any]:
+        return {"strides": self.strides, "reg_max": self.reg_max}
 
     # ------------------------------------------------------------------ pieces
     def _flatten(self, maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,7 +197,7 @@ class YOLOCriterion(nn.Module):
             dist = torch.cat([p[0] for p in parts])  # [K*B, N, 4, R], branch-major
             logits = torch.cat([p[1] for p in parts])  # [K*B, N, C]
             points, stride = anchor_points(shapes, self.strides, device, torch.float32)
-            img_shape = (shapes[0][0] * self.strides[0], shapes[0][1] * self.strides[0])
+            img_shape = self.input_size(batch, lambda: (shapes[0][0] * self.strides[0], shapes[0][1] * self.strides[0]))
             targets = batch_targets(batch, b, self.nc)
             gt_boxes = targets.xyxy(img_shape).to(device=device, dtype=torch.float32).repeat(k, 1, 1)
             gt_cls, gt_mask = targets.cls.to(device).repeat(k, 1), targets.mask.to(device).repeat(k, 1)
