@@ -39,7 +39,7 @@ __all__ = ["RTDETRDecoder", "RTDETRTrainOutput"]
 
 
 class RTDETRTrainOutput(NamedTuple):
-    """What the decoder returns in training (read by :class:`~rtdet.losses.detr.RTDETRCriterion`).
+    """What the decoder returns in training (read by :class:`~rtdet.losses.rtdetr.RTDETRCriterion`).
 
     Q = num_dn + nq queries, denoising queries first; boxes are sigmoid cx cy w h (normalised).
     """
@@ -240,12 +240,12 @@ class RTDETRDecoder(DetectionHead):
 
     @classmethod
     def criterion_settings(cls) -> tuple[Setting, ...]:
-        from rtdet.losses.detr import RTDETRCriterion
+        from rtdet.losses.rtdetr import RTDETRCriterion
 
         return RTDETRCriterion.SETTINGS
 
     def build_criterion(self, hyp: dict | None = None) -> nn.Module:
-        from rtdet.losses.detr import RTDETRCriterion
+        from rtdet.losses.rtdetr import RTDETRCriterion
 
         return RTDETRCriterion(nc=self.nc, **(hyp or {}))
 

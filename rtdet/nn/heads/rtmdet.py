@@ -10,7 +10,7 @@ with ``exp_on_reg``, RTMDet-l/x).
 Outputs (N = priors of all levels, level by level, row-major inside a level):
 
 * train: :class:`RTMDetTrainOutput` ``(cls_logits [B, N, C], ltrb [B, N, 4] distances in input pixels,
-  points [N, 2] prior points, strides [N])``, read by :class:`~rtdet.losses.dsl.RTMDetCriterion`;
+  points [N, 2] prior points, strides [N])``, read by :class:`~rtdet.losses.rtmdet.RTMDetCriterion`;
 * eval: :class:`RTMDetPredictions` ``(boxes [B, N, 4] xyxy input pixels, scores [B, N, C] sigmoid)``,
   read only by :meth:`RTMDetSepBNHead.decode`.
 
@@ -120,12 +120,12 @@ class RTMDetSepBNHead(DetectionHead):
     # ------------------------------------------------------------------ family interface
     @classmethod
     def criterion_settings(cls):
-        from rtdet.losses.dsl import RTMDetCriterion
+        from rtdet.losses.rtmdet import RTMDetCriterion
 
         return RTMDetCriterion.SETTINGS
 
     def build_criterion(self, hyp: dict) -> nn.Module:
-        from rtdet.losses.dsl import RTMDetCriterion
+        from rtdet.losses.rtmdet import RTMDetCriterion
 
         return RTMDetCriterion(self.nc, **hyp)
 

@@ -40,7 +40,7 @@ __all__ = ["YOLOTrainOutput", "DDetect", "DualDDetect", "Detect"]
 
 
 class YOLOTrainOutput(NamedTuple):
-    """What a YOLO head returns in training (read by :class:`~rtdet.losses.tal.YOLOCriterion`).
+    """What a YOLO head returns in training (read by :class:`~rtdet.losses.yolov9.YOLOCriterion`).
 
     Each entry is a list of per-level maps [B, 4*reg_max + nc, H_l, W_l]: the four sides' bin logits
     (side-major, bins contiguous), then the class logits.
@@ -143,12 +143,12 @@ class _DFLHead(DetectionHead):
 
     @classmethod
     def criterion_settings(cls) -> tuple[Setting, ...]:
-        from rtdet.losses.tal import YOLOCriterion
+        from rtdet.losses.yolov9 import YOLOCriterion
 
         return YOLOCriterion.SETTINGS
 
     def build_criterion(self, hyp: dict | None = None) -> nn.Module:
-        from rtdet.losses.tal import YOLOCriterion
+        from rtdet.losses.yolov9 import YOLOCriterion
 
         return YOLOCriterion(nc=self.nc, strides=self.strides, reg_max=self.reg_max, **(hyp or {}))
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rtdet.losses.dsl import DynamicSoftLabelAssigner, RTMDetCriterion
+from rtdet.losses.assigners.dsl import DynamicSoftLabelAssigner
+from rtdet.losses.rtmdet import RTMDetCriterion
 from rtdet.nn.heads.rtmdet import RTMDetTrainOutput
 from rtdet.ops.anchors import grid_priors
 from rtdet.ops.boxes import pairwise_iou, xyxy_to_cxcywh
