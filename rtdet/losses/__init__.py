@@ -1,14 +1,19 @@
-"""Family losses, the padded targets they share, and the element-wise classification losses."""
+"""Family losses (one module per family, each criterion a :class:`~rtdet.losses.base.Criterion`), their
+assigners, the padded targets they share, and the element-wise classification losses."""
 
-from rtdet.losses.common import (
-    PaddedTargets,
-    batch_targets,
-    pad_targets,
-    quality_focal_loss,
-    sigmoid_focal_loss,
-    varifocal_loss,
+from rtdet.losses.assigners import (
+    Assignment,
+    DSLAssignment,
+    DynamicSoftLabelAssigner,
+    HungarianMatcher,
+    TaskAlignedAssigner,
 )
-from rtdet.losses.detr import HungarianMatcher, RTDETRCriterion
+from rtdet.losses.base import Criterion
+from rtdet.losses.common import quality_focal_loss, sigmoid_focal_loss, varifocal_loss
+from rtdet.losses.rtdetr import RTDETRCriterion
+from rtdet.losses.rtmdet import RTMDetCriterion
+from rtdet.losses.yolov9 import YOLOCriterion, dfl_loss
+from rtdet.ops.targets import PaddedTargets, batch_targets, pad_targets
 
 __all__ = [
     "PaddedTargets",
@@ -17,6 +22,14 @@ __all__ = [
     "quality_focal_loss",
     "sigmoid_focal_loss",
     "varifocal_loss",
+    "Criterion",
+    "Assignment",
+    "DSLAssignment",
+    "DynamicSoftLabelAssigner",
     "HungarianMatcher",
+    "TaskAlignedAssigner",
     "RTDETRCriterion",
+    "RTMDetCriterion",
+    "YOLOCriterion",
+    "dfl_loss",
 ]

@@ -32,6 +32,7 @@ import torch.nn as nn
 import yaml
 from torch.overrides import TorchFunctionMode
 
+from rtdet.nn.modules.common import use_activation
 from rtdet.nn.registry import (
     BACKBONE,
     REGISTER_HINT,
@@ -348,8 +349,6 @@ def parse_model(d: dict, ch: int = 3, verbose: bool = False,
     A row may name pretrained weights for its module (``weights=path`` among its args, see
     :func:`rtdet.io.rows.split_weights`); they are loaded right after the module is built unless ``load_weights`` is
     False (rebuilding a model whose weights come from a checkpoint)."""
-    from rtdet.nn.modules.common import Conv
-
     where = d.get("yaml_file", "<dict>")
     d.setdefault("nc", 80)
     d.setdefault("ch", ch)
@@ -367,28 +366,25 @@ def parse_model(d: dict, ch: int = 3, verbose: bool = False,
     if mode not in ("index", "slots"):
         raise ModelConfigError(f"{where}: multi_output must be 'index' or 'slots', got {mode!r}")
 
-    act_before = Conv.default_act
+    act = None
     if d.get("activation"):
         try:
-            Conv.default_act = resolve_activation(d["activation"])
+            act = resolve_activation(d["activation"])  # one instance for the whole model, given to every row
         except ValueError as e:
             raise ModelConfigError(f"{where}: {e}") from None
 
-    graph = _Graph(ch_by_slot={-1: d["ch"]}, mode=mode, yaml_file=where)
-    try:
-        for i, (row, entry) in enumerate(zip(rows, entries, strict=True)):
-            row_where = f"{where}: row {i} ({row[2]})"
-            try:
-                module, info = _build_row(i, row, entry, graph, namespace, (depth, width, max_channels), row_where,
-                                          load_weights)
-            except ModelConfigError:
-                raise
-            except Exception as e:  # anything unforeseen still names the file and the row
-                raise ModelConfigError(f"{row_where}: {_first_line(e)}") from None
-            if verbose:
-                print(f"{info.slot:>4}{str(info.f_written):>20}{info.n:>4}{module.np:>12}  {info.name:<28}{info.args}")
-    finally:
-        Conv.default_act = act_before
+    graph = _Graph(ch_by_slot={-1: d["ch"]}, mode=mode, yaml_file=where, act=act)
+    for i, (row, entry) in enumerate(zip(rows, entries, strict=True)):
+        row_where = f"{where}: row {i} ({row[2]})"
+        try:
+            module, info = _build_row(i, row, entry, graph, namespace, (depth, width, max_channels), row_where,
+                                      load_weights)
+        except ModelConfigError:
+            raise
+        except Exception as e:  # anything unforeseen still names the file and the row
+            raise ModelConfigError(f"{row_where}: {_first_line(e)}") from None
+        if verbose:
+            print(f"{info.slot:>4}{str(info.f_written):>20}{info.n:>4}{module.np:>12}  {info.name:<28}{info.args}")
     return graph.layers, graph.built, graph.save
 
 
@@ -423,6 +419,7 @@ class _Graph:
     save: set = field(default_factory=set)
     slot_offset: int = 0
     parameters: int = 0
+    act: nn.Module | None = None  # the YAML's ``activation``: replaces the default one in every row built
 
 
 def _resolve_from(i: int, f: int | list[int], slot: int, graph: _Graph, row_where: str) -> list[int]:
@@ -476,6 +473,8 @@ def _build_row(i: int, row: list, entry, graph: _Graph, namespace: dict, scaling
         raise ModelConfigError(f"{row_where}: would bring the model to about {graph.parameters + estimate:,} "
                                f"parameters, more than the limit of {MAX_PARAMETERS:,}; check its arguments {args}")
     module = _instantiate(entry.cls, args, n_build, row_where)
+    if graph.act is not None:
+        use_activation(module, graph.act)
     if weights is not None and load_weights:
         load_row_weights(module, weights, graph.yaml_file, row_where)
     if c2 == BACKBONE:

@@ -157,6 +157,13 @@ class ModuleEntry:
 
 
 _REGISTRY: dict[str, ModuleEntry] = {}
+_HEAD_BASE: list[type[nn.Module]] = []  # the class every head derives from, declared by rtdet.nn.heads.base
+
+
+def declare_head_base(base: type[nn.Module]) -> None:
+    """Name the class every registered head must subclass (``DetectionHead``: rtdet/nn/heads/base.py calls
+    this). Declared from above rather than imported here, so the registry stays below the heads that use it."""
+    _HEAD_BASE[:] = [base]
 
 
 def register(
@@ -185,6 +192,11 @@ def register(
             raise ValueError(f"unknown channel rule {channels!r}; choose one of {sorted(RULES)} or a function")
         rule = RULES[channels] if isinstance(channels, str) else channels
         key = name or cls.__name__
+        is_head = head or channels == "head"
+        if is_head and _HEAD_BASE and not issubclass(cls, _HEAD_BASE[0]):
+            raise TypeError(f"@register(channels='head'): {cls.__qualname__} must subclass "
+                            f"{_HEAD_BASE[0].__module__}.{_HEAD_BASE[0].__qualname__}, the interface the engine uses "
+                            f"(family, setup, build_criterion, decode, postprocess)")
         old = _REGISTRY.get(key)
         # re-importing the same file (e.g. a reloaded notebook cell) re-registers silently
         same_definition = old is not None and (old.cls.__module__, old.cls.__qualname__) == (
@@ -196,7 +208,7 @@ def register(
                 f"a module named {key!r} is already registered ({old.cls.__module__}.{old.cls.__qualname__}); "
                 f"pass name='...' for another name or replace=True to override it"
             )
-        _REGISTRY[key] = ModuleEntry(key, cls, rule, head or channels == "head")
+        _REGISTRY[key] = ModuleEntry(key, cls, rule, is_head)
         return cls
 
     if obj is None:

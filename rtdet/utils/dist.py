@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-__all__ = ["broadcast_buffers"]
+__all__ = ["broadcast_buffers", "reduce_mean"]
 
 
 def broadcast_buffers(*modules: nn.Module | None, src: int = 0) -> None:
@@ -21,3 +22,17 @@ def broadcast_buffers(*modules: nn.Module | None, src: int = 0) -> None:
         if module is not None:
             for buf in module.buffers():
                 dist.broadcast(buf.data, src=src)
+
+
+def reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    """The mean of ``value`` over the processes of the group (mmdetection's ``reduce_mean``), as a detached
+    float32 tensor of shape [1]: every rank gets the same number, so every rank normalises its loss alike.
+
+    ``value`` must sit on the group's device (CUDA under NCCL). Outside a multi-process group the result
+    is ``value`` itself. The sum is divided in float32 on the tensor, as the references do (official
+    RT-DETR ``num_boxes / world_size``, mmdetection ``tensor.div_``)."""
+    total = value.detach().float().reshape(1).clone()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(total)
+        total /= dist.get_world_size()
+    return total

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from rtdet import ModelConfigError, build_model, register
-from rtdet.nn.modules.common import Conv
+from rtdet.nn.modules.common import Conv, RepConv
 from rtdet.nn.registry import unregister
 
 
@@ -85,6 +85,43 @@ def test_activation_key_applies_while_building_and_is_restored():
     m = build_model(tiny([[-1, 1, "Conv", [8, 3, 2]]], [], activation="nn.ReLU()"))
     assert isinstance(m.model[0].act, nn.ReLU)
     assert Conv.default_act is before
+
+
+def test_activation_key_reaches_conv_and_repconv_rows():
+    """RepConv keeps a default activation of its own: the YAML's activation must reach it too (RepC3's
+    RepConvs, a RepConvN row), while explicit activations (RepC3's act=False convs) stay."""
+    cfg = tiny([[-1, 1, "Conv", [8, 3, 2]], [-1, 1, "RepConvN", [8]]], [[-1, 1, "RepC3", [16]]],
+               activation="nn.ReLU()")
+    m = build_model(cfg)
+    conv, repconv, rep_c3 = m.model[0], m.model[1], m.model[2]
+    assert isinstance(conv.act, nn.ReLU) and isinstance(repconv.act, nn.ReLU)
+    assert all(isinstance(r.act, nn.ReLU) for r in rep_c3.m) and isinstance(rep_c3.m[0].conv1.act, nn.Identity)
+    assert conv.act is repconv.act  # one instance per model, as a swapped default gave
+    plain = build_model(tiny([[-1, 1, "Conv", [8, 3, 2]], [-1, 1, "RepConvN", [8]]], [[-1, 1, "RepC3", [16]]]))
+    assert plain.model[1].act is RepConv.default_act and isinstance(RepConv.default_act, nn.SiLU)
+    assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in m.parameters())
+
+
+def test_two_builds_in_two_threads_keep_their_own_activation():
+    import threading
+
+    barrier = threading.Barrier(2)
+    results: dict = {}
+
+    def build(name: str) -> None:
+        barrier.wait()  # both builds run at the same time
+        rows = [[-1, 1, "Conv", [8, 3, 2]]] * 6 + [[-1, 1, "RepConvN", [8]]]
+        results[name] = build_model(tiny(rows, [[-1, 1, "RepC3", [8]]], activation=f"nn.{name}()"))
+
+    threads = [threading.Thread(target=build, args=(name,)) for name in ("ReLU", "Hardswish")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for name, model in results.items():
+        acts = {type(m.act).__name__ for m in model.modules() if isinstance(m, Conv | RepConv)} - {"Identity"}
+        assert acts == {name}, (name, acts)
+    assert Conv.default_act is not None and isinstance(Conv.default_act, nn.SiLU)
 
 
 class _ThreeMaps(nn.Module):

@@ -3,7 +3,9 @@
 A head is the last row of a model YAML, registered with ``@register(channels="head")``: it is built as
 ``Head(nc, [c_in of each input map], *args)``. What the engine may use, and nothing else:
 
-* ``family`` -- names the recipe ``cfg/recipes/<family>.yaml``;
+* ``family`` -- names the recipe ``cfg/recipes/<family>.yaml``; ``needs_nms``, ``is_head``,
+  ``ddp_find_unused_parameters`` and ``dynamic`` -- class attributes with defaults, documented on
+  :class:`DetectionHead` (the engine reads them, a head overrides what differs);
 * ``setup(strides)`` -- called once by :class:`~rtdet.nn.model.DetectionModel` when it is built, with the
   stride of every input map (bias priors, anchor grids and assigners read ``self.strides``);
 * ``criterion_settings()`` -- the loss settings this family accepts (name, default, type, doc), declared
@@ -34,6 +36,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
+from rtdet.nn.registry import declare_head_base
 from rtdet.ops.nms import dense_nms
 from rtdet.utils.schema import Setting
 
@@ -86,12 +89,23 @@ class DetectionHead(nn.Module, ABC):
     forward(feats, targets=None): training output (a NamedTuple, for the criterion) in train mode,
     inference output in eval mode. ``targets`` is the batch dict (``batch_idx`` [N], ``cls`` [N],
     ``bboxes`` [N, 4] normalised cx cy w h, and ``targets``: the padded per-image
-    :class:`~rtdet.losses.common.PaddedTargets` built once per step) and is only read by heads that
+    :class:`~rtdet.ops.targets.PaddedTargets` built once per step) and is only read by heads that
     need it in training (RT-DETR denoising).
     """
 
+    #: names the recipe ``cfg/recipes/<family>.yaml`` and groups the family's defaults
     family: str = ""
-    needs_nms: bool = True  # whether decode() gives dense predictions that NMS must thin out
+    #: whether decode() gives dense predictions that NMS must thin out
+    needs_nms: bool = True
+    #: the row of a model that DetectionModel calls with the training targets; the builder stamps every
+    #: row's ``is_head`` from its registry entry (``channels="head"``)
+    is_head: bool = True
+    #: whether DDP must look for parameters that take no part in a step (the trainer passes it as
+    #: ``find_unused_parameters``); a head whose every parameter always feeds the loss sets False (faster)
+    ddp_find_unused_parameters: bool = True
+    #: set by the exporter for a dynamic-shape export: shape-dependent constants (anchor grids) must be
+    #: computed from the traced input size instead of cached
+    dynamic: bool = False
     strides: list[int]
 
     def setup(self, strides: list[int]) -> None:
@@ -105,11 +119,18 @@ class DetectionHead(nn.Module, ABC):
 
     @abstractmethod
     def build_criterion(self, hyp: dict) -> nn.Module:
-        """The loss for this head: ``criterion(outputs, batch) -> (total, {name: detached value})``."""
+        """The loss for this head: ``criterion(outputs, batch) -> (total, {name: detached value})``, a
+        :class:`~rtdet.losses.base.Criterion` (the trainer reads its ``reduction``: "mean" or "sum")."""
 
     @abstractmethod
     def decode(self, outputs, img_shape: tuple[int, int]) -> Decoded:
         """Eval output -> :class:`Decoded` (boxes xyxy in pixels of the (h, w) input). Traceable."""
+
+    def fuse_(self) -> None:
+        """Fold this head into its inference form, in place (DetectionModel.fuse calls it and does not look
+        further inside). Default: fuse every descendant that knows how (``fuse_``), as the model's own
+        search would; a head with layers of its own to fold overrides it."""
+        _fuse_children(self)
 
     def deploy_inputs(self) -> list[int] | None:
         """Positions (in this head's inputs) of the maps inference still reads; None: all of them."""
@@ -123,3 +144,14 @@ class DetectionHead(nn.Module, ABC):
                     max_det: int = 300, multi_label: bool = False) -> list[Detections]:
         """Inference outputs -> per-image Detections in input pixels (NMS where the family needs it)."""
         return finalize(self.decode(outputs, img_shape), conf, iou, max_det, multi_label)
+
+
+declare_head_base(DetectionHead)
+
+
+def _fuse_children(module: nn.Module) -> None:
+    for child in module.children():
+        if hasattr(child, "fuse_"):
+            child.fuse_()
+        else:
+            _fuse_children(child)

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from rtdet.losses.common import batch_targets
 from rtdet.ops.boxes import cxcywh_to_xyxy, xyxy_to_cxcywh
+from rtdet.ops.targets import batch_targets
 
 __all__ = ["DenoisingQueries", "build_denoising_queries", "denoising_attn_mask"]
 
@@ -67,7 +67,7 @@ def build_denoising_queries(
     """Denoising queries for a batch, or None when there is nothing to denoise.
 
     targets: the batch dict, ``batch_idx`` [N], ``cls`` [N] (or [N, 1]), ``bboxes`` [N, 4] normalised cx cy w
-    h; checked by :func:`~rtdet.losses.common.batch_targets` (its ``targets`` entry when the trainer built it).
+    h; checked by :func:`~rtdet.ops.targets.batch_targets` (its ``targets`` entry when the trainer built it).
     class_embed: [nc, hd] embedding table (gradients flow into the rows used).
     meta: ``dn_pos_idx`` (per image, slots of its positive queries, group-major), ``dn_gt_idx`` (per
     image, the batch indices of the GTs those queries reconstruct, in the same order within a group),

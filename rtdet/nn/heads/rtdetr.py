@@ -31,42 +31,15 @@ from rtdet.nn.modules.transformer import (
     is_tracing,
 )
 from rtdet.nn.registry import register
+from rtdet.ops.anchors import query_anchors
 from rtdet.ops.boxes import cxcywh_to_xyxy
 from rtdet.utils.schema import Setting
 
-__all__ = ["RTDETRDecoder", "RTDETRTrainOutput", "make_anchors"]
-
-
-def make_anchors(
-    shapes: Sequence[tuple[int, int]],
-    grid_size: float = 0.05,
-    eps: float = 1e-2,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Anchor boxes for the flattened memory, as logits, and their validity.
-
-    Level l's token (y, x) of an (H, W) map gets the box (cx, cy, w, h) = ((x+0.5)/W, (y+0.5)/H,
-    0.05*2^l, 0.05*2^l). A box is valid when all four numbers lie in (eps, 1 - eps); invalid anchors
-    are +inf. Returns anchors [1, L, 4] (logit space) and valid_mask [1, L, 1] (bool).
-    """
-    parts = []
-    for lvl, (h, w) in enumerate(shapes):
-        cy, cx = torch.meshgrid(
-            (torch.arange(h, dtype=torch.float32, device=device) + 0.5) / h,
-            (torch.arange(w, dtype=torch.float32, device=device) + 0.5) / w,
-            indexing="ij",
-        )
-        wh = torch.full_like(cx, grid_size * 2.0**lvl).reshape(-1, 1).expand(-1, 2)  # traced sizes stay traced
-        parts.append(torch.cat([cx.reshape(-1, 1), cy.reshape(-1, 1), wh], 1))
-    boxes = torch.cat(parts)[None]
-    valid = ((boxes > eps) & (boxes < 1 - eps)).all(-1, keepdim=True)
-    anchors = torch.log(boxes / (1 - boxes)).masked_fill(~valid, float("inf"))
-    return anchors.to(dtype), valid
+__all__ = ["RTDETRDecoder", "RTDETRTrainOutput"]
 
 
 class RTDETRTrainOutput(NamedTuple):
-    """What the decoder returns in training (read by :class:`~rtdet.losses.detr.RTDETRCriterion`).
+    """What the decoder returns in training (read by :class:`~rtdet.losses.rtdetr.RTDETRCriterion`).
 
     Q = num_dn + nq queries, denoising queries first; boxes are sigmoid cx cy w h (normalised).
     """
@@ -171,10 +144,10 @@ class RTDETRDecoder(DetectionHead):
                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Anchors [1, L, 4] (logits, +inf where invalid) and valid mask [1, L, 1], cached per shapes."""
         if self.dynamic or is_tracing():
-            return make_anchors(shapes, device=device, dtype=dtype)
+            return query_anchors(shapes, device=device, dtype=dtype)
         key = (tuple(tuple(s) for s in shapes), device, dtype)
         if self._anchor_cache is None or self._anchor_cache[0] != key:
-            anchors, valid = make_anchors(key[0], device=device, dtype=dtype)
+            anchors, valid = query_anchors(key[0], device=device, dtype=dtype)
             self._anchor_cache = (key, anchors, valid)
         return self._anchor_cache[1], self._anchor_cache[2]
 
@@ -267,12 +240,12 @@ class RTDETRDecoder(DetectionHead):
 
     @classmethod
     def criterion_settings(cls) -> tuple[Setting, ...]:
-        from rtdet.losses.detr import RTDETRCriterion
+        from rtdet.losses.rtdetr import RTDETRCriterion
 
         return RTDETRCriterion.SETTINGS
 
     def build_criterion(self, hyp: dict | None = None) -> nn.Module:
-        from rtdet.losses.detr import RTDETRCriterion
+        from rtdet.losses.rtdetr import RTDETRCriterion
 
         return RTDETRCriterion(nc=self.nc, **(hyp or {}))
 

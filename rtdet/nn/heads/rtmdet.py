@@ -10,7 +10,7 @@ with ``exp_on_reg``, RTMDet-l/x).
 Outputs (N = priors of all levels, level by level, row-major inside a level):
 
 * train: :class:`RTMDetTrainOutput` ``(cls_logits [B, N, C], ltrb [B, N, 4] distances in input pixels,
-  points [N, 2] prior points, strides [N])``, read by :class:`~rtdet.losses.dsl.RTMDetCriterion`;
+  points [N, 2] prior points, strides [N])``, read by :class:`~rtdet.losses.rtmdet.RTMDetCriterion`;
 * eval: :class:`RTMDetPredictions` ``(boxes [B, N, 4] xyxy input pixels, scores [B, N, C] sigmoid)``,
   read only by :meth:`RTMDetSepBNHead.decode`.
 
@@ -30,8 +30,10 @@ import torch.nn as nn
 from rtdet.nn.heads.base import Decoded, DetectionHead
 from rtdet.nn.modules.common import Conv
 from rtdet.nn.registry import register
+from rtdet.ops.anchors import grid_priors
+from rtdet.ops.boxes import ltrb_to_xyxy
 
-__all__ = ["RTMDetPredictions", "RTMDetSepBNHead", "RTMDetTrainOutput", "grid_priors"]
+__all__ = ["RTMDetPredictions", "RTMDetSepBNHead", "RTMDetTrainOutput"]
 
 PRIOR_PROB = 0.01  # initial foreground probability of every class logit
 
@@ -50,26 +52,6 @@ class RTMDetPredictions(NamedTuple):
 
     boxes: torch.Tensor  # [B, N, 4] xyxy, input pixels (not clipped)
     scores: torch.Tensor  # [B, N, C]
-
-
-def grid_priors(shapes: Sequence[tuple[int, int]], strides: Sequence[int], device=None,
-                dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prior points at the grid corners of each level (mmdet MlvlPointGenerator with offset 0).
-
-    Level l of shape (h, w) and stride s gives (x * s, y * s) for y < h, x < w, row-major. Returns points
-    [N, 2] and strides [N], levels concatenated in order."""
-    points, level_strides = [], []
-    for (h, w), s in zip(shapes, strides, strict=True):
-        ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=dtype) * s,
-                                torch.arange(w, device=device, dtype=dtype) * s, indexing="ij")
-        points.append(torch.stack([xs.reshape(-1), ys.reshape(-1)], -1))
-        level_strides.append(torch.full((h * w,), float(s), device=device, dtype=dtype))
-    return torch.cat(points), torch.cat(level_strides)
-
-
-def distance_to_boxes(points: torch.Tensor, ltrb: torch.Tensor) -> torch.Tensor:
-    """(px - l, py - t, px + r, py + b): points [N, 2] and distances [..., N, 4] -> xyxy [..., N, 4]."""
-    return torch.cat([points - ltrb[..., :2], points + ltrb[..., 2:]], -1)
 
 
 @register(channels="head")
@@ -138,12 +120,12 @@ class RTMDetSepBNHead(DetectionHead):
     # ------------------------------------------------------------------ family interface
     @classmethod
     def criterion_settings(cls):
-        from rtdet.losses.dsl import RTMDetCriterion
+        from rtdet.losses.rtmdet import RTMDetCriterion
 
         return RTMDetCriterion.SETTINGS
 
     def build_criterion(self, hyp: dict) -> nn.Module:
-        from rtdet.losses.dsl import RTMDetCriterion
+        from rtdet.losses.rtmdet import RTMDetCriterion
 
         return RTMDetCriterion(self.nc, **hyp)
 
@@ -168,7 +150,7 @@ class RTMDetSepBNHead(DetectionHead):
         points, strides = grid_priors([tuple(f.shape[2:]) for f in feats], self.strides, ltrb.device)
         if self.training:
             return RTMDetTrainOutput(cls_logits, ltrb, points, strides)
-        return RTMDetPredictions(distance_to_boxes(points, ltrb), cls_logits.sigmoid())
+        return RTMDetPredictions(ltrb_to_xyxy(points, ltrb), cls_logits.sigmoid())
 
     def decode(self, outputs: RTMDetPredictions, img_shape: tuple[int, int]) -> Decoded:
         """Boxes clipped to the (h, w) input, as mmdetection's decoder clips them to the image; a box left

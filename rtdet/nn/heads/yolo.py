@@ -32,14 +32,15 @@ from rtdet.nn.modules.common import Conv, DWConv
 from rtdet.nn.modules.transformer import is_tracing
 from rtdet.nn.modules.yolov9 import DFL
 from rtdet.nn.registry import make_divisible, register
+from rtdet.ops.anchors import anchor_points
 from rtdet.ops.boxes import cxcywh_to_xyxy, ltrb_to_xyxy, xyxy_to_cxcywh
 from rtdet.utils.schema import Setting
 
-__all__ = ["YOLOTrainOutput", "make_anchors", "DDetect", "DualDDetect", "Detect"]
+__all__ = ["YOLOTrainOutput", "DDetect", "DualDDetect", "Detect"]
 
 
 class YOLOTrainOutput(NamedTuple):
-    """What a YOLO head returns in training (read by :class:`~rtdet.losses.tal.YOLOCriterion`).
+    """What a YOLO head returns in training (read by :class:`~rtdet.losses.yolov9.YOLOCriterion`).
 
     Each entry is a list of per-level maps [B, 4*reg_max + nc, H_l, W_l]: the four sides' bin logits
     (side-major, bins contiguous), then the class logits.
@@ -47,22 +48,6 @@ class YOLOTrainOutput(NamedTuple):
 
     main: list[torch.Tensor]
     aux: list[torch.Tensor] | None = None  # PGI auxiliary branch (DualDDetect), None for single heads
-
-
-def make_anchors(shapes: Sequence[tuple[int, int]], strides: Sequence[int], device: torch.device | str | None = None,
-                 dtype: torch.dtype = torch.float32, offset: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cell centres of every level and their strides, levels in order, rows first.
-
-    Returns points [N, 2] = (x + offset, y + offset) in grid units of their own level and strides [N, 1];
-    points * strides are the centres in input pixels.
-    """
-    points, stride_col = [], []
-    for (h, w), s in zip(shapes, strides, strict=True):
-        sy, sx = torch.meshgrid(torch.arange(h, device=device, dtype=dtype) + offset,
-                                torch.arange(w, device=device, dtype=dtype) + offset, indexing="ij")
-        points.append(torch.stack((sx, sy), -1).view(-1, 2))
-        stride_col.append(torch.full((h * w, 1), float(s), device=device, dtype=dtype))
-    return torch.cat(points), torch.cat(stride_col)
 
 
 class _DFLHead(DetectionHead):
@@ -113,10 +98,10 @@ class _DFLHead(DetectionHead):
                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Anchor points [N, 2] (grid units) and strides [N, 1], cached per shapes outside tracing."""
         if self.dynamic or is_tracing():  # shapes may be traced values: no cache, no int()
-            return make_anchors(shapes, self.strides, device, dtype)
+            return anchor_points(shapes, self.strides, device, dtype)
         key = (tuple(tuple(int(v) for v in s) for s in shapes), device, dtype)
         if self._anchor_cache is None or self._anchor_cache[0] != key:
-            self._anchor_cache = (key, *make_anchors(key[0], self.strides, device, dtype))
+            self._anchor_cache = (key, *anchor_points(key[0], self.strides, device, dtype))
         return self._anchor_cache[1], self._anchor_cache[2]
 
     def _dense(self, maps: list[torch.Tensor], dfl: DFL) -> torch.Tensor:
@@ -158,12 +143,12 @@ class _DFLHead(DetectionHead):
 
     @classmethod
     def criterion_settings(cls) -> tuple[Setting, ...]:
-        from rtdet.losses.tal import YOLOCriterion
+        from rtdet.losses.yolov9 import YOLOCriterion
 
         return YOLOCriterion.SETTINGS
 
     def build_criterion(self, hyp: dict | None = None) -> nn.Module:
-        from rtdet.losses.tal import YOLOCriterion
+        from rtdet.losses.yolov9 import YOLOCriterion
 
         return YOLOCriterion(nc=self.nc, strides=self.strides, reg_max=self.reg_max, **(hyp or {}))
 

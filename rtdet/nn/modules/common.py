@@ -11,7 +11,8 @@ import torch.nn as nn
 
 from rtdet.nn.registry import RowContext, register, scaled
 
-__all__ = ["autopad", "fuse_conv_bn", "Conv", "DWConv", "LightConv", "RepConv", "RepC3", "Concat", "Index"]
+__all__ = ["autopad", "fuse_conv_bn", "use_activation", "Conv", "DWConv", "LightConv", "RepConv", "RepC3", "Concat",
+           "Index"]
 
 
 def autopad(k: int | list[int], p: int | list[int] | None = None, d: int = 1) -> int | list[int]:
@@ -53,8 +54,8 @@ def _activation(act: bool | nn.Module) -> nn.Module:
 class Conv(nn.Module):
     """Conv2d (no bias) -> BatchNorm2d -> activation.  [B, c1, H, W] -> [B, c2, H/s, W/s].
 
-    ``default_act`` (SiLU) is what ``act=True`` means; a model YAML's ``activation`` key replaces it
-    while that model is built.
+    ``default_act`` (SiLU) is what ``act=True`` means; a model YAML's ``activation`` key replaces it in
+    every row of that model (:func:`use_activation`), the class attribute itself is never changed.
     """
 
     default_act: nn.Module = nn.SiLU()
@@ -209,3 +210,19 @@ class RepC3(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.cv3(self.m(self.cv1(x)) + self.cv2(x))
+
+
+def use_activation(module: nn.Module, act: nn.Module) -> nn.Module:
+    """``module`` with ``act`` wherever a :class:`Conv` or :class:`RepConv` inside it took the default
+    activation (``act=True``), in place; explicit activations (``act=nn.ReLU()``, ``act=False``) stay.
+
+    This is how a model YAML's ``activation`` reaches its rows: the builder calls it on each row it
+    builds, so no class attribute is swapped while a model builds (two builds in two threads do not see
+    each other's activation). Every replaced position gets the same ``act`` instance, as a swapped
+    ``default_act`` gave them."""
+    defaults = (Conv.default_act, RepConv.default_act)
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if any(child is d for d in defaults):
+                setattr(parent, name, act)
+    return module

@@ -8,6 +8,7 @@ import torch.nn as nn
 from rtdet import ModelConfigError, build_model
 from rtdet.engine.settings import SettingsError, check_keys, resolve_settings
 from rtdet.nn.heads.base import Decoded, DetectionHead, finalize
+from rtdet.nn.modules.common import Conv
 from rtdet.nn.registry import lookup, register, unregister
 from rtdet.utils.schema import Setting
 
@@ -159,3 +160,27 @@ def test_the_default_postprocess_is_decode_then_finalize(toy_head):
     assert len(dets) == 2
     for d in dets:  # identical boxes: at most one per class survives class-aware NMS
         assert len(d) in (1, 2, 3) and len(set(d.labels.tolist())) == len(d)
+
+
+def test_register_refuses_a_head_that_is_not_a_detection_head():
+    class NotAHead(nn.Module):
+        def forward(self, x):
+            return x
+
+    with pytest.raises(TypeError, match=r"NotAHead must subclass rtdet\.nn\.heads\.base\.DetectionHead"):
+        register(channels="head")(NotAHead)
+    with pytest.raises(TypeError, match="must subclass"):
+        register(channels=lambda args, row: (args, None, 1), head=True)(NotAHead)
+    with pytest.raises(KeyError):
+        lookup("NotAHead")  # nothing was registered
+
+
+def test_the_hooks_the_engine_reads_are_declared_with_defaults(toy_head):
+    assert (DetectionHead.is_head, DetectionHead.ddp_find_unused_parameters, DetectionHead.dynamic) == (
+        True, True, False)
+    model = build_model(YAML)
+    assert model.head.is_head and model.model[0].is_head is False  # the builder stamps every row
+    model.head.extra = Conv(3, 3)  # a Conv + BN inside a head without a fuse_ of its own...
+    model.fuse()
+    assert isinstance(model.head.extra.bn, nn.Identity)  # ...is folded by the default fuse_
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())

@@ -11,8 +11,9 @@ import torch
 import torch.nn as nn
 
 from rtdet.nn.heads.denoising import build_denoising_queries, denoising_attn_mask
-from rtdet.nn.heads.rtdetr import RTDETRDecoder, make_anchors
+from rtdet.nn.heads.rtdetr import RTDETRDecoder
 from rtdet.nn.registry import RowContext, lookup
+from rtdet.ops.anchors import query_anchors
 
 CH = (8, 12, 16)
 
@@ -247,7 +248,7 @@ def test_anchors_are_cached_and_valid_mask_is_correct():
     assert head.anchors([(80, 60), (40, 30)], torch.device("cpu"), torch.float32)[0] is a1[0]
     assert head.anchors([(8, 6), (4, 3)], torch.device("cpu"), torch.float32)[0] is not a1[0]
 
-    anchors, valid = make_anchors(shapes)
+    anchors, valid = query_anchors(shapes)
     assert anchors.shape == (1, 80 * 60 + 40 * 30, 4) and valid.shape == (1, 80 * 60 + 40 * 30, 1)
     # level 0 token (y, x) of the 80 x 60 map: centre ((x+0.5)/60, (y+0.5)/80), size 0.05
     for y, x in [(0, 0), (0, 59), (79, 30), (40, 0), (40, 30), (1, 1)]:

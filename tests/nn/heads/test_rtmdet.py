@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from rtdet.nn.heads.rtmdet import RTMDetPredictions, RTMDetSepBNHead, RTMDetTrainOutput, grid_priors
+from rtdet.nn.heads.rtmdet import RTMDetPredictions, RTMDetSepBNHead, RTMDetTrainOutput
+from rtdet.ops.anchors import grid_priors
 
 
 def make_head(nc=3, c=16, exp_on_reg=False, **kw) -> RTMDetSepBNHead:
@@ -50,12 +51,6 @@ def test_every_level_trains_the_one_shared_weight():
     grads = [torch.autograd.grad(lv.sum(), w, retain_graph=True)[0] for lv in levels]
     assert all(g.abs().sum() > 0 for g in grads)
     assert not torch.allclose(grads[0], grads[2])
-
-
-def test_priors_sit_at_grid_corners():
-    points, strides = grid_priors([(2, 3), (1, 2)], [8, 16])
-    assert points.tolist() == [[0, 0], [8, 0], [16, 0], [0, 8], [8, 8], [16, 8], [0, 0], [16, 0]]
-    assert strides.tolist() == [8] * 6 + [16] * 2
 
 
 @pytest.mark.parametrize("exp_on_reg", [False, True])

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from rtdet.nn.heads.base import Decoded
-from rtdet.nn.heads.yolo import DDetect, Detect, DualDDetect, YOLOTrainOutput, make_anchors
+from rtdet.nn.heads.yolo import DDetect, Detect, DualDDetect, YOLOTrainOutput
 from rtdet.nn.model import count_parameters
+from rtdet.ops.anchors import anchor_points
 
 
 def conv_params(c1: int, c2: int, k: int, g: int = 1) -> int:
@@ -61,16 +62,6 @@ def test_bias_priors_are_set_from_the_strides():
             torch.testing.assert_close(c[-1].bias, torch.full((80,), math.log(5 / 80 / (640 / s) ** 2)))
 
 
-def test_anchors_are_cell_centres_level_by_level():
-    points, strides = make_anchors([(2, 3), (1, 2)], [8, 16])
-    assert points.shape == (8, 2) and strides.shape == (8, 1)
-    torch.testing.assert_close(points[:3], torch.tensor([[0.5, 0.5], [1.5, 0.5], [2.5, 0.5]]))  # row 0 first
-    torch.testing.assert_close(points[3], torch.tensor([0.5, 1.5]))
-    torch.testing.assert_close(points[6:], torch.tensor([[0.5, 0.5], [1.5, 0.5]]))
-    assert strides[:6].eq(8).all() and strides[6:].eq(16).all()
-    torch.testing.assert_close((points * strides)[7], torch.tensor([24.0, 8.0]))
-
-
 def _fixed_head(nc: int = 3) -> DDetect:
     """A DDetect whose predictions do not depend on the input: every anchor puts all of its box mass in bins
     (1, 2, 3, 4) for (left, top, right, bottom) and scores logit 0 / 2 / -2 for the three classes."""
@@ -113,7 +104,7 @@ def test_eval_output_is_the_official_inference_tensor():
         ours = head(feats)
         maps = [torch.cat((head.cv2[i](f), head.cv3[i](f)), 1) for i, f in enumerate(feats)]
         box, cls = torch.cat([m.view(1, 64 + 5, -1) for m in maps], 2).split((64, 5), 1)
-        points, strides = make_anchors([m.shape[2:] for m in maps], [8, 16, 32])
+        points, strides = anchor_points([m.shape[2:] for m in maps], [8, 16, 32])
         lt, rb = head.dfl(box).chunk(2, 1)
         x1y1, x2y2 = points.T[None] - lt, points.T[None] + rb
         ref = torch.cat((torch.cat(((x1y1 + x2y2) / 2, x2y2 - x1y1), 1) * strides.T, cls.sigmoid()), 1)

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rtdet.losses.tal import TaskAlignedAssigner, YOLOCriterion, dfl_loss
+from rtdet.losses.assigners.tal import TaskAlignedAssigner
+from rtdet.losses.yolov9 import YOLOCriterion, dfl_loss
 from rtdet.nn.heads.yolo import YOLOTrainOutput
 from rtdet.ops.boxes import elementwise_iou
 from rtdet.utils.schema import SettingError

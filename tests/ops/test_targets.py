@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rtdet.losses.common import PaddedTargets, batch_targets, pad_targets
+from rtdet.ops.targets import PaddedTargets, batch_targets, pad_targets
 
 
 def batch():
@@ -45,3 +45,10 @@ def test_bad_targets_are_named(key, value, message):
     b[key] = value
     with pytest.raises(ValueError, match=message):
         batch_targets(b, 2, 3)
+
+
+def test_the_losses_still_export_the_targets_the_trainer_imports():
+    """rtdet/engine/trainer.py imports batch_targets from rtdet.losses.common: the same function."""
+    from rtdet.losses import common
+
+    assert common.batch_targets is batch_targets and common.PaddedTargets is PaddedTargets

@@ -25,93 +25,19 @@ anchors.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from rtdet.losses.common import batch_targets
+from rtdet.losses.assigners.tal import Assignment, TaskAlignedAssigner
+from rtdet.losses.base import Criterion
+from rtdet.ops.anchors import anchor_points
 from rtdet.ops.boxes import elementwise_iou, ltrb_to_xyxy, xyxy_to_ltrb
+from rtdet.ops.targets import batch_targets
 from rtdet.utils.schema import Setting
 
-__all__ = ["Assignment", "TaskAlignedAssigner", "dfl_loss", "YOLOCriterion"]
-
-
-class Assignment(NamedTuple):
-    """Per-anchor targets of a batch (B images, N anchors, C classes)."""
-
-    fg: torch.Tensor  # [B, N] bool: the anchor is a positive
-    gt_index: torch.Tensor  # [B, N] int64: slot of its GT in the padded targets (0 for negatives)
-    boxes: torch.Tensor  # [B, N, 4] xyxy (pixels) of its GT (the slot-0 box for negatives)
-    scores: torch.Tensor  # [B, N, C] soft class targets: normalised alignment on the GT's class, else 0
-
-
-class TaskAlignedAssigner:
-    """Task-aligned assignment of GTs to anchor points, for a whole batch at once.
-
-    Args: topk candidates per GT, alpha (classification exponent), beta (localisation exponent), eps
-    (the references' 1e-9 for "strictly inside" and the normalisation).
-    """
-
-    def __init__(self, topk: int = 10, alpha: float = 0.5, beta: float = 6.0, eps: float = 1e-9):
-        self.topk, self.alpha, self.beta, self.eps = int(topk), float(alpha), float(beta), float(eps)
-
-    @torch.no_grad()
-    def __call__(self, scores: torch.Tensor, boxes: torch.Tensor, points: torch.Tensor, gt_cls: torch.Tensor,
-                 gt_boxes: torch.Tensor, gt_mask: torch.Tensor) -> Assignment:
-        """scores [B, N, C] probabilities, boxes [B, N, 4] xyxy predicted, points [N, 2] anchor centres (same
-        units as the boxes), gt_cls [B, M] int, gt_boxes [B, M, 4] xyxy, gt_mask [B, M] bool (real GTs)."""
-        b, n, c = scores.shape
-        m = gt_boxes.shape[1]
-        if m == 0:
-            return Assignment(torch.zeros(b, n, dtype=torch.bool, device=scores.device),
-                              torch.zeros(b, n, dtype=torch.int64, device=scores.device),
-                              torch.zeros_like(boxes), torch.zeros_like(scores))
-        candidate = self.candidates(points, gt_boxes) & gt_mask[..., None]  # [B, M, N]
-        overlaps, align = self.alignment(scores, boxes, gt_cls, gt_boxes, candidate)
-        k = min(self.topk, n)
-        top = torch.zeros_like(candidate).scatter_(-1, align.topk(k, dim=-1).indices, True)
-        claims = top & candidate  # GT m takes anchor a
-        claims = self.one_gt_per_anchor(claims, overlaps)
-        fg = claims.any(1)
-        gt_index = claims.to(torch.int8).argmax(1)  # [B, N]
-
-        labels = gt_cls.gather(1, gt_index)
-        target_boxes = gt_boxes.gather(1, gt_index[..., None].expand(-1, -1, 4))
-        # normalise per GT: its best anchor's target is that anchor's IoU, the others scale with alignment
-        align = align * claims
-        best_align = align.amax(-1, keepdim=True)  # [B, M, 1]
-        best_overlap = (overlaps * claims).amax(-1, keepdim=True)
-        quality = (align * best_overlap / (best_align + self.eps)).amax(1)  # [B, N]
-        target_scores = F.one_hot(labels, c).to(scores.dtype) * (quality * fg)[..., None]
-        return Assignment(fg, gt_index, target_boxes, target_scores)
-
-    def candidates(self, points: torch.Tensor, gt_boxes: torch.Tensor) -> torch.Tensor:
-        """[B, M, N] bool: anchor centre strictly inside the GT box (every side's distance > eps)."""
-        return xyxy_to_ltrb(points[None, None], gt_boxes[:, :, None]).amin(-1) > self.eps
-
-    def alignment(self, scores: torch.Tensor, boxes: torch.Tensor, gt_cls: torch.Tensor, gt_boxes: torch.Tensor,
-                  candidate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """CIoU (clamped >= 0) and alignment score^alpha * CIoU^beta of every candidate pair, 0 elsewhere
-        ([B, M, N] each); only candidate pairs are computed."""
-        ib, im, ia = candidate.nonzero(as_tuple=True)
-        overlaps = torch.zeros(candidate.shape, dtype=boxes.dtype, device=boxes.device)
-        align = torch.zeros_like(overlaps)
-        iou = elementwise_iou(gt_boxes[ib, im], boxes[ib, ia], kind="ciou").clamp(min=0).to(boxes.dtype)
-        overlaps[ib, im, ia] = iou
-        align[ib, im, ia] = scores[ib, ia, gt_cls[ib, im]].to(boxes.dtype).pow(self.alpha) * iou.pow(self.beta)
-        return overlaps, align
-
-    @staticmethod
-    def one_gt_per_anchor(claims: torch.Tensor, overlaps: torch.Tensor) -> torch.Tensor:
-        """An anchor claimed by several GTs keeps only the claiming GT it overlaps most ([B, M, N] bool)."""
-        contested = claims.sum(1) > 1  # [B, N]
-        if not bool(contested.any()):
-            return claims
-        best = overlaps.masked_fill(~claims, -1.0).argmax(1)  # [B, N]
-        keep = torch.zeros_like(claims).scatter_(1, best[:, None], True)
-        return torch.where(contested[:, None], keep, claims)
+__all__ = ["dfl_loss", "YOLOCriterion"]
 
 
 def dfl_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -128,7 +54,7 @@ def dfl_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (ce_left * w_left + ce_right * (1 - w_left)).mean(-1)
 
 
-class YOLOCriterion(nn.Module):
+class YOLOCriterion(Criterion):
     """YOLOv9 loss for DDetect / DualDDetect / Detect outputs (see the module docstring).
 
     ``criterion(outputs, batch) -> (total, {"box", "cls", "dfl"})``: ``outputs`` a
@@ -146,28 +72,21 @@ class YOLOCriterion(nn.Module):
         Setting("aux_weight", 0.25, float, "weight of the PGI auxiliary branch (DualDDetect) in every term",
                 low=0.0),
     )
-    DEFAULTS: dict[str, Any] = {st.name: st.default for st in SETTINGS}
     reduction = "sum"  # the loss is a sum over the batch's images: the trainer sums it over accumulated batches
 
     def __init__(self, nc: int, strides: Sequence[int], reg_max: int = 16, **hyp: Any):
-        super().__init__()
-        unknown = sorted(set(hyp) - set(self.DEFAULTS))
-        if unknown:
-            raise ValueError(f"YOLOCriterion: unknown hyper-parameter(s) {unknown}; accepted keys and defaults: "
-                             + ", ".join(f"{k}={v}" for k, v in self.DEFAULTS.items()))
-        h = {**self.DEFAULTS, **{st.name: st.check(hyp[st.name]) for st in self.SETTINGS if st.name in hyp}}
+        super().__init__(nc, **hyp)
+        h = self.hyp
         if not strides:
             raise ValueError("YOLOCriterion needs the head's strides (build the model first: head.setup sets them)")
-        self.nc, self.strides, self.reg_max = int(nc), [int(s) for s in strides], int(reg_max)
-        self.hyp = h
+        self.strides, self.reg_max = [int(s) for s in strides], int(reg_max)
         self.gains = {"box": h["box"], "cls": h["cls"], "dfl": h["dfl"]}
         self.aux_weight = h["aux_weight"]
         self.assigner = TaskAlignedAssigner(h["tal_topk"], h["tal_alpha"], h["tal_beta"])
         self.register_buffer("bins", torch.arange(self.reg_max, dtype=torch.float32), persistent=False)
 
-    def extra_repr(self) -> str:
-        return f"nc={self.nc}, strides={self.strides}, reg_max={self.reg_max}, " + ", ".join(
-            f"{k}={v}" for k, v in self.hyp.items())
+    def repr_fields(self) -> dict[str, Any]:
+        return {"strides": self.strides, "reg_max": self.reg_max}
 
     # ------------------------------------------------------------------ pieces
     def _flatten(self, maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,8 +112,6 @@ class YOLOCriterion(nn.Module):
 
     # ------------------------------------------------------------------ loss
     def forward(self, outputs, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        from rtdet.nn.heads.yolo import make_anchors
-
         branches, weights = self._branches(outputs)
         k = len(branches)
         main = branches[0]
@@ -204,8 +121,8 @@ class YOLOCriterion(nn.Module):
             parts = [self._flatten(br) for br in branches]
             dist = torch.cat([p[0] for p in parts])  # [K*B, N, 4, R], branch-major
             logits = torch.cat([p[1] for p in parts])  # [K*B, N, C]
-            points, stride = make_anchors(shapes, self.strides, device, torch.float32)
-            img_shape = (shapes[0][0] * self.strides[0], shapes[0][1] * self.strides[0])
+            points, stride = anchor_points(shapes, self.strides, device, torch.float32)
+            img_shape = self.input_size(batch, lambda: (shapes[0][0] * self.strides[0], shapes[0][1] * self.strides[0]))
             targets = batch_targets(batch, b, self.nc)
             gt_boxes = targets.xyxy(img_shape).to(device=device, dtype=torch.float32).repeat(k, 1, 1)
             gt_cls, gt_mask = targets.cls.to(device).repeat(k, 1), targets.mask.to(device).repeat(k, 1)

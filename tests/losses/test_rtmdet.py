@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rtdet.losses import dsl
-from rtdet.losses.dsl import DynamicSoftLabelAssigner, RTMDetCriterion
-from rtdet.nn.heads.rtmdet import RTMDetTrainOutput, grid_priors
+from rtdet.losses.assigners.dsl import DynamicSoftLabelAssigner
+from rtdet.losses.rtmdet import RTMDetCriterion
+from rtdet.nn.heads.rtmdet import RTMDetTrainOutput
+from rtdet.ops.anchors import grid_priors
 from rtdet.ops.boxes import pairwise_iou, xyxy_to_cxcywh
 
 
@@ -199,12 +200,12 @@ def test_a_batch_without_boxes_gives_a_finite_loss_that_reaches_every_output():
 
 def test_normaliser_is_averaged_over_ddp_processes(monkeypatch):
     """Rank 0 holds IoU sum 0.5, the other rank 3.5: both divide by the mean, 2.0 (not by their own)."""
-    monkeypatch.setattr(dsl.dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(dsl.dist, "get_world_size", lambda: 2)
-    monkeypatch.setattr(dsl.dist, "all_reduce", lambda t: t.add_(3.5))
-    assert RTMDetCriterion._normaliser(torch.tensor(0.5)) == pytest.approx(2.0)
-    monkeypatch.setattr(dsl.dist, "all_reduce", lambda t: t.add_(0.1))
-    assert RTMDetCriterion._normaliser(torch.tensor(0.5)) == 1.0  # at least 1
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda t: t.add_(3.5))
+    assert RTMDetCriterion.normaliser(torch.tensor(0.5)) == pytest.approx(2.0)
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda t: t.add_(0.1))
+    assert RTMDetCriterion.normaliser(torch.tensor(0.5)) == 1.0  # at least 1
 
 
 def test_settings_and_bad_inputs():

@@ -14,94 +14,15 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.distributed as dist
-import torch.nn as nn
-from scipy.optimize import linear_sum_assignment
 
-from rtdet.losses.common import PaddedTargets, batch_targets, varifocal_loss
-from rtdet.ops.boxes import cxcywh_to_xyxy, elementwise_iou, pairwise_iou
+from rtdet.losses.assigners.hungarian import HungarianMatcher
+from rtdet.losses.base import Criterion
+from rtdet.losses.common import varifocal_loss
+from rtdet.ops.boxes import cxcywh_to_xyxy, elementwise_iou
+from rtdet.ops.targets import PaddedTargets, batch_targets
 from rtdet.utils.schema import Setting
 
-__all__ = ["HungarianMatcher", "RTDETRCriterion"]
-
-_BIG_COST = 1e6  # replaces NaN / inf costs: such a pair is never preferred, and scipy accepts the matrix
-
-
-class HungarianMatcher(nn.Module):
-    """One-to-one assignment of queries to ground-truth boxes minimising
-
-        cost = cost_class · C_cls + cost_bbox · ||b̂ − b||₁ + cost_giou · (−GIoU(b̂, b))
-
-    with the focal class cost ``C_cls = α(1−p)^γ(−log p) − (1−α)p^γ(−log(1−p))`` at the GT class
-    (``use_focal``, p = σ(logit)) or ``−softmax(logits)[gt]``. Costs for a whole stack of layers and images
-    are one tensor computation in float32 (autocast off); non-finite costs become a large finite value.
-    ``scipy.optimize.linear_sum_assignment`` then solves each image's [Q, n_b] block.
-    """
-
-    def __init__(self, cost_class: float = 2.0, cost_bbox: float = 5.0, cost_giou: float = 2.0,
-                 alpha: float = 0.25, gamma: float = 2.0, use_focal: bool = True):
-        super().__init__()
-        if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
-            raise ValueError("HungarianMatcher: cost_class, cost_bbox and cost_giou cannot all be 0")
-        self.cost_class, self.cost_bbox, self.cost_giou = cost_class, cost_bbox, cost_giou
-        self.alpha, self.gamma, self.use_focal = alpha, gamma, use_focal
-
-    def extra_repr(self) -> str:
-        return (f"cost_class={self.cost_class}, cost_bbox={self.cost_bbox}, cost_giou={self.cost_giou}, "
-                f"alpha={self.alpha}, gamma={self.gamma}, use_focal={self.use_focal}")
-
-    @torch.no_grad()
-    def cost(self, pred_bboxes: torch.Tensor, pred_logits: torch.Tensor, targets: PaddedTargets) -> torch.Tensor:
-        """Matching costs [S, B, Q, M] for predictions [S, B, Q, 4] (cxcywh) / [S, B, Q, C] (logits)."""
-        with torch.autocast(pred_bboxes.device.type, enabled=False):
-            boxes, logits = pred_bboxes.float(), pred_logits.float()
-            s, b, q, _ = boxes.shape
-            m = targets.cls.shape[1]
-            if m == 0:  # no ground truth in the whole batch
-                return boxes.new_zeros((s, b, q, 0))
-            gt_boxes = targets.bboxes.float()
-            cls_idx = targets.cls[None, :, None, :].expand(s, b, q, m)
-            if self.use_focal:
-                p = logits.gather(-1, cls_idx).sigmoid()  # only the GT classes' probabilities
-                pos = self.alpha * (1 - p).pow(self.gamma) * -(p + 1e-8).log()
-                neg = (1 - self.alpha) * p.pow(self.gamma) * -(1 - p + 1e-8).log()
-                c_cls = pos - neg
-            else:
-                c_cls = -logits.softmax(-1).gather(-1, cls_idx)
-            c_l1 = torch.cdist(boxes.reshape(s * b, q, 4), gt_boxes.repeat(s, 1, 1), p=1).view(s, b, q, m)
-            c_giou = -pairwise_iou(cxcywh_to_xyxy(boxes), cxcywh_to_xyxy(gt_boxes)[None], kind="giou")
-            c = self.cost_bbox * c_l1 + self.cost_class * c_cls + self.cost_giou * c_giou
-            return torch.where(torch.isfinite(c), c, torch.full_like(c, _BIG_COST))
-
-    @torch.no_grad()
-    def match_stack(self, pred_bboxes: torch.Tensor, pred_logits: torch.Tensor,
-                    targets: PaddedTargets) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Match every layer of a stack: [S, B, Q, 4] / [S, B, Q, C] -> [S][B] (pred_idx, gt_idx) int64.
-
-        gt_idx is the local index within the image (slot of PaddedTargets); an image without ground truth
-        gets two empty tensors.
-        """
-        cost = self.cost(pred_bboxes, pred_logits, targets).cpu().numpy()  # one device->host copy
-        counts = targets.counts.tolist()
-        empty = torch.zeros(0, dtype=torch.int64)
-        out = []
-        for layer in cost:
-            per_image = []
-            for c, n in zip(layer, counts):
-                if n == 0:
-                    per_image.append((empty, empty))
-                    continue
-                pi, gi = linear_sum_assignment(c[:, :n])
-                per_image.append((torch.from_numpy(pi).long(), torch.from_numpy(gi).long()))
-            out.append(per_image)
-        return out
-
-    def forward(self, pred_bboxes: torch.Tensor, pred_logits: torch.Tensor,
-                targets: PaddedTargets) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Match one layer: pred_bboxes [B, Q, 4] cxcywh, pred_logits [B, Q, C] -> per image (pred_idx,
-        gt_idx) int64 tensors of length min(Q, n_b), sorted by pred_idx."""
-        return self.match_stack(pred_bboxes[None], pred_logits[None], targets)[0]
-
+__all__ = ["RTDETRCriterion"]
 
 class _Pairs(NamedTuple):
     """Matched (layer, image, query) ↔ ground-truth row, flattened over a stack of layers."""
@@ -112,7 +33,7 @@ class _Pairs(NamedTuple):
     gt_row: torch.Tensor
 
 
-class RTDETRCriterion(nn.Module):
+class RTDETRCriterion(Criterion):
     """RT-DETR training loss: ``criterion(outputs, batch, num_boxes=None) -> (total, logs)``.
 
     outputs: the head's training output :class:`~rtdet.nn.heads.rtdetr.RTDETRTrainOutput` ``(dec_bboxes
@@ -149,28 +70,15 @@ class RTDETRCriterion(nn.Module):
         Setting("matcher_gamma", 2.0, float, "focal gamma of the matcher's class cost", low=0.0),
         Setting("aux_loss", True, bool, "supervise every decoder layer and the encoder's top-k proposals"),
     )
-    DEFAULTS: dict[str, Any] = {st.name: st.default for st in SETTINGS}
 
     def __init__(self, nc: int, **hyp: Any):
-        super().__init__()
-        unknown = sorted(set(hyp) - set(self.DEFAULTS))
-        if unknown:
-            raise ValueError(
-                f"RTDETRCriterion: unknown hyper-parameter(s) {unknown}; accepted keys and defaults: "
-                + ", ".join(f"{k}={v}" for k, v in self.DEFAULTS.items())
-            )
-        hyp = {st.name: st.check(hyp[st.name]) for st in self.SETTINGS if st.name in hyp}
-        h = {**self.DEFAULTS, **hyp}
-        self.nc = int(nc)
-        self.hyp = h
+        super().__init__(nc, **hyp)
+        h = self.hyp
         self.gain = {"vfl": float(h["loss_vfl"]), "l1": float(h["loss_bbox"]), "giou": float(h["loss_giou"])}
         self.vfl_alpha, self.vfl_gamma = float(h["vfl_alpha"]), float(h["vfl_gamma"])
         self.aux_loss = bool(h["aux_loss"])
         self.matcher = HungarianMatcher(h["cost_class"], h["cost_bbox"], h["cost_giou"], h["matcher_alpha"],
                                         h["matcher_gamma"], use_focal=True)
-
-    def extra_repr(self) -> str:
-        return f"nc={self.nc}, " + ", ".join(f"{k}={v}" for k, v in self.hyp.items())
 
     # ------------------------------------------------------------------------------------------ API
     def forward(self, outputs: tuple, batch: dict,
@@ -347,8 +255,4 @@ class RTDETRCriterion(nn.Module):
         under DDP (as the official criterion does) so every rank divides by the same number; at least 1."""
         if num_boxes is not None:
             return max(float(num_boxes), 1.0)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            count = torch.tensor([float(n)], device=device)
-            dist.all_reduce(count)
-            return max(float(count) / dist.get_world_size(), 1.0)
-        return max(float(n), 1.0)
+        return Criterion.normaliser(torch.tensor([float(n)], device=device))

@@ -4,8 +4,10 @@ import math
 import pytest
 import torch
 
-from rtdet.losses.common import pad_targets, quality_focal_loss, sigmoid_focal_loss, varifocal_loss
-from rtdet.losses.detr import HungarianMatcher, RTDETRCriterion
+from rtdet.losses.assigners.hungarian import HungarianMatcher
+from rtdet.losses.common import quality_focal_loss, sigmoid_focal_loss, varifocal_loss
+from rtdet.losses.rtdetr import RTDETRCriterion
+from rtdet.ops.targets import pad_targets
 
 # ------------------------------------------------------------------------------------------------ helpers
 
