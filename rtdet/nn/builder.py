@@ -29,7 +29,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import yaml
 from torch.overrides import TorchFunctionMode
 
 from rtdet.nn.modules.common import use_activation
@@ -41,6 +40,7 @@ from rtdet.nn.registry import (
     resolve_activation,
     unknown_module_hint,
 )
+from rtdet.utils.yaml_file import read_yaml
 
 __all__ = ["MAX_CHANNELS", "MAX_PARAMETERS", "MAX_REPEATS", "MODELS_DIR", "BuiltLayer", "ModelConfigError",
            "load_model_yaml", "parse_model", "resolve_model_path"]
@@ -119,12 +119,7 @@ def load_model_yaml(cfg: str | Path | dict) -> dict:
         d.setdefault("name", "model")
         return d
     path, scale = resolve_model_path(cfg)
-    try:
-        d = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ModelConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ModelConfigError(f"{path}: cannot be read as a text file ({type(e).__name__})") from None
+    d = read_yaml(path, ModelConfigError)  # the one YAML reader: its errors name the file and line
     if not isinstance(d, dict):
         raise ModelConfigError(f"{path}: expected a mapping with 'backbone' and 'head', got {type(d).__name__}")
     d["yaml_file"] = str(path)

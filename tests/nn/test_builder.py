@@ -226,7 +226,7 @@ def test_unknown_modules_are_all_listed_with_rows():
 def test_yaml_file_errors_name_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("backbone: [[-1, 1, Conv, [8]]\n")
-    with pytest.raises(ModelConfigError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(ModelConfigError, match=r"bad.yaml: line \d+: not valid YAML"):
         build_model(bad)
     with pytest.raises(FileNotFoundError, match="Built-in models: .*rtdetr-l.yaml"):
         build_model(tmp_path / "missing.yaml")

@@ -6,7 +6,7 @@ the four stage outputs at strides 4, 8, 16 and 32 with ``dims`` channels.
 
 Parameter names follow the official checkpoints (``downsample_layers.i.*``, ``stages.i.j.dwconv`` /
 ``norm`` / ``pwconv1`` / ``grn.gamma`` / ``grn.beta`` / ``pwconv2``), so an official ``model`` state dict
-loads by key once its ``norm.*`` / ``head.*`` entries are dropped; ``rtdet.nn.convert`` also reads timm's
+loads by key once its ``norm.*`` / ``head.*`` entries are dropped; ``rtdet.io.backbones`` also reads timm's
 naming. Registered for YAML use as ``convnextv2_atto`` ... ``convnextv2_huge`` (``[-1, 1, convnextv2_atto,
 []]``; optional argument: the drop-path rate) and as the generic ``ConvNeXtV2 [depths, dims]``.
 """
