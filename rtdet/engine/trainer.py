@@ -43,6 +43,7 @@ import yaml
 from tqdm import tqdm
 
 from rtdet.engine import loaders
+from rtdet.engine.amp import amp_dtype, float32_outputs, network_autocast, to_channels_last
 from rtdet.engine.errors import Interrupted, NonFiniteLossError
 from rtdet.engine.optim import LRSchedule, build_optimizer, scaled_lr, warmup_steps
 from rtdet.engine.rundir import latest_run, run_dir
@@ -233,7 +234,12 @@ class Trainer:
         self.device = select_device(args["device"], self.local_rank)
         if self.world > 1:
             init_distributed(self.device)
-        self.amp = bool(args["amp"]) and self.device.type == "cuda"
+        try:  # None: fp32; on CUDA float16 (amp=true / fp16) or bfloat16 (amp=bf16, where the GPU has it)
+            self.amp_dtype = amp_dtype(args["amp"], self.device)
+        except ValueError as e:
+            raise SettingsError(str(e)) from None
+        self.amp = self.amp_dtype is not None
+        self.channels_last = bool(args["channels_last"]) and self.device.type == "cuda"
 
         # Run folder: rank 0 picks its name (the others learn it) and makes it once set-up has succeeded.
         if self.resume_path is not None:
@@ -258,6 +264,8 @@ class Trainer:
 
         # Model, criterion, optimizer, schedule, EMA.
         self.model = model.to(self.device)
+        if self.channels_last:  # NHWC: cuDNN's fastest convolutions under AMP (tensor cores)
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.criterion = self.model.head.build_criterion(criterion_hyperparameters(args, self.model.head))
         if hasattr(self.criterion, "to"):
             self.criterion = self.criterion.to(self.device)
@@ -293,7 +301,7 @@ class Trainer:
                                    float(args["warmup_momentum"]))
         self.ema = ModelEMA(de_parallel(self.model), float(args["ema_decay"]), float(args["ema_tau"]),
                             schedule=str(args.get("ema_schedule") or "ramp")) if args["ema"] else None
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)  # bf16 needs none
         self.validator = Validator(args={**args, "verbose": False}) if self.val_loader is not None else None
         if self.world > 1 and int(args["batch"]) < self.world:
             LOGGER.warning(f"batch={args['batch']} is less than the {self.world} DDP processes; each reads "
@@ -449,9 +457,11 @@ class Trainer:
         self.model.train()
         batch = loaders.to_device(batch, self.device)
         batch["targets"] = batch_targets(batch, batch["img"].shape[0], de_parallel(self.model).nc)  # once a step
-        with torch.autocast("cuda", enabled=self.amp):
+        if self.channels_last:
+            batch["img"] = to_channels_last(batch["img"])
+        with network_autocast(self.device, self.amp_dtype):  # the network only: loss and matching in fp32
             outputs = self.model(batch["img"], batch)
-            loss, items = self.criterion(outputs, batch)
+        loss, items = self.criterion(float32_outputs(outputs), batch)
         terms = {k: float(v) for k, v in items.items()}
         if self._sync_flags(not bool(torch.isfinite(loss.detach()).all()))[1]:
             epoch, i, n = where if where is not None else (self.epoch, 0, 1)
@@ -547,7 +557,7 @@ class Trainer:
             "ema_state": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict() if self.amp else None,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "epoch": epoch,
             "step_in_epoch": step_in_epoch,
             "best_fitness": self.best_fitness,
