@@ -36,6 +36,9 @@ DEFAULT_MODELS = ["rtdetr-l.yaml", "yolov9-c.yaml", "rtmdet-s.yaml"]
 MODES = [("fp32", False, False), ("AMP fp16", "fp16", False), ("AMP bf16", "bf16", False),
          ("AMP fp16, channels_last", "fp16", True), ("AMP bf16, channels_last", "bf16", True)]
 TINY_MODEL = "yolov9-demo.yaml"  # a few GPU seconds to a mAP worth comparing
+# Where it runs. Only --cpu-smoke changes them: every section's code then runs on the CPU with gloo, so
+# that the script is tested on a machine without a GPU (tests/benchmarks); its figures mean nothing there.
+DEVICE, TRAIN_DEVICE, BACKEND = "cuda:0", "0", "nccl"
 
 
 class UsageError(ValueError):
@@ -51,6 +54,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8, help="training batch per step")
     p.add_argument("--timed-steps", type=int, default=20, help="timed training steps per mode (after 5 warm-up)")
     p.add_argument("--map-tol", type=float, default=0.01, help="largest GPU vs CPU mAP50-95 difference")
+    p.add_argument("--tiny-model", default=TINY_MODEL, help="the model of the DDP and GPU-vs-CPU sections")
+    p.add_argument("--tiny-steps", type=int, default=150, help="training steps before the GPU vs CPU mAP")
+    p.add_argument("--tiny-imgsz", type=int, default=256, help="image size of the DDP and GPU-vs-CPU sections")
+    p.add_argument("--cpu-smoke", action="store_true", help="run every section on the CPU (gloo) to test this "
+                   "script without a GPU; the figures are meaningless")
     p.add_argument("--out", type=Path, help="also write the report to this markdown file")
     args = p.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -62,9 +70,12 @@ def check_args(args: argparse.Namespace) -> None:
     """UsageError naming the argument, the value and what is expected."""
     if not args.models:
         raise UsageError("--models is empty: give model YAMLs, e.g. --models rtdetr-l.yaml,yolov9-c.yaml")
-    if args.imgsz < 32 or args.imgsz % 32:
-        raise UsageError(f"--imgsz {args.imgsz}: expected a multiple of 32 (the largest stride), e.g. 640")
-    for name, low in (("steps", 1), ("batch", 1), ("timed_steps", 1)):
+    for name in ("imgsz", "tiny_imgsz"):
+        size = getattr(args, name)
+        if size < 32 or size % 32:
+            raise UsageError(f"--{name.replace('_', '-')} {size}: expected a multiple of 32 (the largest stride), "
+                             f"e.g. 640")
+    for name, low in (("steps", 1), ("batch", 1), ("timed_steps", 1), ("tiny_steps", 1)):
         if getattr(args, name) < low:
             raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)}: expected an integer >= {low}")
     if not 0 < args.map_tol < 1:
@@ -73,7 +84,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--out {args.out}: the folder {args.out.parent} does not exist")
     from rtdet.nn.builder import resolve_model_path
 
-    for m in args.models:
+    for m in [*args.models, args.tiny_model]:
         try:
             resolve_model_path(m)
         except (FileNotFoundError, ValueError) as e:
@@ -99,7 +110,7 @@ def make_trainer(model: str, data: Path, args, project: Path, **settings):
     from rtdet.engine.trainer import Trainer
 
     base = {"model": model, "data": str(data), "imgsz": args.imgsz, "batch": args.batch, "epochs": 1,
-            "workers": 2, "device": "0", "project": str(project), "val": False, "plots": False,
+            "workers": 2, "device": TRAIN_DEVICE, "project": str(project), "val": False, "plots": False,
             "verbose": False, "exist_ok": True, "train_pipeline": "plain"}
     trainer = Trainer({**base, **settings})
     trainer.setup()
@@ -112,35 +123,56 @@ def batches(trainer):
         yield from trainer.train_loader
 
 
-def _sync_ms(t0: float) -> float:
+def _sync() -> None:
     import torch
 
-    torch.cuda.synchronize()
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _sync_ms(t0: float) -> float:
+    _sync()
     return 1000 * (time.perf_counter() - t0)
+
+
+def _peak_memory(reset: bool = False) -> float:
+    """GiB of tensors allocated at the peak since the last reset (torch.cuda.max_memory_allocated)."""
+    import torch
+
+    if not DEVICE.startswith("cuda"):
+        return float("nan")
+    if reset:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    return torch.cuda.max_memory_allocated() / 2**30
+
+
+def _bf16_supported() -> bool:
+    import torch
+
+    return torch.cuda.is_bf16_supported() if DEVICE.startswith("cuda") else True
 
 
 # ---------------------------------------------------------------------------------- 1. training modes
 def training_modes(model: str, data: Path, args, project: Path) -> list[str]:
-    import torch
 
     rows = []
     for label, amp, cl in MODES:
-        if amp == "bf16" and not torch.cuda.is_bf16_supported():
+        if amp == "bf16" and not _bf16_supported():
             rows.append(f"| {model} | {label} | - | - | - | not supported by this GPU |")
             continue
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+        _peak_memory(reset=True)
         trainer = make_trainer(model, data, args, project, amp=amp, channels_last=cl, name=f"modes-{label}")
         it, times = batches(trainer), []
         for k in range(5 + args.timed_steps):
             batch = next(it)
-            torch.cuda.synchronize()
+            _sync()
             t0 = time.perf_counter()
             trainer.train_step(batch)
             if k >= 5:
                 times.append(_sync_ms(t0))
         ms = statistics.median(times)
-        peak = torch.cuda.max_memory_allocated() / 2**30
+        peak = _peak_memory()
         rows.append(f"| {model} | {label} | {ms:.1f} | {args.batch * 1000 / ms:.1f} | {peak:.2f} | |")
         del trainer
     return rows
@@ -162,7 +194,7 @@ def amp_run(model: str, data: Path, args, project: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------- 3. DDP over NCCL
-def _ddp_worker(rank: int, model: str, data: str, imgsz: int, project: str, result: str) -> None:
+def _ddp_worker(rank: int, model: str, data: str, imgsz: int, project: str, result: str, where: tuple) -> None:
     import torch
     import torch.distributed as dist
 
@@ -170,12 +202,14 @@ def _ddp_worker(rank: int, model: str, data: str, imgsz: int, project: str, resu
                        "MASTER_PORT": os.environ.get("MASTER_PORT", "29533")})
     from rtdet.engine.trainer import Trainer
 
-    dist.init_process_group("nccl", rank=0, world_size=1)
+    backend, train_device = where  # spawned processes do not see the parent's module globals changed
+    dist.init_process_group(backend, rank=0, world_size=1)
     trainer = Trainer({"model": model, "data": data, "imgsz": imgsz, "batch": 4, "epochs": 1, "workers": 0,
-                       "device": "0", "project": project, "val": False, "plots": False, "verbose": False})
+                       "device": train_device, "project": project, "val": False, "plots": False, "verbose": False})
     trainer.rank, trainer.local_rank, trainer.world = 0, 0, 1
     trainer.setup()
-    trainer.model = torch.nn.parallel.DistributedDataParallel(trainer.model, device_ids=[0])
+    ids = [int(train_device)] if train_device != "cpu" else None
+    trainer.model = torch.nn.parallel.DistributedDataParallel(trainer.model, device_ids=ids)
     t0, losses = time.perf_counter(), []
     for batch, _ in zip(batches(trainer), range(10)):
         losses.append(trainer.train_step(batch)[0])
@@ -188,10 +222,12 @@ def ddp_nccl(data: Path, args, project: Path) -> str:
     import torch.multiprocessing as mp
 
     result = project / "ddp.txt"
-    mp.spawn(_ddp_worker, args=(TINY_MODEL, str(data), args.imgsz, str(project), str(result)), nprocs=1)
+    where = (BACKEND, TRAIN_DEVICE)
+    mp.spawn(_ddp_worker, nprocs=1,
+             args=(args.tiny_model, str(data), args.tiny_imgsz, str(project), str(result), where))
     backend, seconds, *losses = result.read_text().split()
     finite = all(math.isfinite(float(v)) for v in losses)
-    return (f"DDP over {backend}, world size 1 (one spawned process): {len(losses)} steps of {TINY_MODEL} in "
+    return (f"DDP over {backend}, world size 1 (one spawned process): {len(losses)} steps of {args.tiny_model} in "
             f"{float(seconds):.1f} s, losses {'all finite' if finite else 'NOT finite'} "
             f"({losses[0]} -> {losses[-1]})")
 
@@ -203,20 +239,20 @@ def gpu_vs_cpu_validation(data: Path, args, project: Path) -> str:
     from rtdet.engine import loaders
     from rtdet.engine.validator import Validator
 
-    trainer = make_trainer(TINY_MODEL, data, args, project, name="tiny", amp="fp16", lr0=0.01, nbs=0,
-                           warmup_iters=20, imgsz=256)
-    for batch, _ in zip(batches(trainer), range(150)):
+    trainer = make_trainer(args.tiny_model, data, args, project, name="tiny", amp="fp16", lr0=0.01, nbs=0,
+                           warmup_iters=20, imgsz=args.tiny_imgsz)
+    for batch, _ in zip(batches(trainer), range(args.tiny_steps)):
         trainer.train_step(batch)
     model = (trainer.ema.ema if trainer.ema is not None else trainer.model).eval()
-    val_args = {**trainer.args, "imgsz": 256, "half": False}
+    val_args = {**trainer.args, "imgsz": args.tiny_imgsz, "half": False}
     maps = {}
-    for device in ("cuda:0", "cpu"):
+    for device in (DEVICE, "cpu"):
         m = copy.deepcopy(model).to(device)
         loader = loaders.val_loader(trainer.data, val_args, 8)
         maps[device] = float(Validator(args=val_args).run(m, loader)["mAP50-95"])  # on the model's device
-    diff = abs(maps["cuda:0"] - maps["cpu"])
+    diff = abs(maps[DEVICE] - maps["cpu"])
     verdict = "same within tolerance" if diff <= args.map_tol else "**DIFFERENT**"
-    return (f"{TINY_MODEL} after 150 AMP steps on the GPU: mAP50-95 {maps['cuda:0']:.4f} (GPU) vs "
+    return (f"{args.tiny_model} after {args.tiny_steps} AMP steps on the GPU: mAP50-95 {maps[DEVICE]:.4f} (GPU) vs "
             f"{maps['cpu']:.4f} (CPU), difference {diff:.4f} (tolerance {args.map_tol}): {verdict}")
 
 
@@ -229,7 +265,7 @@ def _time(fn, x, runs: int = 50) -> float:
             fn(x)
         times = []
         for _ in range(runs):
-            torch.cuda.synchronize()
+            _sync()
             t0 = time.perf_counter()
             fn(x)
             times.append(_sync_ms(t0))
@@ -247,13 +283,15 @@ def inference_latency(model_name: str, args, project: Path) -> list[str]:
     from rtdet.engine.onnx_backend import load_onnx_model
 
     model = build_model(model_name).eval()
-    x = torch.rand(1, 3, args.imgsz, args.imgsz, device="cuda")
-    fused = copy.deepcopy(model).fuse().cuda()
-    rows = [f"| {model_name} | rtdet fused, fp32 | {_time(fused, x):.2f} |",
-            f"| {model_name} | rtdet fused, fp16 | {_time(copy.deepcopy(fused).half(), x.half()):.2f} |"]
+    x = torch.rand(1, 3, args.imgsz, args.imgsz, device=DEVICE)
+    fused = copy.deepcopy(model).fuse().to(DEVICE)
+    rows = [f"| {model_name} | rtdet fused, fp32 | {_time(fused, x):.2f} |"]
+    if DEVICE.startswith("cuda"):
+        rows.append(f"| {model_name} | rtdet fused, fp16 | {_time(copy.deepcopy(fused).half(), x.half()):.2f} |")
     path = export_onnx(model, project / f"{Path(model_name).stem}.onnx", args.imgsz, 1)
-    provider = "CUDA" if "CUDAExecutionProvider" in ort.get_available_providers() else "CPU (no CUDA provider)"
-    runtime = load_onnx_model(path, device="cuda:0" if provider == "CUDA" else "cpu")
+    cuda_ep = DEVICE.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers()
+    provider = "CUDA" if cuda_ep else "CPU (no CUDA provider)"
+    runtime = load_onnx_model(path, device=DEVICE if cuda_ep else "cpu")
     xin = x if provider == "CUDA" else x.cpu()
     rows.append(f"| {model_name} | ONNX Runtime, {provider} provider | {_time(runtime, xin, 20):.2f} |")
     rows += ultralytics_latency(model_name, x)
@@ -270,7 +308,7 @@ def ultralytics_latency(model_name: str, x) -> list[str]:
     if name is None:
         return [f"| {model_name} | Ultralytics | not in Ultralytics |"]
     cls = RTDETRDetectionModel if name.startswith("rtdetr") else DetectionModel
-    ref = cls(name, verbose=False).eval().fuse(verbose=False).cuda()
+    ref = cls(name, verbose=False).eval().fuse(verbose=False).to(x.device)
     return [f"| {model_name} | Ultralytics fused, fp32 | {_time(ref, x):.2f} |",
             f"| {model_name} | Ultralytics fused, fp16 | {_time(ref.half(), x.half()):.2f} |"]
 
@@ -279,7 +317,8 @@ def ultralytics_latency(model_name: str, x) -> list[str]:
 def report(args) -> str:
     import torch
 
-    out = [f"## GPU path: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}",
+    card = torch.cuda.get_device_name(0) if DEVICE.startswith("cuda") else "no GPU (CPU smoke run)"
+    out = [f"## GPU path: {card}, torch {torch.__version__}, CUDA {torch.version.cuda}",
            "", f"imgsz {args.imgsz}, batch {args.batch}; medians of {args.timed_steps} steps after 5 warm-up", "",
            "| model | mode | ms / step | images/s | peak memory (GiB) | note |", "|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory(prefix="rtdet-gpu-") as tmp:
@@ -290,7 +329,7 @@ def report(args) -> str:
         out += ["", f"AMP fp16 stability, {args.steps} steps:", "", "| model | steps | first loss | last loss | "
                 "verdict |", "|---|---|---|---|---|"]
         out += [amp_run(m, data, args, tmp / "runs") for m in args.models]
-        small = synthetic_data(tmp / "small", 256, n_train=128, n_val=32)
+        small = synthetic_data(tmp / "small", args.tiny_imgsz, n_train=128, n_val=32)
         out += ["", ddp_nccl(small, args, tmp / "ddp"), "", gpu_vs_cpu_validation(small, args, tmp / "runs"), ""]
         out += ["| model | runtime | latency ms (batch 1, median) |", "|---|---|---|"]
         for m in args.models:
@@ -299,9 +338,13 @@ def report(args) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global DEVICE, TRAIN_DEVICE, BACKEND
     try:
         args = parse_args(argv)
-        require_cuda()
+        if args.cpu_smoke:
+            DEVICE, TRAIN_DEVICE, BACKEND = "cpu", "cpu", "gloo"
+        else:
+            require_cuda()
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

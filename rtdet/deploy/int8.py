@@ -21,11 +21,14 @@ What is done, in order, and why:
    (``nodes_to_exclude``), each with the quantizable nodes that write its inputs directly (in QDQ a
    tensor stays fp32 only when its writer and its reader are both excluded; after an activation such as
    SiLU, whose ops are not quantized, the node alone suffices), until the *output error* -- the largest
-   relative error of the terminal quantized tensors (the score / box branches the decode reads) -- is
+   relative error of the model's float outputs (decoded boxes and scores) on the probe images -- is
    below ``max_error``, or until ``max_excluded`` of the nodes are excluded (then the candidate with the
    smallest error is kept).
 
-Relative error of a tensor over the images: ``sqrt(sum((q - f)^2) / sum(f^2))``. Everything here works
+Relative error of a tensor over the images: ``sqrt(sum((q - f)^2) / sum(f^2))``. Downstream of a
+data-dependent selection (TopK, NonZero, NonMaxSuppression: RT-DETR's query selection) the int8 model may
+pick the same items in another order, so there both tensors are compared with their values sorted per
+image (order-free; never larger than the element-wise error). Everything here works
 on ONNX files and ONNX Runtime; nothing imports the engine (the ``rtdet export`` verb calls this).
 """
 
@@ -36,7 +39,6 @@ import copy
 import inspect
 import io
 import logging
-import sys
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -48,7 +50,7 @@ import numpy as np
 from rtdet.utils.checkpoint import atomic_write_bytes
 
 __all__ = ["Int8Options", "Int8Result", "exclusion_groups", "local_errors", "node_inputs_outputs", "preprocess",
-           "quantize_int8", "relative_errors", "terminal_tensors"]
+           "quantize_int8", "relative_errors", "selected_tensors", "float_outputs"]
 
 
 @dataclass(frozen=True)
@@ -95,25 +97,10 @@ def node_inputs_outputs(model, op_types: Sequence[str]) -> dict[str, tuple[list[
             for n in model.graph.node if n.op_type in op_types}
 
 
-def terminal_tensors(model, op_types: Sequence[str]) -> list[str]:
-    """Outputs of the quantizable nodes from which no other quantizable node can be reached: the last
-    learned layers before the decode (score and box branches), whose error is the model's output error."""
-    consumers: dict[str, list] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    reaches: dict[int, bool] = {}  # id(node) -> a quantizable node lies downstream
-
-    def downstream(node) -> bool:
-        key = id(node)
-        if key not in reaches:
-            reaches[key] = False  # graphs are acyclic; this only guards the recursion
-            reaches[key] = any(c.op_type in op_types or downstream(c) for o in node.output
-                               for c in consumers.get(o, []))
-        return reaches[key]
-
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10 * len(model.graph.node) + 1000))
-    return [n.output[0] for n in model.graph.node if n.op_type in op_types and not downstream(n)]
+def float_outputs(model) -> list[str]:
+    """The model's floating-point graph outputs (decoded boxes and scores; labels and indices left out)."""
+    floats = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
+    return [o.name for o in model.graph.output if o.type.tensor_type.elem_type in floats]
 
 
 def exclusion_groups(model, op_types: Sequence[str]) -> dict[str, list[str]]:
@@ -122,6 +109,19 @@ def exclusion_groups(model, op_types: Sequence[str]) -> dict[str, list[str]]:
     writer = {n.output[0]: n for n in model.graph.node if n.op_type in op_types}
     return {name: [name, *(writer[i].name for i in ins if i in writer)]
             for name, (ins, _) in node_inputs_outputs(model, op_types).items()}
+
+
+SELECTIONS = ("TopK", "NonZero", "NonMaxSuppression")  # ops whose outputs' order depends on the data
+
+
+def selected_tensors(model) -> set[str]:
+    """Tensors computed from the output of a data-dependent selection (their order may differ between
+    two models that select the same items)."""
+    tainted: set[str] = set()
+    for n in model.graph.node:  # ONNX nodes are topologically sorted
+        if n.op_type in SELECTIONS or any(i in tainted for i in n.input):
+            tainted.update(n.output)
+    return tainted
 
 
 def _name_nodes(model) -> None:
@@ -156,16 +156,20 @@ def _session(model_bytes: bytes, threads: int | None):
 def relative_errors(reference, candidate, names: Sequence[str], feeds: Sequence[dict],
                     threads: int | None = None) -> dict[str, float]:
     """{tensor: relative error} of ``candidate`` against ``reference`` (onnx.ModelProtos with the same
-    tensor names) over ``feeds``: sqrt(sum (c - r)^2 / sum r^2), summed over every feed."""
+    tensor names) over ``feeds``: sqrt(sum (c - r)^2 / sum r^2), summed over every feed; tensors after a
+    selection (:func:`selected_tensors`) are compared with their values sorted per image."""
     names = list(dict.fromkeys(names))
+    orderless = selected_tensors(reference)
     sessions = [_session(_with_outputs(m, names), threads) for m in (reference, candidate)]
     noise = dict.fromkeys(names, 0.0)
     power = dict.fromkeys(names, 0.0)
     for feed in feeds:
         ref, cand = (dict(zip(names, s.run(names, feed))) for s in sessions)
         for n in names:
-            r = np.asarray(ref[n], np.float64)
-            noise[n] += float(np.square(np.asarray(cand[n], np.float64) - r).sum())
+            r, c = np.asarray(ref[n], np.float64), np.asarray(cand[n], np.float64)
+            if n in orderless and r.ndim and r.shape == c.shape:
+                r, c = (np.sort(t.reshape(len(t), -1), axis=1) for t in (r, c))
+            noise[n] += float(np.square(c - r).sum())
             power[n] += float(np.square(r).sum())
     return {n: float(np.sqrt(noise[n] / max(power[n], 1e-30))) for n in names}
 
@@ -263,12 +267,12 @@ def quantize_int8(src: str | Path, dst: str | Path, batches: Sequence[np.ndarray
         onnx.save(model, str(fp32))
         cache = tmp / "calibration.json"
         nodes = node_inputs_outputs(model, options.op_types)
-        terminal = terminal_tensors(model, options.op_types)
+        outputs = float_outputs(model)
 
         def build(exclude: Sequence[str], k: int) -> tuple[Path, float]:
             out = tmp / f"int8-{k}.onnx"
             _quantize(fp32, out, feeds, cache, exclude, options)
-            err = relative_errors(model, onnx.load(str(out)), terminal, probe, threads)
+            err = relative_errors(model, onnx.load(str(out)), outputs, probe, threads)
             return out, max(err.values(), default=0.0)
 
         best, error = build([], 0)
@@ -281,7 +285,7 @@ def quantize_int8(src: str | Path, dst: str | Path, batches: Sequence[np.ndarray
                 exclude = list(dict.fromkeys(n for node in order[:k] for n in groups[node]))
                 path, err = build(exclude, k)
                 trace.append((k, err))
-                if err < error:
+                if err < 0.9 * error:  # keep layers in fp32 only for a clear gain
                     best, error, excluded = path, err, exclude
                 if err <= options.max_error:
                     break

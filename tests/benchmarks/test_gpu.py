@@ -41,3 +41,23 @@ def test_without_cuda_it_exits_2_with_one_line():
     assert proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "needs a CUDA GPU" in lines[0] and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_every_section_runs_on_the_cpu_in_smoke_mode(tmp_path):
+    """--cpu-smoke runs the script's code end to end on the CPU (gloo instead of NCCL, no CUDA calls), so a
+    GPU run does not fail on a typo; its figures are meaningless."""
+    from tests.tiny_models import tiny_rtdetr_yaml
+
+    model = tmp_path / "tiny.yaml"
+    model.write_text(tiny_rtdetr_yaml(nc=4))
+    out = tmp_path / "gpu.md"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--cpu-smoke", "--models", str(model), "--imgsz", "64",
+                           "--steps", "3", "--batch", "2", "--timed-steps", "1", "--tiny-model", str(model),
+                           "--tiny-steps", "2", "--tiny-imgsz", "64", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = out.read_text()
+    for expected in ("| fp32 |", "| AMP bf16, channels_last |", "all finite", "DDP over gloo",
+                     "same within tolerance", "ONNX Runtime, CPU (no CUDA provider) provider"):
+        assert expected in text, (expected, text)

@@ -10,10 +10,10 @@ from onnx import TensorProto, helper, numpy_helper
 from rtdet.deploy.int8 import (
     Int8Options,
     exclusion_groups,
+    float_outputs,
     local_errors,
     quantize_int8,
     relative_errors,
-    terminal_tensors,
 )
 
 
@@ -75,10 +75,10 @@ def test_worst_layers_stay_fp32_until_the_output_error_is_small(tmp_path):
     assert relative_errors(fp32, q, ["c"], fresh)["c"] < err_all / 3
 
 
-def test_terminal_tensors_and_exclusion_groups(tmp_path):
+def test_float_outputs_and_exclusion_groups(tmp_path):
     _outlier_graph(tmp_path / "f.onnx")
     model = onnx.load(str(tmp_path / "f.onnx"))
-    assert terminal_tensors(model, ("Conv",)) == ["c"]
+    assert float_outputs(model) == ["c"]
     assert exclusion_groups(model, ("Conv",)) == {"a": ["a"], "b": ["b", "a"], "c": ["c", "b"]}
 
 
