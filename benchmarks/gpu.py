@@ -110,7 +110,7 @@ def make_trainer(model: str, data: Path, args, project: Path, **settings):
     from rtdet.engine.trainer import Trainer
 
     base = {"model": model, "data": str(data), "imgsz": args.imgsz, "batch": args.batch, "epochs": 1,
-            "workers": 2, "device": TRAIN_DEVICE, "project": str(project), "val": False, "plots": False,
+            "workers": 0, "device": TRAIN_DEVICE, "project": str(project), "val": False, "plots": False,
             "verbose": False, "exist_ok": True, "train_pipeline": "plain"}
     trainer = Trainer({**base, **settings})
     trainer.setup()
@@ -174,7 +174,7 @@ def training_modes(model: str, data: Path, args, project: Path) -> list[str]:
         ms = statistics.median(times)
         peak = _peak_memory()
         rows.append(f"| {model} | {label} | {ms:.1f} | {args.batch * 1000 / ms:.1f} | {peak:.2f} | |")
-        del trainer
+        del trainer, it
     return rows
 
 
@@ -243,7 +243,7 @@ def gpu_vs_cpu_validation(data: Path, args, project: Path) -> str:
                            warmup_iters=20, imgsz=args.tiny_imgsz)
     for batch, _ in zip(batches(trainer), range(args.tiny_steps)):
         trainer.train_step(batch)
-    model = (trainer.ema.ema if trainer.ema is not None else trainer.model).eval()
+    model = (trainer.ema.model if trainer.ema is not None else trainer.model).eval()
     val_args = {**trainer.args, "imgsz": args.tiny_imgsz, "half": False}
     maps = {}
     for device in (DEVICE, "cpu"):
@@ -290,10 +290,10 @@ def inference_latency(model_name: str, args, project: Path) -> list[str]:
         rows.append(f"| {model_name} | rtdet fused, fp16 | {_time(copy.deepcopy(fused).half(), x.half()):.2f} |")
     path = export_onnx(model, project / f"{Path(model_name).stem}.onnx", args.imgsz, 1)
     cuda_ep = DEVICE.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers()
-    provider = "CUDA" if cuda_ep else "CPU (no CUDA provider)"
+    provider = "CUDA provider" if cuda_ep else "CPU provider (no CUDA provider here)"
     runtime = load_onnx_model(path, device=DEVICE if cuda_ep else "cpu")
-    xin = x if provider == "CUDA" else x.cpu()
-    rows.append(f"| {model_name} | ONNX Runtime, {provider} provider | {_time(runtime, xin, 20):.2f} |")
+    xin = x if cuda_ep else x.cpu()
+    rows.append(f"| {model_name} | ONNX Runtime, {provider} | {_time(runtime, xin, 20):.2f} |")
     rows += ultralytics_latency(model_name, x)
     return rows
 

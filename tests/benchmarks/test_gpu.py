@@ -59,5 +59,5 @@ def test_every_section_runs_on_the_cpu_in_smoke_mode(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = out.read_text()
     for expected in ("| fp32 |", "| AMP bf16, channels_last |", "all finite", "DDP over gloo",
-                     "same within tolerance", "ONNX Runtime, CPU (no CUDA provider) provider"):
+                     "same within tolerance", "ONNX Runtime, CPU provider (no CUDA provider here)"):
         assert expected in text, (expected, text)
