@@ -52,7 +52,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime / torch threads (0: their default)")
     p.add_argument("--choices", default=",".join(CHOICES), help="comma-separated int8 choices to measure")
     p.add_argument("--out", type=Path, help="also write the tables to this markdown file")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    unknown = [c for c in args.choices.split(",") if c.strip() and c.strip() not in CHOICES]
+    if unknown:
+        p.error(f"--choices {unknown[0]!r}: expected some of {', '.join(CHOICES)}")
+    return args
 
 
 def _runtimes(spec: str, data, args, tmp: Path) -> tuple[dict, str]:
