@@ -16,7 +16,7 @@ in turn, so that the load of a shared machine hits all of them alike):
 * ``int8 + pre-processing``: the same after ONNX Runtime's shape inference and graph optimisation;
 * ``int8 measured``: pre-processing plus the worst layers, by measured sensitivity, kept in fp32 (what
   ``rtdet export int8=true`` writes now, output error <= 0.05);
-* ``int8 measured, error <= 0.01``: the same search with a five times stricter output error.
+* ``int8 measured strict (error <= 0.01)``: the same search with a five times stricter output error.
 
 A model YAML (no checkpoint) is measured with its random initial weights: latency is meaningful, mAP is
 not (say so when reporting). Prints one markdown table per model (and writes them to ``--out``).
@@ -38,7 +38,7 @@ CHOICES = {
     "int8 all": {"preprocess": False, "exclude": False},
     "int8 + pre-processing": {"preprocess": True, "exclude": False},
     "int8 measured": {"preprocess": True, "exclude": True},
-    "int8 measured, error <= 0.01": {"preprocess": True, "exclude": True, "max_error": 0.01},
+    "int8 measured strict (error <= 0.01)": {"preprocess": True, "exclude": True, "max_error": 0.01},
 }
 
 
