@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calib-images", type=int, default=64)
     p.add_argument("--runs", type=int, default=10, help="timed rounds (after one warm-up)")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime / torch threads (0: their default)")
+    p.add_argument("--no-map", action="store_true", help="latency and output error only (e.g. untrained weights, "
+                   "whose mAP means nothing)")
     p.add_argument("--choices", default=",".join(CHOICES), help="comma-separated int8 choices to measure")
     p.add_argument("--out", type=Path, help="also write the tables to this markdown file")
     args = p.parse_args(argv)
@@ -98,7 +100,8 @@ def measure(runtimes: dict, data, args) -> dict[str, dict]:
     val_args = _val_args(args)
     out = {}
     for label, m in runtimes.items():
-        metrics = Validator(args=val_args).run(m, loaders.val_loader(data, val_args, 1))
+        metrics = {"mAP50-95": float("nan"), "mAP50": float("nan")} if args.no_map else Validator(
+            args=val_args).run(m, loaders.val_loader(data, val_args, 1))
         out[label] = {"map": float(metrics["mAP50-95"]), "map50": float(metrics["mAP50"]), "ms": []}
     x = next(iter(loaders.val_loader(data, val_args, 1)))["img"].float()
     with torch.inference_mode():
