@@ -19,11 +19,14 @@ from typing import Any
 
 import torch
 
-from rtdet.engine.settings import check_precision
+from rtdet.engine.settings import SettingsError, check_precision
 
-__all__ = ["AMP_CHOICES", "amp_dtype", "check_precision", "float32_outputs", "network_autocast", "to_channels_last"]
+__all__ = ["AMP_CHOICES", "amp_dtype", "check_precision", "float32_outputs", "network_autocast", "to_channels_last",
+           "training_precision"]
 
 AMP_CHOICES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
 def amp_dtype(setting: bool | str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of the network for ``amp=setting`` on ``device``: None means fp32.
 
@@ -37,6 +40,16 @@ def amp_dtype(setting: bool | str, device: torch.device) -> torch.dtype | None:
         raise ValueError(f"amp=bf16: {torch.cuda.get_device_name(device)} does not support bfloat16; "
                          f"use amp=fp16 (or amp=false)")
     return torch.float16 if setting is True else AMP_CHOICES[setting]
+
+
+def training_precision(args: dict, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, NHWC layout) of a training run: ``amp=`` through :func:`amp_dtype` (a GPU
+    without bf16 is a SettingsError) and ``channels_last=``, which applies to training on CUDA only."""
+    try:
+        dtype = amp_dtype(args["amp"], device)
+    except ValueError as e:
+        raise SettingsError(str(e)) from None
+    return dtype, bool(args["channels_last"]) and torch.device(device).type == "cuda"
 
 
 def network_autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

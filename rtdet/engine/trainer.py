@@ -43,7 +43,7 @@ import yaml
 from tqdm import tqdm
 
 from rtdet.engine import loaders
-from rtdet.engine.amp import amp_dtype, float32_outputs, network_autocast, to_channels_last
+from rtdet.engine.amp import float32_outputs, network_autocast, to_channels_last, training_precision
 from rtdet.engine.errors import Interrupted, NonFiniteLossError
 from rtdet.engine.optim import LRSchedule, build_optimizer, scaled_lr, warmup_steps
 from rtdet.engine.rundir import latest_run, run_dir
@@ -234,12 +234,8 @@ class Trainer:
         self.device = select_device(args["device"], self.local_rank)
         if self.world > 1:
             init_distributed(self.device)
-        try:  # None: fp32; on CUDA float16 (amp=true / fp16) or bfloat16 (amp=bf16, where the GPU has it)
-            self.amp_dtype = amp_dtype(args["amp"], self.device)
-        except ValueError as e:
-            raise SettingsError(str(e)) from None
+        self.amp_dtype, self.channels_last = training_precision(args, self.device)  # None: fp32
         self.amp = self.amp_dtype is not None
-        self.channels_last = bool(args["channels_last"]) and self.device.type == "cuda"
 
         # Run folder: rank 0 picks its name (the others learn it) and makes it once set-up has succeeded.
         if self.resume_path is not None:

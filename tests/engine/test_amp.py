@@ -53,6 +53,18 @@ def test_amp_and_channels_last_settings_are_checked():
             resolve_settings(bad)
 
 
+def test_training_precision_turns_a_missing_bf16_into_a_settings_error(monkeypatch):
+    from rtdet.engine.amp import training_precision
+
+    assert training_precision({"amp": "bf16", "channels_last": True}, torch.device("cpu")) == (None, False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla T4")
+    with pytest.raises(SettingsError, match="amp=bf16: Tesla T4"):
+        training_precision({"amp": "bf16", "channels_last": True}, torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert training_precision({"amp": "bf16", "channels_last": True}, torch.device("cuda")) == (torch.bfloat16, True)
+
+
 def test_network_autocast_is_a_no_op_without_a_dtype():
     with network_autocast(torch.device("cpu"), None):
         assert not torch.is_autocast_enabled("cpu")
