@@ -63,7 +63,7 @@ class Int8Options:
     preprocess: bool = True
     exclude: bool = True
     max_error: float = 0.05
-    max_excluded: float = 0.25
+    max_excluded: float = 0.5
     sensitivity_images: int = 4
     op_types: tuple[str, ...] = ("Conv", "MatMul", "Gemm")
 
@@ -281,15 +281,15 @@ def quantize_int8(src: str | Path, dst: str | Path, batches: Sequence[np.ndarray
             ranked = local_errors(model, onnx.load(str(best)), probe, options.op_types, threads)
             groups = exclusion_groups(model, options.op_types)
             order, limit, k = list(ranked), int(options.max_excluded * len(nodes)), 1
-            while k <= limit:
+            while 0 < k <= limit:
                 exclude = list(dict.fromkeys(n for node in order[:k] for n in groups[node]))
                 path, err = build(exclude, k)
                 trace.append((k, err))
                 if err < 0.9 * error:  # keep layers in fp32 only for a clear gain
                     best, error, excluded = path, err, exclude
-                if err <= options.max_error:
+                if err <= options.max_error or k == limit:
                     break
-                k *= 2
+                k = min(2 * k, limit)  # 1, 2, 4, ... and the limit itself last
         proto = onnx.load(str(best))
     src_meta = onnx.load(str(src), load_external_data=False).metadata_props
     del proto.metadata_props[:]
