@@ -536,18 +536,16 @@ class Exporter:
 
         data = loaders.load_data(args["data"])
         val_args = {**args, "imgsz": int(args["imgsz"]), "verbose": False}
-        calib = _calibration_batches(loaders.val_loader(data, val_args, batch), CALIBRATION_IMAGES, batch)
+        calib = _calibration_batches(loaders.val_loader(data, val_args, batch), int(args["calib_images"]), batch)
         dst = self.file.with_name(f"{self.file.stem}-int8.onnx")
-        quantize_int8(self.file, dst, calib)
-        report = int8_report(self.file, dst, data, val_args, batch, int(args.get("threads") or 0) or None)
-        LOGGER.info(f"int8: {dst}\n  {report}")
+        threads = int(args.get("threads") or 0) or None
+        quantized = quantize_int8(self.file, dst, calib, threads)
+        report = int8_report(self.file, dst, data, val_args, batch, threads)
+        LOGGER.info(f"int8: {dst}\n  {quantized}\n  {report}")
         return dst, report
 
 
 # ---------------------------------------------------------------------------------- int8
-CALIBRATION_IMAGES = 32  # val images the int8 activation ranges are calibrated on
-
-
 @dataclass
 class Int8Report:
     """What static int8 quantisation changed: val mAP and latency (ms per batch, median) vs fp32."""
@@ -578,35 +576,23 @@ def _calibration_batches(loader, n_images: int, batch: int) -> list[np.ndarray]:
     return [np.stack(images[i:i + batch]) for i in range(0, n, batch)]
 
 
-def quantize_int8(src: str | Path, dst: str | Path, batches: list[np.ndarray]) -> Path:
-    """ONNX Runtime static quantisation of ``src`` into ``dst``: QDQ format, int8 weights per output
-    channel, uint8 activations with MinMax ranges calibrated on ``batches``; only Conv, MatMul and Gemm
-    are quantised (GridSample, TopK, LayerNorm and the decode stay fp32). The metadata is kept."""
-    import tempfile
-
+def quantize_int8(src: str | Path, dst: str | Path, batches: list[np.ndarray], threads: int | None = None):
+    """Static int8 quantisation of ``src`` into ``dst`` with the layers that lose the most kept in fp32
+    (rtdet/deploy/int8.py: pre-processing, per-channel QDQ, measured per-layer sensitivity), calibrated on
+    ``batches``; the metadata is kept, plus ``int8`` (what was done). Returns the Int8Result."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{INPUT_NAME: b} for b in batches])
+    from rtdet.deploy.int8 import quantize_int8 as quantize
 
-        def get_next(self):
-            return next(self.items, None)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "int8.onnx"
-        with warnings.catch_warnings(), _silenced_stdout():
-            warnings.filterwarnings("ignore")
-            quantize_static(str(src), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                            op_types_to_quantize=["Conv", "MatMul", "Gemm"])
-        proto = onnx.load(str(out))
+    result = quantize(src, dst, batches, INPUT_NAME, threads=threads)
+    proto = onnx.load(str(dst))
     meta = read_metadata(src)
     meta["int8"] = {"calibration_images": sum(len(b) for b in batches), "format": "QDQ", "weights": "int8",
-                    "activations": "uint8"}
+                    "activations": "uint8", "kept_fp32": result.excluded,
+                    "output_error": round(result.output_error, 6)}
     set_metadata(proto, meta)
-    return atomic_write_bytes(Path(dst), proto.SerializeToString())
+    atomic_write_bytes(Path(dst), proto.SerializeToString())
+    return result
 
 
 def int8_report(fp32: Path, int8: Path, data, args: dict, batch: int, threads: int | None, runs: int = 10

@@ -161,6 +161,21 @@ def check_freeze(value):
     return parse_freeze(value)
 
 
+_PRECISIONS = {"fp16": "fp16", "float16": "fp16", "half": "fp16", "bf16": "bf16", "bfloat16": "bf16"}
+
+
+def check_precision(value: bool | str) -> bool | str:
+    """``amp=``: true / false, or ``fp16`` / ``bf16`` (also float16, half, bfloat16). Returns the bool
+    unchanged or the canonical string; ValueError for anything else (rtdet/engine/amp.py uses it)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in _PRECISIONS:
+        raise ValueError("expected true, false, fp16 or bf16 (mixed precision on CUDA; bf16 needs a GPU that "
+                         "supports it, e.g. Ampere or newer)")
+    return _PRECISIONS[text]
+
+
 # What each `type:` name of default.yaml means (keyword arguments of Setting).
 SCHEMA_TYPES: dict[str, dict] = {
     "bool": {"kind": bool},
@@ -181,6 +196,7 @@ SCHEMA_TYPES: dict[str, dict] = {
     "threads": {"kind": int, "validate": cap_threads},
     "freeze": {"kind": str, "label": "rows (0-10, 0,3,5-7) or parts (backbone, neck, head, transplanted)",
                "validate": check_freeze},
+    "precision": {"kind": str, "label": "fp16 or bf16", "validate": check_precision},
 }
 
 

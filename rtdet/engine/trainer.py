@@ -43,6 +43,7 @@ import yaml
 from tqdm import tqdm
 
 from rtdet.engine import loaders
+from rtdet.engine.amp import float32_outputs, network_autocast, to_channels_last, training_precision
 from rtdet.engine.autorecipe import auto_recipe, summary
 from rtdet.engine.errors import Interrupted, NonFiniteLossError
 from rtdet.engine.freeze import Freezer, resolve_freeze
@@ -63,8 +64,8 @@ from rtdet.engine.settings import (
 from rtdet.engine.validator import Validator, fitness
 from rtdet.io.load import is_checkpoint, load_model
 from rtdet.io.transplant import transplant_pretrained, write_transplant_report
-from rtdet.losses.common import batch_targets
 from rtdet.nn.model import DetectionModel
+from rtdet.ops.targets import batch_targets
 from rtdet.utils.checkpoint import (
     CheckpointError,
     atomic_write_text,
@@ -241,7 +242,8 @@ class Trainer:
         self.device = select_device(args["device"], self.local_rank)
         if self.world > 1:
             init_distributed(self.device)
-        self.amp = bool(args["amp"]) and self.device.type == "cuda"
+        self.amp_dtype, self.channels_last = training_precision(args, self.device)  # None: fp32
+        self.amp = self.amp_dtype is not None
 
         # Run folder: rank 0 claims it (the others learn its name); a failed run removes it while it is empty.
         save_dir = self._claim_run_folder(ckpt, args) if self.rank == 0 else None
@@ -266,6 +268,8 @@ class Trainer:
         # Model, criterion, optimizer, schedule, EMA.
         self.model = model.to(self.device)
         self.freezer = self._make_freezer(self.model, args, ckpt)  # before the optimizer and DDP see the model
+        if self.channels_last:  # NHWC: cuDNN's fastest convolutions under AMP (tensor cores)
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.criterion = self.model.head.build_criterion(criterion_hyperparameters(args, self.model.head))
         if hasattr(self.criterion, "to"):
             self.criterion = self.criterion.to(self.device)
@@ -299,7 +303,7 @@ class Trainer:
                                    float(args["warmup_momentum"]))
         self.ema = ModelEMA(de_parallel(self.model), float(args["ema_decay"]), float(args["ema_tau"]),
                             schedule=str(args.get("ema_schedule") or "ramp")) if args["ema"] else None
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)  # bf16 needs none
         self.validator = Validator(args={**args, "verbose": False}) if self.val_loader is not None else None
         self.multi_scale = MultiScale.from_settings(args, stride=max(de_parallel(self.model).strides))
         self.step_log: tuple[int, dict[str, float]] | None = None  # (global batch, values) when a log step is due
@@ -536,9 +540,11 @@ class Trainer:
         if where is not None and getattr(self, "multi_scale", None) is not None:
             batch = self.multi_scale(batch, where[0], where[1])
         batch["targets"] = batch_targets(batch, batch["img"].shape[0], de_parallel(self.model).nc)  # once a step
-        with torch.autocast("cuda", enabled=self.amp):
+        if self.channels_last:
+            batch["img"] = to_channels_last(batch["img"])
+        with network_autocast(self.device, self.amp_dtype):  # the network only: loss and matching in fp32
             outputs = self.model(batch["img"], batch)
-            loss, items = self.criterion(outputs, batch)
+        loss, items = self.criterion(float32_outputs(outputs), batch)
         # The one host read of every step: a NaN/inf loss must stop training before the update.
         if self._sync_flags(not to_host(torch.isfinite(loss.detach()).all()))[1]:
             epoch, i, n = where if where is not None else (self.epoch, 0, 1)
@@ -635,7 +641,7 @@ class Trainer:
             "ema_state": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict() if self.amp else None,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "epoch": epoch,
             "step_in_epoch": step_in_epoch,
             "best_fitness": self.best_fitness,
