@@ -193,124 +193,34 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
-        """Settings, data, model, criterion, optimizer, schedule, EMA, run folder (and resume state)."""
+        """Settings, data, model, criterion, optimizer, schedule, EMA, run folder (and resume state), in that
+        order: every check that can refuse the run comes before its folder is claimed."""
         if not hasattr(self, "rank"):
             self.rank, self.local_rank, self.world = distributed_info()
         user = {k: v for k, v in self.overrides.items()}
-        resume = user.get("resume")
-        ckpt = None
-        if resume:
-            ckpt_path = latest_run(user.get("project") or "runs") if resume is True else Path(str(resume))
-            ckpt, args = resume_settings(ckpt_path, user)
-            self.resume_path = Path(ckpt_path)
-        else:
-            args = resolve_settings({k: v for k, v in user.items() if k != "model"}, verb="train")
-            args["model"] = user.get("model")
-            self.resume_path = None
-        set_verbosity(bool(args.get("verbose", True)))
-        set_seed(int(args["seed"]) + self.rank, bool(args["deterministic"]))
-
+        ckpt, args = self._first_settings(user)
         # Data first: the class names decide the head's size.
         if not args.get("data"):
             raise SettingsError("train needs data=<dataset YAML>, e.g. data=coco128.yaml")
         self.data = loaders.load_data(args["data"])
-        names = dict(enumerate(self.data.names))
-
-        if ckpt is not None:  # the raw weights (not the EMA) continue training
-            model = load_model(ckpt, prefer_ema=False, name=str(self.resume_path)).model
-            check_resumed_classes(self.resume_path, model.nc, args["data"], self.data.names)
-        else:  # a YAML, or a checkpoint (rtdet or foreign) to fine-tune: a new head when the class count differs
-            loaded = load_model(args["model"], nc=len(names), names=names, scale=args.get("scale"))
-            model, self.weights_loaded = loaded.model, self.weights_loaded or loaded.is_checkpoint
-            model.names = names
-            if args.get("pretrained"):
-                if not is_checkpoint(args["pretrained"]):
-                    raise SettingsError(f"pretrained={args['pretrained']}: expected a checkpoint file (.pt)")
-                self.transplant_report = transplant_pretrained(args["pretrained"], model)
-                self.transplanted_rows = self.transplant_report.transplanted_rows
-            # With the family known, settle the settings: default < recipe < user.
-            family = model.head.family
-            resolved = resolve_settings({k: v for k, v in user.items() if k != "model"}, family, "train")
-            resolved["model"] = args["model"]
-            _model_pipeline(resolved, user, model)
-            args = resolved
-            set_seed(int(args["seed"]) + self.rank, bool(args["deterministic"]))
+        model, args = self._load_model(ckpt, args, user)
         self.family = model.head.family
         check_imgsz(args, model)
         self.args = args
-
-        self.device = select_device(args["device"], self.local_rank)
-        if self.world > 1:
-            init_distributed(self.device)
-        self.amp_dtype, self.channels_last = training_precision(args, self.device)  # None: fp32
-        self.amp = self.amp_dtype is not None
-
-        # Run folder: rank 0 claims it (the others learn its name); a failed run removes it while it is empty.
-        save_dir = self._claim_run_folder(ckpt, args) if self.rank == 0 else None
-        if self.world > 1:
-            holder = [save_dir]
-            dist.broadcast_object_list(holder, src=0)
-            save_dir = holder[0]
-        self.save_dir = Path(save_dir)
-        self.wdir = self.save_dir / "weights"
-        self.last, self.best = self.wdir / "last.pt", self.wdir / "best.pt"
-        self.csv_path = self.save_dir / "results.csv"
-
-        # Data loaders.
-        self.batch_size = max(int(args["batch"]) // self.world, 1)
-        self.train_loader = loaders.train_loader(self.data, args, self.batch_size, self.rank, self.world)
-        self.val_loader = loaders.val_loader(self.data, args, self.batch_size * 2) if (
-            self.rank == 0 and args["val"]) else None
-
+        frozen = self._frozen_rows(model, args, ckpt)
+        self._select_device(args)
+        self._set_run_folder(ckpt, args)
+        self._make_loaders(args)
         if ckpt is None:  # recipe=auto adapts the recipe to this run once; a resumed run keeps what it chose
             self._auto_recipe(args, set(user), self.weights_loaded or bool(args.get("pretrained")))
-
-        # Model, criterion, optimizer, schedule, EMA.
-        self.model = model.to(self.device)
-        self.freezer = self._make_freezer(self.model, args, ckpt)  # before the optimizer and DDP see the model
-        if self.channels_last:  # NHWC: cuDNN's fastest convolutions under AMP (tensor cores)
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.criterion = self.model.head.build_criterion(criterion_hyperparameters(args, self.model.head))
-        if hasattr(self.criterion, "to"):
-            self.criterion = self.criterion.to(self.device)
-        self.model = _maybe_sync_bn(self.model, bool(args.get("sync_bn")), self.world, self.device)
-        if self.world > 1:
-            self.model = self._wrap_ddp(self.model)
-        self.accumulate, weight_decay = nominal_batch(int(args["batch"]), int(args["accumulate"]),
-                                                      int(args.get("nbs") or 0), float(args["weight_decay"]))
-        # A criterion whose loss is a sum over images (YOLO's mean x batch size) is summed over the
-        # accumulated batches and the DDP processes, so one step's gradient is that of the whole nominal
-        # batch and the references' learning rates apply; a mean loss is averaged.
-        self.loss_scale = float(self.world) if getattr(self.criterion, "reduction", "mean") == "sum" else (
-            1.0 / self.accumulate)
-        self.steps_per_epoch = math.ceil(len(self.train_loader) / self.accumulate)
-        self.epochs = int(args["epochs"])
-        total_steps = self.steps_per_epoch * self.epochs
-        self.lr0 = scaled_lr(float(args["lr0"]), self.batch_size * self.world * self.accumulate,
-                             int(args.get("lr_batch") or 0))
-        if self.lr0 != float(args["lr0"]):
-            LOGGER.info(f"lr0 {args['lr0']:g} is for batch {args['lr_batch']}; this run's optimizer steps see "
-                        f"{self.batch_size * self.world * self.accumulate} images: lr {self.lr0:.4g} (linear scaling)")
-        self.weight_decay = weight_decay
-        self.optimizer = build_optimizer(de_parallel(self.model), args["optimizer"], self.lr0,
-                                         float(args["momentum"]), weight_decay,
-                                         float(args["backbone_lr_ratio"]))
-        warmup = warmup_steps(int(args["warmup_iters"]), float(args["warmup_epochs"]), self.steps_per_epoch,
-                              total_steps, float(args["warmup_max_fraction"]))
-        self.schedule = LRSchedule(self.optimizer, self.lr0, total_steps, args["scheduler"],
-                                   float(args["lrf"]), warmup, float(args["flat_fraction"]),
-                                   float(args["warmup_bias_lr"]), float(args["momentum"]),
-                                   float(args["warmup_momentum"]))
+        self._place_model(model, args, frozen)
+        self._make_optimizer(args)
         self.ema = ModelEMA(de_parallel(self.model), float(args["ema_decay"]), float(args["ema_tau"]),
                             schedule=str(args.get("ema_schedule") or "ramp")) if args["ema"] else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)  # bf16 needs none
         self.validator = Validator(args={**args, "verbose": False}) if self.val_loader is not None else None
         self.multi_scale = MultiScale.from_settings(args, stride=max(de_parallel(self.model).strides))
         self.step_log: tuple[int, dict[str, float]] | None = None  # (global batch, values) when a log step is due
-        if self.world > 1 and int(args["batch"]) < self.world:
-            LOGGER.warning(f"batch={args['batch']} is less than the {self.world} DDP processes; each reads "
-                           f"1 image per step, {self.world} in all")
-
         # Resume state.
         self.start_epoch, self.skip_batches, self.resume_rng = 0, 0, None
         self.best_fitness = None
@@ -321,6 +231,113 @@ class Trainer:
             self._make_run_folder()
             attach_loggers(self)
         self._run_callbacks("on_train_start")
+
+    def _first_settings(self, user: dict) -> tuple[dict | None, dict]:
+        """(checkpoint, settings) of a resumed run, or (None, the settings before the family is known)."""
+        resume = user.get("resume")
+        if resume:
+            ckpt_path = latest_run(user.get("project") or "runs") if resume is True else Path(str(resume))
+            ckpt, args = resume_settings(ckpt_path, user)
+            self.resume_path = Path(ckpt_path)
+        else:
+            ckpt = None
+            args = resolve_settings({k: v for k, v in user.items() if k != "model"}, verb="train")
+            args["model"] = user.get("model")
+            self.resume_path = None
+        set_verbosity(bool(args.get("verbose", True)))
+        set_seed(int(args["seed"]) + self.rank, bool(args["deterministic"]))
+        return ckpt, args
+
+    def _load_model(self, ckpt: dict | None, args: dict, user: dict) -> tuple[DetectionModel, dict]:
+        """The model to train and, for a new run, the settings settled for its family (default < recipe <
+        user): a resumed run's raw weights (not the EMA), or a YAML / checkpoint with a head for the data's
+        classes, ``pretrained=`` transplanted into it by structure."""
+        names = dict(enumerate(self.data.names))
+        if ckpt is not None:
+            model = load_model(ckpt, prefer_ema=False, name=str(self.resume_path)).model
+            check_resumed_classes(self.resume_path, model.nc, args["data"], self.data.names)
+            return model, args
+        loaded = load_model(args["model"], nc=len(names), names=names, scale=args.get("scale"))
+        model, self.weights_loaded = loaded.model, self.weights_loaded or loaded.is_checkpoint
+        model.names = names
+        if args.get("pretrained"):
+            if not is_checkpoint(args["pretrained"]):
+                raise SettingsError(f"pretrained={args['pretrained']}: expected a checkpoint file (.pt)")
+            self.transplant_report = transplant_pretrained(args["pretrained"], model)
+            self.transplanted_rows = self.transplant_report.transplanted_rows
+        resolved = resolve_settings({k: v for k, v in user.items() if k != "model"}, model.head.family, "train")
+        resolved["model"] = args["model"]
+        _model_pipeline(resolved, user, model)
+        set_seed(int(resolved["seed"]) + self.rank, bool(resolved["deterministic"]))
+        return model, resolved
+
+    def _select_device(self, args: dict) -> None:
+        """The device, the DDP process group, and the training precision and memory layout."""
+        self.device = select_device(args["device"], self.local_rank)
+        if self.world > 1:
+            init_distributed(self.device)
+        self.amp_dtype, self.channels_last = training_precision(args, self.device)  # None: fp32
+        self.amp = self.amp_dtype is not None
+
+    def _set_run_folder(self, ckpt: dict | None, args: dict) -> None:
+        """Rank 0 claims the run folder (the others learn its name); a failed run removes it while it is empty."""
+        save_dir = self._claim_run_folder(ckpt, args) if self.rank == 0 else None
+        if self.world > 1:
+            holder = [save_dir]
+            dist.broadcast_object_list(holder, src=0)
+            save_dir = holder[0]
+        self.save_dir = Path(save_dir)
+        self.wdir = self.save_dir / "weights"
+        self.last, self.best = self.wdir / "last.pt", self.wdir / "best.pt"
+        self.csv_path = self.save_dir / "results.csv"
+
+    def _make_loaders(self, args: dict) -> None:
+        self.batch_size = max(int(args["batch"]) // self.world, 1)
+        self.train_loader = loaders.train_loader(self.data, args, self.batch_size, self.rank, self.world)
+        self.val_loader = loaders.val_loader(self.data, args, self.batch_size * 2) if (
+            self.rank == 0 and args["val"]) else None
+
+    def _place_model(self, model: DetectionModel, args: dict, frozen: list[int]) -> None:
+        """The model on its device (frozen rows, memory layout, SyncBN, DDP) and its criterion."""
+        self.model = model.to(self.device)
+        self.freezer = self._make_freezer(self.model, frozen)
+        if self.channels_last:  # NHWC: cuDNN's fastest convolutions under AMP (tensor cores)
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.criterion = self.model.head.build_criterion(criterion_hyperparameters(args, self.model.head))
+        if hasattr(self.criterion, "to"):
+            self.criterion = self.criterion.to(self.device)
+        self.model = _maybe_sync_bn(self.model, bool(args.get("sync_bn")), self.world, self.device)
+        if self.world > 1:
+            self.model = self._wrap_ddp(self.model)
+        if self.world > 1 and int(args["batch"]) < self.world:
+            LOGGER.warning(f"batch={args['batch']} is less than the {self.world} DDP processes; each reads "
+                           f"1 image per step, {self.world} in all")
+
+    def _make_optimizer(self, args: dict) -> None:
+        """Nominal batch, loss scale, learning rate (linearly scaled), optimizer and schedule."""
+        self.accumulate, weight_decay = nominal_batch(int(args["batch"]), int(args["accumulate"]),
+                                                      int(args.get("nbs") or 0), float(args["weight_decay"]))
+        # A criterion whose loss is a sum over images (YOLO's mean x batch size) is summed over the
+        # accumulated batches and the DDP processes, so one step's gradient is that of the whole nominal
+        # batch and the references' learning rates apply; a mean loss is averaged.
+        self.loss_scale = float(self.world) if self.criterion.reduction == "sum" else 1.0 / self.accumulate
+        self.steps_per_epoch = math.ceil(len(self.train_loader) / self.accumulate)
+        self.epochs = int(args["epochs"])
+        total_steps = self.steps_per_epoch * self.epochs
+        images = self.batch_size * self.world * self.accumulate
+        self.lr0 = scaled_lr(float(args["lr0"]), images, int(args.get("lr_batch") or 0))
+        if self.lr0 != float(args["lr0"]):
+            LOGGER.info(f"lr0 {args['lr0']:g} is for batch {args['lr_batch']}; this run's optimizer steps see "
+                        f"{images} images: lr {self.lr0:.4g} (linear scaling)")
+        self.weight_decay = weight_decay
+        self.optimizer = build_optimizer(de_parallel(self.model), args["optimizer"], self.lr0,
+                                         float(args["momentum"]), weight_decay, float(args["backbone_lr_ratio"]))
+        warmup = warmup_steps(int(args["warmup_iters"]), float(args["warmup_epochs"]), self.steps_per_epoch,
+                              total_steps, float(args["warmup_max_fraction"]))
+        self.schedule = LRSchedule(self.optimizer, self.lr0, total_steps, args["scheduler"],
+                                   float(args["lrf"]), warmup, float(args["flat_fraction"]),
+                                   float(args["warmup_bias_lr"]), float(args["momentum"]),
+                                   float(args["warmup_momentum"]))
 
     def _claim_run_folder(self, ckpt: dict | None, args: dict) -> Path:
         """A resumed run continues in its own folder (see rtdet.engine.resume); any other run claims a new one."""
@@ -353,8 +370,9 @@ class Trainer:
         return nn.parallel.DistributedDataParallel(model, device_ids=(
             [self.device.index] if self.device.type == "cuda" else None), find_unused_parameters=unused)
 
-    def _make_freezer(self, model: DetectionModel, args: dict, ckpt: dict | None) -> Freezer:
-        """The rows ``freeze=`` names, frozen (a resumed run also restores which rows were transplanted)."""
+    def _frozen_rows(self, model: DetectionModel, args: dict, ckpt: dict | None) -> list[int]:
+        """The rows ``freeze=`` names (a resumed run also restores which rows were transplanted), checked
+        before the run folder is claimed: a spec that cannot apply is a bad setting."""
         if ckpt is not None:
             self.transplanted_rows = [int(i) for i in ckpt.get("transplanted_rows") or []]
         try:
@@ -365,11 +383,16 @@ class Trainer:
                             for p in m.parameters()):
             raise SettingsError(f"freeze={args['freeze']}: freezes every row of {model.name}, leaving nothing to "
                                 f"train; freeze fewer rows, e.g. freeze=backbone")
+        return rows
+
+    def _make_freezer(self, model: DetectionModel, rows: list[int]) -> Freezer:
+        """Freeze ``rows`` (before the optimizer and DDP see the model)."""
         freezer = Freezer(model, rows)
         if rows and self.rank == 0:
             n = sum(p.numel() for i in rows for p in model.model[i].parameters())
-            until = f"for {args['freeze_epochs']} epoch(s)" if args.get("freeze_epochs") else "for the whole run"
-            LOGGER.info(f"Freezing {len(rows)} row(s) ({args['freeze']}: {n:,} parameters) {until}")
+            freeze, after = self.args["freeze"], self.args.get("freeze_epochs")
+            until = f"for {after} epoch(s)" if after else "for the whole run"
+            LOGGER.info(f"Freezing {len(rows)} row(s) ({freeze}: {n:,} parameters) {until}")
         return freezer
 
     def _unfreeze(self) -> None:

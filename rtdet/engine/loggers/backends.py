@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,32 +30,34 @@ class RunInfo:
     tags: dict[str, str] = field(default_factory=dict)  # e.g. {"variant": "dysample", "seed": "1"}
 
 
-class Backend:
+class Backend(ABC):
     """The events a tracker implements; each call gets plain Python values."""
 
     name = ""
     package = ""  # the PyPI name of its extra
 
+    @abstractmethod
     def start(self, run: RunInfo) -> None:
-        raise NotImplementedError
+        """Open the tracker's run (its settings and tags); raise if the tracker cannot be reached."""
 
+    @abstractmethod
     def log_scalars(self, scalars: dict[str, float], step: int) -> None:
         """Training values (loss terms, learning rates) at a global batch number."""
-        raise NotImplementedError
 
+    @abstractmethod
     def log_epoch(self, metrics: dict[str, float], epoch: int, step: int) -> None:
         """One epoch's row (mean loss terms, validation metrics) after ``epoch`` (1-based) epochs, at ``step``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def log_images(self, images: dict[str, Path], step: int) -> None:
-        raise NotImplementedError
+        """Pictures (plots, sample predictions) by name, at a global batch number."""
 
-    def log_checkpoint(self, path: Path) -> None:
+    def log_checkpoint(self, path: Path) -> None:  # noqa: B027 -- optional: only trackers that store files
         """The best checkpoint, where the tracker stores files (a no-op for TensorBoard)."""
 
+    @abstractmethod
     def finish(self, per_class: dict[str, float], step: int, ok: bool = True) -> None:
         """Per-class AP50-95 (empty without validation), then close; ``ok`` False: the run failed or stopped."""
-        raise NotImplementedError
 
 
 def _read_rgb(path: Path):
