@@ -474,30 +474,28 @@ class Exporter:
 
     def __call__(self, model=None) -> Path:
         from rtdet.engine.rundir import RunFolder
-        from rtdet.engine.settings import SettingsError, check_half, check_imgsz, file_settings, resolve_settings
-        from rtdet.io.load import load_model
+        from rtdet.engine.settings import SettingsError
+        from rtdet.engine.setup import prepare
         from rtdet.utils.logging import set_verbosity
-        from rtdet.utils.torch_utils import select_device
 
         user = {k: v for k, v in self.overrides.items() if k != "model"}
         spec = model if model is not None else self.overrides.get("model")
         if spec is None:
             raise SettingsError("export needs model=<model YAML or checkpoint .pt>, e.g. model=rtdetr-l.yaml")
+
+        def pytorch_only(m) -> None:
+            if not isinstance(m, nn.Module) or not hasattr(m, "fuse") or getattr(m, "is_onnx", False):
+                raise SettingsError(f"export needs a PyTorch model (YAML or .pt); {spec} is already an export")
+
         names = _data_names(user.get("data"))
-        result = load_model(spec, nc=user.get("nc") or (len(names) if names else None), names=names,
-                            scale=user.get("scale"))
-        loaded, inherited = result.model, file_settings(result, user)  # checked like the command line's
-        if not isinstance(loaded, nn.Module) or not hasattr(loaded, "fuse") or getattr(loaded, "is_onnx", False):
-            raise SettingsError(f"export needs a PyTorch model (YAML or .pt); {spec} is already an export")
-        args = resolve_settings({**inherited, **user}, family=loaded.head.family, verb="export")
+        loaded, _, args, device = prepare(spec, user, self.task, nc=user.get("nc") or (len(names) if names else None),
+                                          names=names, scale=user.get("scale"), check=pytorch_only)
         set_verbosity(bool(args["verbose"]))
         fmt = str(args.get("format") or "onnx").lower()
         if fmt != "onnx":
             raise SettingsError(f"format={fmt}: rtdet exports format=onnx")
-        shape = _shape(check_imgsz(args, loaded))
+        shape = _shape(args["imgsz"])  # already rounded up to the stride by prepare
         batch = int(user.get("batch") or 1)  # the training default (16) is not an export default
-        device = select_device(args["device"])
-        check_half(args, device)
         if args.get("int8") and not args.get("data"):
             raise SettingsError("int8=true calibrates on real images: give data=<dataset YAML> (its val split)")
         if args.get("int8") and args["half"]:
@@ -514,8 +512,7 @@ class Exporter:
     def _export(self, loaded: nn.Module, args: dict, user: dict, shape: tuple[int, int], batch: int,
                 device: torch.device, source: str) -> None:
         """Write ``self.file``, check it with ONNX Runtime, and quantise it when ``int8=true``."""
-        conf = 0.25 if args.get("conf") is None else float(args["conf"])
-        multi_label = bool(args.get("multi_label") or False)
+        conf, multi_label = float(args["conf"]), bool(args["multi_label"])  # export's defaults: the schema
         inherited_args = {k: args.get(k) for k in ("train_pipeline", "val_pipeline") if args.get(k)}
         export_onnx(loaded, self.file, shape, batch, bool(args["dynamic"]), bool(args["half"]), int(args["opset"]),
                     bool(args["nms"]), conf, float(args["iou"]), int(args["max_det"]), multi_label,
