@@ -451,11 +451,8 @@ class Trainer:
                 f"{self.resume_path}: this run already finished its {self.epochs} epochs. To train longer, start "
                 f"a new run from its weights: rtdet train model={self.resume_path} data=... epochs=N"
             )
-        if isinstance(ckpt.get("results"), list):  # the rows of every epoch this checkpoint completed
-            self.rows = [dict(r) for r in ckpt["results"]]
-        elif self.csv_path.is_file():  # checkpoints written before rows travelled inside them
-            with self.csv_path.open() as fh:
-                self.rows = [r for r in csv.DictReader(fh) if int(float(r["epoch"])) <= self.start_epoch]
+        # The rows of every epoch this checkpoint completed (results.csv is rewritten from them).
+        self.rows = [dict(r) for r in ckpt.get("results") or []]
         self._check_best(ckpt)
         LOGGER.info(f"Resuming {self.save_dir} from epoch {self.start_epoch + 1}"
                     f"{f', batch {self.skip_batches + 1}' if self.skip_batches else ''}")
