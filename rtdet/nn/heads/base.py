@@ -36,6 +36,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
+from rtdet.nn.modules.common import fuse_children
 from rtdet.nn.registry import declare_head_base
 from rtdet.ops.nms import dense_nms
 from rtdet.utils.schema import Setting
@@ -130,7 +131,7 @@ class DetectionHead(nn.Module, ABC):
         """Fold this head into its inference form, in place (DetectionModel.fuse calls it and does not look
         further inside). Default: fuse every descendant that knows how (``fuse_``), as the model's own
         search would; a head with layers of its own to fold overrides it."""
-        _fuse_children(self)
+        fuse_children(self)
 
     def deploy_inputs(self) -> list[int] | None:
         """Positions (in this head's inputs) of the maps inference still reads; None: all of them."""
@@ -147,11 +148,3 @@ class DetectionHead(nn.Module, ABC):
 
 
 declare_head_base(DetectionHead)
-
-
-def _fuse_children(module: nn.Module) -> None:
-    for child in module.children():
-        if hasattr(child, "fuse_"):
-            child.fuse_()
-        else:
-            _fuse_children(child)

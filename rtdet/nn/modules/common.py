@@ -11,8 +11,8 @@ import torch.nn as nn
 
 from rtdet.nn.registry import RowContext, register, scaled
 
-__all__ = ["autopad", "fuse_conv_bn", "use_activation", "Conv", "DWConv", "LightConv", "RepConv", "RepC3", "Concat",
-           "Index"]
+__all__ = ["autopad", "fuse_conv_bn", "fuse_children", "use_activation", "Conv", "DWConv", "LightConv", "RepConv",
+           "RepC3", "Concat", "Index"]
 
 
 def autopad(k: int | list[int], p: int | list[int] | None = None, d: int = 1) -> int | list[int]:
@@ -22,6 +22,16 @@ def autopad(k: int | list[int], p: int | list[int] | None = None, d: int = 1) ->
     if p is None:
         p = k // 2 if isinstance(k, int) else [x // 2 for x in k]
     return p
+
+
+def fuse_children(module: nn.Module) -> None:
+    """Fuse every descendant that knows how (``fuse_``), without descending into those that did: what a
+    block or head with nothing of its own to fold does in its ``fuse_``."""
+    for child in module.children():
+        if hasattr(child, "fuse_"):
+            child.fuse_()
+        else:
+            fuse_children(child)
 
 
 @torch.no_grad()

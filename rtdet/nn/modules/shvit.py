@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rtdet.nn.modules.common import fuse_conv_bn
+from rtdet.nn.modules.common import fuse_children, fuse_conv_bn
 from rtdet.nn.registry import register
 
 __all__ = [
@@ -48,15 +48,6 @@ SHVIT_VARIANTS: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...
     "s3": ((192, 352, 448), (48, 75, 96), (3, 5, 5), ("i", "s", "s")),
     "s4": ((224, 336, 448), (48, 72, 96), (4, 7, 6), ("i", "s", "s")),
 }
-
-
-def _fuse_children(module: nn.Module) -> None:
-    """Fuse every descendant that knows how (``fuse_``), without descending into those that did."""
-    for child in module.children():
-        if hasattr(child, "fuse_"):
-            child.fuse_()
-        else:
-            _fuse_children(child)
 
 
 class Conv2dBN(nn.Sequential):
@@ -108,7 +99,7 @@ class Residual(nn.Module):
         elif hasattr(self.m, "fuse_"):
             self.m.fuse_()
         else:
-            _fuse_children(self.m)
+            fuse_children(self.m)
 
 
 def _is_same_size_depthwise(conv: nn.Conv2d) -> bool:
@@ -180,7 +171,7 @@ class SHSA(nn.Module):
         return x + y if self.residual else y
 
     def fuse_(self) -> None:
-        _fuse_children(self)
+        fuse_children(self)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, qk_dim={self.qk_dim}, pdim={self.pdim}, residual={self.residual}"
@@ -206,7 +197,7 @@ class SHViTBlock(nn.Module):
         return self.ffn(self.mixer(self.conv(x)))
 
     def fuse_(self) -> None:
-        _fuse_children(self)
+        fuse_children(self)
 
 
 class SqueezeExcite(nn.Module):
@@ -295,7 +286,7 @@ class SHViT(nn.Module):
         return [x1, x2, self.blocks3(x2)]
 
     def fuse_(self) -> None:
-        _fuse_children(self)
+        fuse_children(self)
 
 
 # One registered class per official configuration: YAML rows name them, e.g. [-1, 1, shvit_s4, []].
