@@ -25,35 +25,18 @@ from tests.tiny_models import tiny_rtdetr_yaml
 ROOT = Path(__file__).resolve().parents[1]
 TINY = tiny_rtdetr_yaml(nc=2, queries=10, denoising=10)
 
-# Runs each argv of a JSON list in a forked child: its stdout / stderr go to files, an exception escaping
-# main() prints its traceback and exits 1, as the interpreter would. Prints [exit status, ...] as JSON.
+# Runs each argv of a JSON list in a forked child (tests/forked_cli.py). Prints [exit status, ...] as JSON.
 DRIVER = textwrap.dedent("""
-    import json, os, sys, traceback
+    import json, sys
     import torch
     torch.set_num_threads(1)
     import rtdet.cli, rtdet.engine.trainer, rtdet.engine.validator, rtdet.engine.predictor, rtdet.engine.demo
     import cv2, matplotlib.backends.backend_agg, matplotlib.figure, rtdet.data.check  # load once, not per child
     from rtdet.io.load import load_model
+    from tests.forked_cli import run_forked
     load_model(sys.argv[4])  # builds and runs the tiny model once: kernels and registry warm (1 thread: fork-safe)
     cv2.VideoCapture(sys.argv[3]).release()
-    cases, out = json.load(open(sys.argv[1])), sys.argv[2]
-    codes = []
-    for i, argv in enumerate(cases):
-        pid = os.fork()
-        if pid == 0:
-            for fd, name in ((1, "out"), (2, "err")):
-                os.dup2(os.open(f"{out}/{i}.{name}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
-            try:
-                code = rtdet.cli.main(argv)
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
-            except BaseException:
-                traceback.print_exc()
-                code = 1
-            sys.stdout.flush(); sys.stderr.flush()
-            os._exit(code)
-        codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
-    print(json.dumps(codes))
+    print(json.dumps(run_forked(json.load(open(sys.argv[1])), sys.argv[2])))
 """)
 
 

@@ -24,12 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = tiny_rtdetr_yaml(nc=2, queries=10, denoising=10)
 
 DRIVER = textwrap.dedent("""
-    import errno, json, os, signal, sys, traceback
+    import errno, json, os, signal, sys
     from pathlib import Path
     import torch
     torch.set_num_threads(1)
     import rtdet.cli, rtdet.engine.trainer, rtdet.engine.validator, rtdet.engine.exporter, rtdet.engine.benchmark
     from rtdet.io.load import load_model
+    from tests.forked_cli import run_forked
     load_model(sys.argv[3])  # builds and runs the tiny model once: kernels and registry warm (1 thread: fork-safe)
 
     def full_disk(path):
@@ -50,27 +51,8 @@ DRIVER = textwrap.dedent("""
         "val full disk": lambda: setattr(rtdet.engine.validator, "save_predictions_json",
                                          lambda path, preds: full_disk(path)),
     }
-    cases, out = json.load(open(sys.argv[1])), sys.argv[2]
-    codes = []
-    for i, (argv, fault) in enumerate(cases):
-        pid = os.fork()
-        if pid == 0:
-            for fd, name in ((1, "out"), (2, "err")):
-                os.dup2(os.open(f"{out}/{i}.{name}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
-            signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, however pytest started
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            try:
-                if fault:
-                    FAULTS[fault]()
-                code = rtdet.cli.main(argv)
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
-            except BaseException:
-                traceback.print_exc()
-                code = 1
-            sys.stdout.flush(); sys.stderr.flush()
-            os._exit(code)
-        codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+    cases = json.load(open(sys.argv[1]))
+    codes = run_forked([argv for argv, _ in cases], sys.argv[2], [FAULTS[f] if f else None for _, f in cases])
     print(json.dumps(codes))
 """)
 
