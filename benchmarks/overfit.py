@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from rtdet.engine.demo import family_demo_settings  # noqa: E402
 from rtdet.engine.trainer import Trainer  # noqa: E402
-from rtdet.nn.model import build_model  # noqa: E402
+from rtdet.io.load import build_model  # noqa: E402
 
 COCO128 = REPO.parent / "shared" / "data" / "coco128-train"
 # The settings a run's table names (what recipe=auto may choose).

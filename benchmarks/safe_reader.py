@@ -22,8 +22,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from rtdet.io.load import build_model  # noqa: E402
 from rtdet.io.safe_pickle import read_torch_file  # noqa: E402
-from rtdet.nn.model import build_model  # noqa: E402
 from rtdet.utils.checkpoint import CheckpointError  # noqa: E402
 from tests.io.hostile import P, tensor, torch_zip  # noqa: E402
 

@@ -1,9 +1,28 @@
-"""rtdet: a pure-PyTorch toolkit for real-time object detection (RT-DETR, YOLOv9, RTMDet)."""
+"""rtdet: a pure-PyTorch toolkit for real-time object detection (RT-DETR, YOLOv9, RTMDet).
 
-__version__ = "0.1.0"
+The public names below are imported on first use, so that ``import rtdet.utils.schema`` (or the command line
+checking its arguments) does not load the model zoo, the engine and the API first.
+"""
 
-from rtdet.api import Detector  # noqa: E402
-from rtdet.io.transplant import transplant  # noqa: E402
-from rtdet.nn import DetectionModel, ModelConfigError, build_model, register  # noqa: E402
+from __future__ import annotations
 
-__all__ = ["DetectionModel", "Detector", "ModelConfigError", "__version__", "build_model", "register", "transplant"]
+import importlib
+
+from rtdet.version import __version__
+
+__all__ = ["DetectionModel", "Detector", "ModelConfigError", "__version__", "build_model", "load_model", "register",
+           "transplant"]
+
+_WHERE = {"Detector": "rtdet.api", "transplant": "rtdet.io.transplant", "DetectionModel": "rtdet.nn.model",
+          "ModelConfigError": "rtdet.nn.builder", "build_model": "rtdet.io.load",
+          "load_model": "rtdet.io.load", "register": "rtdet.nn.registry"}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'rtdet' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

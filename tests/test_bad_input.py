@@ -44,7 +44,7 @@ DRIVER = textwrap.dedent("""
 def world(tmp_path_factory):
     """What the cases need: a tiny model YAML and checkpoint, a dataset, images, broken files."""
     from rtdet.data.synthetic import make_synthetic_dataset
-    from rtdet.nn.model import build_model
+    from rtdet.io.load import build_model
 
     root = tmp_path_factory.mktemp("bad_input")
     data = make_synthetic_dataset(root / "data", n_train=4, n_val=2, imgsz=64, n_classes=2, size_range=(0.3, 0.6),

@@ -77,7 +77,7 @@ def world(tmp_path_factory):
     dataset later names three classes."""
     from rtdet.data.synthetic import make_synthetic_dataset
     from rtdet.engine.trainer import Trainer
-    from rtdet.nn.model import build_model
+    from rtdet.io.load import build_model
     from rtdet.utils.checkpoint import load_checkpoint
 
     root = tmp_path_factory.mktemp("runs_input")

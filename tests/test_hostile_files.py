@@ -45,7 +45,7 @@ def _inflating() -> tuple[bytes, dict]:  # a tensor record of 300 MiB of zeros, 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     from rtdet.data.synthetic import make_synthetic_dataset
-    from rtdet.nn.model import build_model
+    from rtdet.io.load import build_model
 
     root = tmp_path_factory.mktemp("hostile")
     data = make_synthetic_dataset(root / "data", n_train=2, n_val=2, imgsz=64, n_classes=2, size_range=(0.3, 0.6),

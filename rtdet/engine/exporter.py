@@ -48,6 +48,7 @@ from rtdet.nn.heads.base import Decoded, finalize
 from rtdet.ops.nms import batched_nms
 from rtdet.utils.checkpoint import atomic_write_bytes
 from rtdet.utils.logging import LOGGER
+from rtdet.version import __version__
 
 __all__ = ["DeployModel", "ExportError", "Exporter", "Int8Report", "ParityReport", "check_export",
            "compare_detections", "export_onnx", "quantize_int8", "read_metadata", "MIN_OPSET", "MAX_OPSET"]
@@ -333,7 +334,6 @@ def _locate_op(deploy: DeployModel, x: torch.Tensor, op: str) -> str | None:
 def build_metadata(model: nn.Module, layout: str, shape: tuple[int, int], batch: int, dynamic: bool, half: bool,
                    opset: int, nms: NMSConfig | None, extra: dict | None = None, count_flops: bool = True) -> dict:
     """The metadata of an export of ``model`` (its deploy form: parameters are counted after fusing)."""
-    from rtdet import __version__
     from rtdet.nn.model import count_parameters
 
     head = model.head

@@ -14,7 +14,15 @@
 """
 
 from rtdet.io.formats import ConvertContext, Converted, ForeignFormat, find_format, formats, register_format
-from rtdet.io.load import INHERITED_KEYS, LoadedModel, convert_file, is_checkpoint, load_model, transfer_weights
+from rtdet.io.load import (
+    INHERITED_KEYS,
+    LoadedModel,
+    build_model,
+    convert_file,
+    is_checkpoint,
+    load_model,
+    transfer_weights,
+)
 from rtdet.io.rules import ConversionReport, KeyRule, KeyTable, WeightLoadError, drop, load_into, rename
 from rtdet.io.safe_pickle import ForeignObject, UnsafePickleError, read_checkpoint, read_torch_file
 from rtdet.io.transplant import TransplantReport, transplant
@@ -32,6 +40,7 @@ __all__ = [
     "LoadedModel",
     "UnsafePickleError",
     "WeightLoadError",
+    "build_model",
     "convert_file",
     "drop",
     "find_format",

@@ -288,7 +288,7 @@ def _backbone_converted(obj: Any, sd: dict, row: list, table: KeyTable, descript
     a backbone row's ``weights=`` reads back."""
     from rtdet.nn.model import DetectionModel
 
-    model = DetectionModel({"nc": 1, "name": row[2], "backbone": [row], "head": []}, load_weights=False)
+    model = DetectionModel({"nc": 1, "name": row[2], "backbone": [row], "head": []})
     report = _load_table(model.model[0], sd, table, ctx.strict, f"{ctx.source}: {description}",
                          "The file's tensors do not fit the variant its shapes suggest; is it damaged?")
     report.source = ctx.source

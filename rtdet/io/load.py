@@ -6,7 +6,7 @@
     loaded = load_model("rtdetr-l.pt", nc=3)             # ... with a new 3-class head, backbone and neck kept
     loaded.model, loaded.names, loaded.args, loaded.ema, loaded.report
 
-Every entry point (``build_model``, ``DetectionModel.load``, ``Detector``, the CLI, trainer, validator and
+Every entry point (``build_model``, ``Detector``, the CLI, trainer, validator and
 predictor) goes through :func:`load_model`. What a source is follows from its name and content:
 
 * a ``DetectionModel`` is used as is; a dict is a model YAML dict, or an rtdet checkpoint dict;
@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from rtdet.io.formats import ConvertContext, find_format
+from rtdet.io.rows import load_row_weights
 from rtdet.io.rules import ConversionReport, WeightLoadError
 from rtdet.io.safe_pickle import read_torch_file
 from rtdet.nn.model import DetectionModel
@@ -36,7 +37,8 @@ from rtdet.utils.checkpoint import CheckpointError, save_checkpoint
 from rtdet.utils.class_names import class_names
 from rtdet.utils.logging import LOGGER
 
-__all__ = ["LoadedModel", "load_model", "convert_file", "transfer_weights", "is_checkpoint", "is_rtdet_checkpoint",
+__all__ = ["LoadedModel", "build_model", "load_model", "convert_file", "transfer_weights", "is_checkpoint",
+           "is_rtdet_checkpoint",
            "model_entry", "INHERITED_KEYS", "YAML_SUFFIXES"]
 
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -142,10 +144,18 @@ def load_model(source: str | Path | dict | DetectionModel, nc: int | None = None
             if path.suffix.lower() in CHECKPOINT_SUFFIXES:
                 raise CheckpointError(f"{source}: checkpoint file not found")
             model = DetectionModel(source, nc=nc, scale=scale, names=names, verbose=verbose)
+            load_row_weights(model)
             loaded = LoadedModel(model, str(source), "yaml", dict(model.names), description="model YAML")
         else:
             loaded = _from_file(path, prefer_ema, format, strict, notice)
     return _adapt(loaded, nc, names)
+
+
+def build_model(cfg: str | Path | dict, nc: int | None = None, scale: str | None = None,
+                names: list[str] | dict | None = None, verbose: bool = False) -> DetectionModel:
+    """A model from a YAML path, a built-in name (``rtdetr-l.yaml``) or a dict -- or from any checkpoint the
+    loader reads (``nc`` then re-sizes the head, keeping backbone and neck): ``load_model(...).model``."""
+    return load_model(cfg, nc=nc, names=names, scale=scale, verbose=verbose).model
 
 
 def _from_dict(d: dict, nc, scale, names, prefer_ema: bool, verbose: bool, name: str | None) -> LoadedModel:
@@ -154,6 +164,7 @@ def _from_dict(d: dict, nc, scale, names, prefer_ema: bool, verbose: bool, name:
     if "yaml" in d and "state_dict" in d:  # a bare model entry (DetectionModel.to_checkpoint())
         return _from_rtdet({"model": d}, name or "<model dict>", prefer_ema)
     model = DetectionModel(d, nc=nc, scale=scale, names=names, verbose=verbose)
+    load_row_weights(model)
     return LoadedModel(model, name or "<dict>", "dict", dict(model.names), description="model YAML dict")
 
 
@@ -205,7 +216,7 @@ def _adapt(loaded: LoadedModel, nc: int | None, names: list | dict | None) -> Lo
     has_head = model.head_index is not None
     if has_head and nc is not None and int(nc) != model.nc and loaded.format not in ("yaml", "dict"):
         # a checkpoint (or a model object) for another class count: a new head on the same trunk
-        new = DetectionModel(model.yaml, nc=int(nc), names=names, load_weights=False)
+        new = DetectionModel(model.yaml, nc=int(nc), names=names)
         kept, reinit = transfer_weights(new, model.state_dict(), verbose=False)
         head = f"model.{new.head_index}."
         outside = [k for k in reinit if not k.startswith(head)]

@@ -416,7 +416,7 @@ def convert_mmdet_rtmdet(obj: Any, ctx: ConvertContext) -> Converted:
         how = f"{note}: architecture inferred from tensor shapes, {assumed}"
     _check_shared(sd, arch, ctx.source)
     d = model_yaml(arch, ctx.source)
-    model = DetectionModel(d, load_weights=False)
+    model = DetectionModel(d)
     names = _class_names(meta, model.nc)
     if names is not None:
         model.names = names

@@ -37,8 +37,8 @@ from typing import Any
 import torch
 
 from rtdet.io.load import load_model
-from rtdet.io.rows import split_weights
 from rtdet.io.rules import WeightLoadError
+from rtdet.nn.builder import split_weights
 from rtdet.nn.model import DetectionModel
 from rtdet.nn.registry import lookup
 from rtdet.utils.checkpoint import CheckpointError, atomic_write_text, save_checkpoint

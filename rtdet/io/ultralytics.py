@@ -104,7 +104,7 @@ def convert_ultralytics(obj: Any, ctx: ConvertContext) -> Converted:
     mapped, dropped = table.apply(sd)
     if head in _ADJUST:
         d = _ADJUST[head](d, mapped)
-    model = DetectionModel(d, load_weights=False)  # the YAML's own nc; the names come from the checkpoint
+    model = DetectionModel(d)  # the YAML's own nc; the names come from the checkpoint
     names = stored_names(record)
     if names is not None and len(names) == model.nc:
         model.names = names

@@ -96,7 +96,7 @@ def convert_official_yolov9(obj: Any, ctx: ConvertContext) -> Converted:
             f"files share this layout but not the modules.")
     sd, cast = to_float32(module_state_dict(record, where=ctx.source))
     mapped, dropped = OFFICIAL_YOLOV9_KEYS.apply(sd)
-    model = DetectionModel(d, load_weights=False)  # the YAML's own nc; the names come from the checkpoint
+    model = DetectionModel(d)  # the YAML's own nc; the names come from the checkpoint
     names = stored_names(record)
     if names is not None and len(names) == model.nc:
         model.names = names

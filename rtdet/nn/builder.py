@@ -35,6 +35,7 @@ from rtdet.nn.modules.common import use_activation
 from rtdet.nn.registry import (
     BACKBONE,
     REGISTER_HINT,
+    RULES,
     RowContext,
     lookup,
     resolve_activation,
@@ -42,8 +43,10 @@ from rtdet.nn.registry import (
 )
 from rtdet.utils.yaml_file import read_yaml
 
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin")  # a backbone row's first argument that names a weights file
+
 __all__ = ["MAX_CHANNELS", "MAX_PARAMETERS", "MAX_REPEATS", "MODELS_DIR", "BuiltLayer", "ModelConfigError",
-           "load_model_yaml", "parse_model", "resolve_model_path"]
+           "WEIGHT_SUFFIXES", "load_model_yaml", "parse_model", "resolve_model_path", "split_weights"]
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "cfg" / "models"
 N_SLOTS = 5
@@ -75,6 +78,7 @@ class BuiltLayer:
     name: str
     args: list
     c2: Any
+    weights: str | None = None  # the row's own pretrained weights file (``weights=path``), loaded by rtdet.io
 
 
 def resolve_model_path(cfg: str | Path) -> tuple[Path, str | None]:
@@ -333,8 +337,7 @@ def _instantiate(cls: type[nn.Module], args: list, n: int, where: str) -> nn.Mod
     return module
 
 
-def parse_model(d: dict, ch: int = 3, verbose: bool = False,
-                load_weights: bool = True) -> tuple[list[nn.Module], list[BuiltLayer], set[int]]:
+def parse_model(d: dict, ch: int = 3, verbose: bool = False) -> tuple[list[nn.Module], list[BuiltLayer], set[int]]:
     """Build every row of a model dict. Returns the modules, their bookkeeping and the saved slots.
 
     Every problem raises ModelConfigError naming the file, the row and the value: a malformed row, an
@@ -342,8 +345,8 @@ def parse_model(d: dict, ch: int = 3, verbose: bool = False,
     are allocated), or anything a module's constructor raises.
 
     A row may name pretrained weights for its module (``weights=path`` among its args, see
-    :func:`rtdet.io.rows.split_weights`); they are loaded right after the module is built unless ``load_weights`` is
-    False (rebuilding a model whose weights come from a checkpoint)."""
+    :func:`split_weights`). The builder only records them (``BuiltLayer.weights``): reading files is the job
+    of :func:`rtdet.io.rows.load_row_weights`, which the loader calls for a model built from a YAML."""
     where = d.get("yaml_file", "<dict>")
     d.setdefault("nc", 80)
     d.setdefault("ch", ch)
@@ -372,8 +375,7 @@ def parse_model(d: dict, ch: int = 3, verbose: bool = False,
     for i, (row, entry) in enumerate(zip(rows, entries, strict=True)):
         row_where = f"{where}: row {i} ({row[2]})"
         try:
-            module, info = _build_row(i, row, entry, graph, namespace, (depth, width, max_channels), row_where,
-                                      load_weights)
+            module, info = _build_row(i, row, entry, graph, namespace, (depth, width, max_channels), row_where)
         except ModelConfigError:
             raise
         except Exception as e:  # anything unforeseen still names the file and the row
@@ -381,6 +383,26 @@ def parse_model(d: dict, ch: int = 3, verbose: bool = False,
         if verbose:
             print(f"{info.slot:>4}{str(info.f_written):>20}{info.n:>4}{module.np:>12}  {info.name:<28}{info.args}")
     return graph.layers, graph.built, graph.save
+
+
+def split_weights(args: list, entry, row_where: str) -> tuple[list, str | None]:
+    """(constructor args, weights path or None) of one row. The weights are a ``weights=path`` string or a
+    ``{weights: path}`` mapping among the args; a backbone row may also give the path as its first
+    argument (the community backbones' habit: ``convnextv2_atto(weights='')``)."""
+    rest, found = [], []
+    for a in args:
+        if isinstance(a, str) and a.startswith("weights="):
+            found.append(a[len("weights="):].strip())
+        elif isinstance(a, dict) and set(a) == {"weights"}:
+            found.append(str(a["weights"] or "").strip())
+        else:
+            rest.append(a)
+    if (not found and entry.channels is RULES["backbone"] and rest and isinstance(rest[0], str)
+            and rest[0].lower().endswith(WEIGHT_SUFFIXES)):
+        found.append(rest.pop(0))
+    if len(found) > 1:
+        raise ModelConfigError(f"{row_where}: {len(found)} weights= arguments; give one")
+    return rest, (found[0] or None) if found else None
 
 
 def _lookup_all(rows: list, where: str) -> list:
@@ -439,9 +461,7 @@ def _resolve_from(i: int, f: int | list[int], slot: int, graph: _Graph, row_wher
 
 
 def _build_row(i: int, row: list, entry, graph: _Graph, namespace: dict, scaling: tuple[float, float, float],
-               row_where: str, load_weights: bool = True) -> tuple[nn.Module, BuiltLayer]:
-    from rtdet.io.rows import load_row_weights, split_weights
-
+               row_where: str) -> tuple[nn.Module, BuiltLayer]:
     f, n, m, args = row
     depth, width, max_channels = scaling
     slot = i + graph.slot_offset
@@ -470,8 +490,6 @@ def _build_row(i: int, row: list, entry, graph: _Graph, namespace: dict, scaling
     module = _instantiate(entry.cls, args, n_build, row_where)
     if graph.act is not None:
         use_activation(module, graph.act)
-    if weights is not None and load_weights:
-        load_row_weights(module, weights, graph.yaml_file, row_where)
     if c2 == BACKBONE:
         c2 = list(getattr(module, "out_channels", []))
         if not c2:
@@ -490,7 +508,7 @@ def _build_row(i: int, row: list, entry, graph: _Graph, namespace: dict, scaling
     else:
         graph.ch_by_slot[slot] = c2
     f_abs: int | list[int] = abs_f[0] if isinstance(f, int) else abs_f
-    info = BuiltLayer(i, slot, slots, f_abs, f, n_scaled, m, args, c2)
+    info = BuiltLayer(i, slot, slots, f_abs, f, n_scaled, m, args, c2, weights)
     module.i, module.f, module.slots, module.type = slot, f_abs, slots, m
     module.np = sum(p.numel() for p in module.parameters())
     module.is_head = entry.is_head

@@ -5,11 +5,11 @@
     y = model(images)                    # eval: the head's inference output
     out = model(images, targets)         # train: raw head outputs (the head may use targets, e.g. denoising)
     model.fuse()                         # fold Conv+BN, re-parameterise RepConv (inference)
-    model.save("m.pt"); DetectionModel.load("m.pt")
+    model.save("m.pt"); rtdet.load_model("m.pt").model
 
-Loading from files lives in :mod:`rtdet.io.load` (one loader for YAMLs, rtdet and foreign checkpoints);
-``DetectionModel.load`` and ``build_model`` go through it. The model itself only turns into and out of
-the plain dict an rtdet checkpoint stores (``to_checkpoint`` / ``from_checkpoint``).
+Loading from files lives a layer above, in :mod:`rtdet.io.load` (one loader for YAMLs, rtdet and foreign
+checkpoints; ``build_model`` is its shortcut). The model itself only turns into and out of the plain dict
+an rtdet checkpoint stores (``to_checkpoint`` / ``from_checkpoint``).
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ import torch
 import torch.nn as nn
 
 from rtdet.nn.builder import BuiltLayer, ModelConfigError, load_model_yaml, parse_model
+from rtdet.utils.checkpoint import CheckpointError, save_checkpoint
 from rtdet.utils.class_names import class_names
+from rtdet.version import __version__
 
-__all__ = ["DetectionModel", "build_model", "count_parameters"]
+__all__ = ["DetectionModel", "count_parameters"]
 
 BN_EPS, BN_MOMENTUM = 1e-3, 0.03  # what Ultralytics and YOLOv9 set on every BatchNorm2d
 PROBE_SIZE = 128  # side of the zero image whose forward tells the head's input strides (up to 128)
@@ -48,9 +50,9 @@ class DetectionModel(nn.Module):
     """Runs the rows of a model YAML in order, keeping only the outputs later rows read."""
 
     def __init__(self, cfg: str | Path | dict, nc: int | None = None, ch: int = 3, scale: str | None = None,
-                 names: list[str] | dict | None = None, verbose: bool = False, load_weights: bool = True):
-        """``load_weights=False`` skips the pretrained weights a YAML row may name (``weights=path``):
-        used when the weights come from a checkpoint instead."""
+                 names: list[str] | dict | None = None, verbose: bool = False):
+        """Build the rows of a model YAML (path, built-in name or dict). The pretrained weights a row may name
+        (``weights=path``) are recorded in ``layers_info``, not read: :func:`rtdet.io.load_model` loads them."""
         super().__init__()
         d = load_model_yaml(cfg)
         if nc is not None:
@@ -59,7 +61,7 @@ class DetectionModel(nn.Module):
             d["scale"] = scale
         d.setdefault("nc", 80)
         d.setdefault("ch", ch)
-        layers, built, save = parse_model(d, ch=d["ch"], verbose=verbose, load_weights=load_weights)
+        layers, built, save = parse_model(d, ch=d["ch"], verbose=verbose)
         self.yaml = d  # resolved: nc and scale filled in; plain types only (goes into checkpoints)
         self.model = nn.ModuleList(layers)
         self.layers_info: list[BuiltLayer] = built
@@ -303,8 +305,6 @@ class DetectionModel(nn.Module):
     # ------------------------------------------------------------------ checkpoints
     def to_checkpoint(self) -> dict:
         """Tensors and plain types only, loadable with torch.load(weights_only=True)."""
-        from rtdet import __version__
-
         return {
             "rtdet_version": __version__,
             "yaml": copy.deepcopy(self.yaml),
@@ -315,12 +315,10 @@ class DetectionModel(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, source: str = "checkpoint") -> DetectionModel:
-        from rtdet.utils.checkpoint import CheckpointError
-
         missing = [k for k in ("yaml", "state_dict") if k not in ckpt]
         if missing:
             raise CheckpointError(f"{source}: not an rtdet model checkpoint (missing keys {missing})")
-        model = cls(ckpt["yaml"], nc=ckpt.get("nc"), names=ckpt.get("names"), load_weights=False)
+        model = cls(ckpt["yaml"], nc=ckpt.get("nc"), names=ckpt.get("names"))
         _check_shapes(model.state_dict(), ckpt["state_dict"], source)
         result = model.load_state_dict(ckpt["state_dict"], strict=False)
         if result.missing_keys or result.unexpected_keys:
@@ -331,16 +329,8 @@ class DetectionModel(nn.Module):
         return model
 
     def save(self, path: str | Path) -> Path:
-        from rtdet.utils.checkpoint import save_checkpoint
-
         return save_checkpoint({"model": self.to_checkpoint()}, path)
 
-    @classmethod
-    def load(cls, path: str | Path) -> DetectionModel:
-        """The model of a checkpoint file (rtdet, or foreign converted in memory): :func:`rtdet.io.load_model`."""
-        from rtdet.io.load import load_model
-
-        return load_model(path).model
 
 
 def _saved_slots(layers: nn.ModuleList) -> list[int]:
@@ -393,20 +383,10 @@ def _head_row(built: list[BuiltLayer], layers: list[nn.Module], where: str) -> i
     return heads[0]
 
 
-def build_model(cfg: str | Path | dict, nc: int | None = None, scale: str | None = None,
-                names: list[str] | dict | None = None, verbose: bool = False) -> DetectionModel:
-    """A model from a YAML path, a built-in name (``rtdetr-l.yaml``) or a dict -- or from any checkpoint the
-    loader reads (:func:`rtdet.io.load_model`; ``nc`` then re-sizes the head, keeping backbone and neck)."""
-    from rtdet.io.load import load_model
-
-    return load_model(cfg, nc=nc, names=names, scale=scale, verbose=verbose).model
-
 
 def _check_shapes(own: dict[str, torch.Tensor], stored: Any, source: str) -> None:
     """Every stored tensor of a name the model has must have its shape (else load_state_dict's multi-line
     RuntimeError): the first that does not is named with both shapes."""
-    from rtdet.utils.checkpoint import CheckpointError
-
     if not isinstance(stored, dict):
         raise CheckpointError(f"{source}: its state_dict is a {type(stored).__name__}, expected a dict of tensors")
     for key, value in stored.items():

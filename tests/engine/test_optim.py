@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from rtdet.engine.optim import LRSchedule, build_optimizer, param_groups, warmup_steps
-from rtdet.nn.model import build_model
+from rtdet.io.load import build_model
 
 
 def test_groups_split_backbone_and_decay(tiny_yaml):

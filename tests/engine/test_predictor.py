@@ -10,7 +10,7 @@ import torch
 from rtdet.engine.predictor import Predictor, iter_source
 from rtdet.engine.results import Results
 from rtdet.engine.settings import SettingsError
-from rtdet.nn.model import build_model
+from rtdet.io.load import build_model
 
 
 def _model_predicting(tiny_yaml, box_xyxy_in: list[float], imgsz: int, score: float = 0.9, cls: int = 1):

@@ -164,7 +164,7 @@ def test_parse_value(text, value):
 
 def test_imgsz_is_rounded_up_to_the_largest_stride(tiny_yaml, caplog):
     from rtdet.engine.settings import check_imgsz
-    from rtdet.nn.model import build_model
+    from rtdet.io.load import build_model
 
     model = build_model(str(tiny_yaml), nc=2)
     stride = max(model.strides)

@@ -10,8 +10,8 @@ import torch
 from rtdet.data.synthetic_tracks import render_track_clip, write_mot, write_video
 from rtdet.engine.results import Results
 from rtdet.engine.tracker import TRACKERS, Tracker, make_tracker, mot_rows, track_frame
+from rtdet.io.load import build_model
 from rtdet.nn.heads.base import Detections
-from rtdet.nn.model import build_model
 
 trackers = pytest.importorskip("trackers", reason="tracking needs the optional package: pip install 'rtdet[track]'")
 from trackers.eval import evaluate_mot_sequence  # noqa: E402

@@ -11,7 +11,7 @@ import torch
 from rtdet.engine import loaders
 from rtdet.engine.settings import resolve_settings
 from rtdet.engine.validator import Validator, fitness
-from rtdet.nn.model import build_model
+from rtdet.io.load import build_model
 from rtdet.ops.metrics import evaluate_coco
 
 # Three non-square images (w, h) with their boxes (class, x1, y1, x2, y2 in pixels), so the letterbox pads.

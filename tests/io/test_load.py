@@ -1,4 +1,4 @@
-"""One loader for every source, and the entry points on top of it: build_model, DetectionModel.load,
+"""One loader for every source, and the entry points on top of it: build_model,
 Detector, `rtdet convert`, `rtdet val / predict / train model=<foreign file>`."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from rtdet import DetectionModel, Detector, build_model
+from rtdet import Detector, build_model
 from rtdet.cli import main
 from rtdet.engine.settings import SettingsError
 from rtdet.engine.trainer import Trainer
@@ -58,8 +58,7 @@ def test_every_kind_of_source(tmp_path, foreign):
     theirs = load_model(path)
     assert theirs.format == "ultralytics" and theirs.foreign and theirs.path == path
     assert same_outputs(outputs(source), outputs(theirs.model))
-    assert same_outputs(outputs(source), outputs(build_model(path)))  # build_model and .load take files too
-    assert same_outputs(outputs(source), outputs(DetectionModel.load(path)))
+    assert same_outputs(outputs(source), outputs(build_model(path)))  # build_model takes files too
     with pytest.raises(CheckpointError, match="ONNX"):
         load_model(tmp_path / "model.onnx")
     with pytest.raises(CheckpointError, match="not found"):

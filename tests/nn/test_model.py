@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from rtdet import DetectionModel, ModelConfigError, build_model
+from rtdet import DetectionModel, ModelConfigError, build_model, load_model
 from rtdet.utils.checkpoint import CheckpointError
 
 SMALL = {
@@ -76,7 +76,7 @@ def test_fuse_keeps_outputs_and_removes_batchnorm():
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
     model = randomise(build_model(SMALL, names=["a", "b", "c", "d"])).eval()
     path = model.save(tmp_path / "m.pt")
-    loaded = DetectionModel.load(path).eval()
+    loaded = load_model(path).model.eval()
     x = torch.randn(1, 3, 64, 64)
     assert torch.equal(model(x), loaded(x))
     assert loaded.names == {0: "a", 1: "b", 2: "c", 3: "d"} and loaded.nc == 4

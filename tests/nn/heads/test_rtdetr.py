@@ -293,7 +293,7 @@ def test_yaml_rule_inserts_the_input_channels():
 
 
 def test_tiny_yaml_model_trains_and_predicts():
-    from rtdet.nn import build_model
+    from rtdet.io import build_model
 
     cfg = {
         "nc": 3,
