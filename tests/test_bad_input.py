@@ -180,11 +180,13 @@ def test_every_bad_input_is_one_clean_error_with_the_right_exit_status_and_no_ru
 
 def test_a_loss_key_of_another_family_names_that_family(world, tmp_path, capsys):
     """Once the model is known, only its own family's loss keys are accepted (exit 2, no run folder)."""
+    from rtdet.families import Family, register_family, unregister_family
+    from rtdet.losses.base import Criterion
     from rtdet.nn.heads.base import Decoded, DetectionHead
     from rtdet.nn.registry import register, unregister
     from rtdet.utils.schema import Setting
 
-    class ToyLoss(torch.nn.Module):
+    class ToyLoss(Criterion):
         SETTINGS = (Setting("toy_gain", 1.0, float, "toy loss weight", low=0.0),)
 
     @register(channels="head")
@@ -198,16 +200,11 @@ def test_a_loss_key_of_another_family_names_that_family(world, tmp_path, capsys)
         def forward(self, feats, targets=None):
             return self.conv(feats[0]).flatten(2)
 
-        @classmethod
-        def criterion_settings(cls):
-            return ToyLoss.SETTINGS
-
-        def build_criterion(self, hyp):
-            return ToyLoss()
-
         def decode(self, outputs, img_shape):
             s = outputs.sigmoid().transpose(1, 2)
             return Decoded(torch.zeros(*s.shape[:2], 4), s)
+
+    register_family(Family(name="badinputtoy", heads=(BadInputToyHead,), criterion=ToyLoss))
 
     toy = tmp_path / "toy.yaml"
     toy.write_text("nc: 2\nbackbone:\n  - [-1, 1, Conv, [8, 3, 2]]\nhead:\n  - [[0], 1, BadInputToyHead, [nc]]\n")
@@ -215,6 +212,7 @@ def test_a_loss_key_of_another_family_names_that_family(world, tmp_path, capsys)
         code = main(["train", f"model={toy}", f"data={world['data']}", "imgsz=64", "workers=0", "device=cpu",
                      f"project={tmp_path / 'runs'}", "loss_giou=3"])
     finally:
+        unregister_family("badinputtoy")
         unregister("BadInputToyHead")
     err = capsys.readouterr().err
     assert code == 2 and "'loss_giou' is a loss setting of the rtdetr family" in err and "badinputtoy" in err

@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from rtdet import build_model
 from rtdet.engine.settings import criterion_hyperparameters, resolve_settings
+from rtdet.families import criterion_for
 from rtdet.losses.common import batch_targets
 from rtdet.nn.builder import load_model_yaml
 from rtdet.nn.heads.base import Decoded, DetectionHead, Detections
@@ -75,7 +76,8 @@ def check_train(model: nn.Module) -> None:
     """Forward -> criterion (the family's settings, as Trainer.setup builds it) -> backward."""
     model = copy.deepcopy(model).train()
     head = model.head
-    criterion = head.build_criterion(criterion_hyperparameters(resolve_settings({}, head.family, "train"), head))
+    hyp = criterion_hyperparameters(resolve_settings({}, head.family, "train"), head.family)
+    criterion = criterion_for(head, hyp)  # the family record binds the head to its loss
     batch = train_batch()
     loss, items = criterion(model(batch["img"], batch), batch)
     assert loss.dim() == 0 and torch.isfinite(loss), f"loss {loss}"

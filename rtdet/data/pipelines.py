@@ -32,11 +32,37 @@ from rtdet.data.transforms import Compose, PipelineConfigError, build_transform
 from rtdet.utils.yaml_file import read_yaml
 
 __all__ = ["BUILTIN_PIPELINES", "PipelineSchedule", "PipelineSpec", "build_pipeline", "load_pipeline_spec",
-           "resolve_stage_start"]
+           "named_pipelines", "register_pipeline", "resolve_stage_start",
+           "unregister_pipeline"]
 
 BUILTIN_DIR = Path(__file__).resolve().parents[1] / "cfg" / "pipelines"
 BUILTIN_PIPELINES = sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml"))
 DEFAULT_VAL = [{"name": "LetterBox", "interpolation": "auto"}]
+# Pipelines a recipe or a checkpoint may name by their stem: the built-ins, then those a family outside the
+# package registers with its record (rtdet.families.register_family).
+_NAMED: dict[str, Path] = {name: BUILTIN_DIR / f"{name}.yaml" for name in BUILTIN_PIPELINES}
+
+
+def register_pipeline(path: str | Path) -> None:
+    """Make a pipeline file known by its stem (``train_pipeline: <stem>``). Another file of the same stem is
+    an error: a name must mean one pipeline."""
+    path = Path(path).resolve()
+    old = _NAMED.get(path.stem)
+    if old is not None and old.resolve() != path:
+        raise PipelineConfigError(f"pipeline name {path.stem!r} is already taken by {old}; rename {path}")
+    _NAMED[path.stem] = path
+
+
+def unregister_pipeline(path: str | Path) -> None:
+    """Forget a registered pipeline file (its family is unregistered); the built-ins stay."""
+    path = Path(path).resolve()
+    if path.parent != BUILTIN_DIR and path.stem in _NAMED and _NAMED[path.stem].resolve() == path:
+        del _NAMED[path.stem]
+
+
+def named_pipelines() -> list[str]:
+    """Every pipeline name a setting may give (built-in and registered)."""
+    return sorted(_NAMED)
 
 
 @dataclass
@@ -96,14 +122,14 @@ def load_pipeline_spec(spec: str | Path | dict | list | PipelineSpec | None, def
     name = "<dict>"
     if isinstance(spec, (str, Path)):
         p = Path(spec)
-        builtin = BUILTIN_DIR / f"{p.stem}.yaml"
+        named = _NAMED.get(p.stem)
         if p.suffix in (".yaml", ".yml") and p.is_file():
             path = p
-        elif builtin.is_file() and p.parent == Path("."):
-            path = builtin
+        elif named is not None and named.is_file() and p.parent == Path("."):
+            path = named
         else:
             raise PipelineConfigError(
-                f"pipeline '{spec}' not found: not a YAML file and not a built-in ({', '.join(BUILTIN_PIPELINES)})"
+                f"pipeline '{spec}' not found: not a YAML file and not a named pipeline ({', '.join(_NAMED)})"
             )
         name = path.stem
         spec = read_yaml(path, PipelineConfigError)

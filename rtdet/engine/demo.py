@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from rtdet.engine.settings import load_yaml
+from rtdet.families import get_family
 from rtdet.utils.logging import LOGGER
 
 __all__ = ["DEMO_DATA", "DEMO_FIXED", "DEMO_SETTINGS", "family_demo_settings", "run_demo"]
@@ -36,15 +38,12 @@ DEMO_SETTINGS = {
     "project": "runs/demo",
     "plots": True,
 }
-DEMO_DIR = Path(__file__).resolve().parent.parent / "cfg" / "demo"
 
 
 def family_demo_settings(family: str) -> dict:
-    """cfg/demo/<family>.yaml ({} for a family without one: its recipe alone)."""
-    from rtdet.engine.settings import load_yaml
-
-    path = DEMO_DIR / f"{family}.yaml"
-    return load_yaml(path) if path.is_file() else {}
+    """The family record's demo settings ({} for a family without them: its recipe alone)."""
+    record = get_family(family)
+    return load_yaml(record.demo) if record is not None and record.demo is not None else {}
 
 
 # Settings the demo decides itself, and what to run instead.

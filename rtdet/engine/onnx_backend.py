@@ -69,16 +69,6 @@ class OnnxHead:
         self.nms = meta.get("nms")  # the settings fixed in an nms=True graph
         self.strides = [int(s) for s in meta["stride"]]
 
-    @staticmethod
-    def criterion_settings() -> tuple:
-        return ()
-
-    def build_criterion(self, hyp=None):
-        from rtdet.engine.settings import SettingsError
-
-        raise SettingsError("an ONNX export cannot be trained (it holds the fused inference graph); train the "
-                            "checkpoint or the model YAML it was exported from")
-
     def decode(self, outputs: tuple[torch.Tensor, ...], img_shape: tuple[int, int]) -> Decoded:
         if self.layout == "final":
             boxes, scores, labels = outputs

@@ -1,4 +1,4 @@
-"""Settings: ``cfg/default.yaml`` < ``cfg/recipes/<family>.yaml`` < user arguments, each value checked.
+"""Settings: ``cfg/default.yaml`` < the family's recipe < user arguments, each value checked.
 
     defaults = default_settings()                 # every key, its default
     args = resolve_settings({"epochs": 3}, family="rtdetr")
@@ -8,10 +8,10 @@
 ``default.yaml`` is the schema of the engine's settings: for every key its default, type, range or choices
 and a one-line doc (the format is described at the top of the file), read into :class:`Setting` objects,
 the one checker of every value. The loss settings of a family are declared once by its criterion
-(``SETTINGS``) and reported by its head's ``criterion_settings()``. Before the model is known any family's
+(``SETTINGS``) and found through the family's record (:mod:`rtdet.families`). Before the model is known any family's
 loss keys are accepted; once it is, only its own family's are, and a key of another family is an error
 naming that family. A key that no file or criterion defines is an error, so that a typo is never silently
-ignored. Recipes (``cfg/recipes/<family>.yaml``) only set values, and those are checked too.
+ignored. Recipes (the record's ``recipe`` file) only set values, and those are checked too.
 
 Every entry point (CLI, ``Detector``, ``Trainer``, ``Validator``, ``Predictor``) checks the values it is
 given with :func:`check_settings` / :func:`resolve_settings` before it does any work or makes a run folder.
@@ -29,6 +29,10 @@ from typing import Any
 
 import yaml
 
+from rtdet.data.pipelines import build_pipeline, load_pipeline_spec, named_pipelines
+from rtdet.data.transforms import PipelineConfigError
+from rtdet.families import families, get_family
+from rtdet.utils.checkpoint import CheckpointError
 from rtdet.utils.schema import Setting, SettingError
 from rtdet.utils.yaml_file import read_yaml
 
@@ -36,7 +40,6 @@ __all__ = [
     "CFG_DIR",
     "apply_cfg",
     "DEFAULT_CFG",
-    "RECIPES_DIR",
     "SettingsError",
     "check_device",
     "check_half",
@@ -59,7 +62,6 @@ __all__ = [
 
 CFG_DIR = Path(__file__).resolve().parent.parent / "cfg"
 DEFAULT_CFG = CFG_DIR / "default.yaml"
-RECIPES_DIR = CFG_DIR / "recipes"
 
 _EXP_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")  # 1e-4, 2.5E3
 
@@ -240,22 +242,20 @@ def default_settings() -> dict:
 
 
 def available_recipes() -> list[str]:
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    """The families that ship a recipe."""
+    return sorted(name for name, family in families().items() if family.recipe is not None)
 
 
 def recipe_settings(family: str | None) -> dict:
-    """The family recipe's values (``cfg/recipes/<family>.yaml``), checked against the schema; {} for no
-    family, and for a family registered without a recipe (a user's own head: default.yaml and its
-    criterion's defaults apply)."""
-    if not family:
+    """The family recipe's values (the record's ``recipe`` file), checked against the schema; {} for no
+    family and for a family registered without a recipe (default.yaml and its criterion's defaults apply)."""
+    record = get_family(family)
+    if record is None:
+        raise SettingsError(f"no family '{family}' is registered (known: {', '.join(sorted(families()))}); a head's "
+                            f"family needs a record: rtdet.families.register_family (docs/families.md)")
+    if record.recipe is None:
         return {}
-    path = RECIPES_DIR / f"{family}.yaml"
-    if not path.is_file():
-        if family in family_settings():
-            return {}
-        raise SettingsError(
-            f"no recipe for family '{family}' (looked for {path}); available: {', '.join(available_recipes())}"
-        )
+    path = record.recipe
     recipe = load_yaml(path)
     table = schema(family)
     stray = sorted(set(recipe) - set(table))
@@ -273,15 +273,8 @@ def recipe_settings(family: str | None) -> dict:
 
 
 def family_settings() -> dict[str, dict[str, Setting]]:
-    """{family: {key: Setting}}: the loss settings of every registered head's family."""
-    from rtdet.nn.registry import head_classes
-
-    out: dict[str, dict[str, Setting]] = {}
-    for cls in head_classes():
-        family = getattr(cls, "family", "")
-        if family:
-            out.setdefault(family, {}).update({st.name: st for st in cls.criterion_settings()})
-    return out
+    """{family: {key: Setting}}: the loss settings of every registered family."""
+    return {name: {st.name: st for st in family.settings} for name, family in families().items()}
 
 
 def valid_keys(family: str | None = None) -> set[str]:
@@ -340,9 +333,9 @@ def check_settings(overrides: dict | None, verb: str | None = None, family: str 
     return out
 
 
-def criterion_hyperparameters(args: dict, head) -> dict:
-    """The values of the settings the head's criterion declares, from resolved settings."""
-    return {st.name: args[st.name] for st in head.criterion_settings() if st.name in args}
+def criterion_hyperparameters(args: dict, family: str | None) -> dict:
+    """The values of the settings the family's criterion declares, from resolved settings."""
+    return {k: args[k] for k in family_settings().get(family or "", {}) if k in args}
 
 
 def verb_defaults(verb: str | None) -> dict:
@@ -379,10 +372,6 @@ def check_stored_settings(stored: dict, where: str | Path, given: Any = ()) -> d
     CheckpointError line naming the file, the key, the value and what is allowed. Pipelines stored in a file
     are a built-in name or the transforms themselves (never a path on this machine), and are built once.
     Keys in ``given`` (set by the user, who overrides the file) are left out."""
-    from rtdet.data.pipelines import BUILTIN_PIPELINES, build_pipeline, load_pipeline_spec
-    from rtdet.data.transforms import PipelineConfigError
-    from rtdet.utils.checkpoint import CheckpointError
-
     def bad(message: str) -> CheckpointError:
         return CheckpointError(f"{where}: the setting stored in the file is wrong: {message}. The file was edited "
                                f"or written by another program; give the setting on the command line to override it")
@@ -396,8 +385,8 @@ def check_stored_settings(stored: dict, where: str | Path, given: Any = ()) -> d
         value = out.get(key)
         if value is None:
             continue
-        if isinstance(value, str) and value not in BUILTIN_PIPELINES:
-            raise bad(f"{key}={value!r} is not a built-in pipeline ({', '.join(BUILTIN_PIPELINES)})")
+        if isinstance(value, str) and value not in named_pipelines():
+            raise bad(f"{key}={value!r} is not a built-in pipeline ({', '.join(named_pipelines())})")
         try:
             spec = load_pipeline_spec(value)
             for transforms in (spec.train, spec.val, *(stage.get("train") or [] for stage in spec.stages)):

@@ -3,7 +3,7 @@
     Trainer({"model": "rtdetr-l.yaml", "data": "coco128.yaml", "epochs": 10}).train()
 
 The trainer only talks to the model and its head: ``model(img, targets=batch)`` gives the head's training
-outputs, ``model.head.build_criterion(hyp)`` the loss, ``model.head.family`` the recipe. What it does:
+outputs, the family record (``rtdet.families.criterion_for(head, hyp)``) the loss and the recipe. What it does:
 
 * optimizer groups (lower backbone LR, no decay on norms / biases / embeddings), warmup + schedule,
   EMA, gradient clipping, AMP on CUDA, gradient accumulation, DDP under torchrun;
@@ -62,6 +62,7 @@ from rtdet.engine.settings import (
     resolve_settings,
 )
 from rtdet.engine.validator import Validator, fitness
+from rtdet.families import criterion_for
 from rtdet.io.load import is_checkpoint, load_model
 from rtdet.io.transplant import transplant_pretrained, write_transplant_report
 from rtdet.nn.model import DetectionModel
@@ -258,6 +259,9 @@ class Trainer:
             check_resumed_classes(self.resume_path, model.nc, args["data"], self.data.names)
             return model, args
         loaded = load_model(args["model"], nc=len(names), names=names, scale=args.get("scale"))
+        if not isinstance(loaded.model, DetectionModel):
+            raise SettingsError(f"model={args['model']}: an ONNX export cannot be trained (it holds the fused "
+                                f"inference graph); train the checkpoint or the model YAML it was exported from")
         model, self.weights_loaded = loaded.model, self.weights_loaded or loaded.is_checkpoint
         model.names = names
         if args.get("pretrained"):
@@ -303,7 +307,7 @@ class Trainer:
         self.freezer = self._make_freezer(self.model, frozen)
         if self.channels_last:  # NHWC: cuDNN's fastest convolutions under AMP (tensor cores)
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.criterion = self.model.head.build_criterion(criterion_hyperparameters(args, self.model.head))
+        self.criterion = criterion_for(self.model.head, criterion_hyperparameters(args, self.family))
         if hasattr(self.criterion, "to"):
             self.criterion = self.criterion.to(self.device)
         self.model = _maybe_sync_bn(self.model, bool(args.get("sync_bn")), self.world, self.device)

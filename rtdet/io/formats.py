@@ -2,7 +2,8 @@
 
 A format is one module (``rtdet/io/<source>.py``) that defines its key tables and registers one
 :class:`ForeignFormat`: a ``detect(obj)`` test on what the file holds and a ``convert(obj, ctx)`` that
-returns a :class:`Converted` model. Adding a source is that module plus its line in ``FORMAT_MODULES``.
+returns a :class:`Converted` model. A family's record names its format modules (``converters``, see
+:mod:`rtdet.families`); the backbones' formats, which belong to no family, are in ``FORMAT_MODULES``.
 
     fmt = find_format(obj, "rtdetr-l.pt")          # or find_format(obj, path, "ultralytics")
     converted = fmt.convert(obj, ConvertContext("rtdetr-l.pt"))
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from rtdet.families import families
 from rtdet.io.rules import ConversionReport
 from rtdet.utils.checkpoint import CheckpointError
 
@@ -25,13 +27,8 @@ if TYPE_CHECKING:
 __all__ = ["ForeignFormat", "ConvertContext", "Converted", "register_format", "formats", "find_format",
            "FORMAT_MODULES"]
 
-# One line per source.
-FORMAT_MODULES = (
-    "rtdet.io.ultralytics",
-    "rtdet.io.yolov9",
-    "rtdet.io.mmdet",
-    "rtdet.io.backbones",
-)
+# Formats of no family: ImageNet backbones a YAML row may load (``weights=``).
+FORMAT_MODULES = ("rtdet.io.backbones",)
 
 
 @dataclass(frozen=True)
@@ -68,7 +65,7 @@ class ForeignFormat:
 
 
 _FORMATS: dict[str, ForeignFormat] = {}
-_LOADED = False
+_IMPORTED: set[str] = set()
 
 
 def register_format(fmt: ForeignFormat) -> ForeignFormat:
@@ -82,12 +79,12 @@ def register_format(fmt: ForeignFormat) -> ForeignFormat:
 
 
 def formats() -> dict[str, ForeignFormat]:
-    """Every registered foreign format by name (importing the built-in format modules first)."""
-    global _LOADED
-    if not _LOADED:
-        for module in FORMAT_MODULES:
+    """Every registered foreign format by name (importing every family's format modules first)."""
+    modules = [*(m for family in families().values() for m in family.converters), *FORMAT_MODULES]
+    for module in dict.fromkeys(modules):
+        if module not in _IMPORTED:
             importlib.import_module(module)
-        _LOADED = True
+            _IMPORTED.add(module)
     return dict(_FORMATS)
 
 

@@ -196,7 +196,7 @@ def register(
         if is_head and _HEAD_BASE and not issubclass(cls, _HEAD_BASE[0]):
             raise TypeError(f"@register(channels='head'): {cls.__qualname__} must subclass "
                             f"{_HEAD_BASE[0].__module__}.{_HEAD_BASE[0].__qualname__}, the interface the engine uses "
-                            f"(family, setup, build_criterion, decode, postprocess)")
+                            f"(family, setup, decode, postprocess)")
         old = _REGISTRY.get(key)
         # re-importing the same file (e.g. a reloaded notebook cell) re-registers silently
         same_definition = old is not None and (old.cls.__module__, old.cls.__qualname__) == (
@@ -222,13 +222,11 @@ def unregister(name: str) -> None:
 
 
 def registered_names() -> list[str]:
-    _ensure_builtins()
     return sorted(_REGISTRY)
 
 
 def head_classes() -> list[type[nn.Module]]:
     """Every registered head class (built-in and user-registered), in registration order."""
-    _ensure_builtins()
     return [e.cls for e in _REGISTRY.values() if e.is_head]
 
 
@@ -268,7 +266,6 @@ def lookup(name: str, row: int | None = None) -> ModuleEntry:
     Unknown names raise a ``KeyError`` that names the row, the closest registered names, and how to
     register a module.
     """
-    _ensure_builtins()
     where = f"row {row}: " if row is not None else ""
     if name.startswith("nn."):
         attr = name[3:]
@@ -366,14 +363,3 @@ def resolve_activation(spec: Any) -> nn.Module:
         raise ValueError(f"activation {text!r}: changes the shape of its input; an activation must be element-wise")
     return act
 
-
-_BUILTINS_LOADED = False
-
-
-def _ensure_builtins() -> None:
-    """Import the built-in module files once so their @register decorators have run."""
-    global _BUILTINS_LOADED
-    if not _BUILTINS_LOADED:
-        _BUILTINS_LOADED = True
-        import rtdet.nn.heads  # noqa: F401
-        import rtdet.nn.modules  # noqa: F401

@@ -5,7 +5,6 @@ import yaml
 
 from rtdet.engine.settings import (
     DEFAULT_CFG,
-    RECIPES_DIR,
     SettingsError,
     check_keys,
     check_settings,
@@ -17,6 +16,7 @@ from rtdet.engine.settings import (
     verb_defaults,
     with_verb_defaults,
 )
+from rtdet.families import RTDETR
 
 
 def test_default_yaml_is_the_schema_of_every_key():
@@ -112,18 +112,23 @@ def test_loss_settings_are_checked_with_their_criterion_schema():
         resolve_settings({"aux_loss": "maybe"}, family="rtdetr")
 
 
-def test_recipe_values_are_checked(tmp_path, monkeypatch):
-    import rtdet.engine.settings as settings
+def test_recipe_values_are_checked(tmp_path):
+    import dataclasses
+
+    from rtdet.families import register_family
 
     (tmp_path / "rtdetr.yaml").write_text("epochs: 72\nlr0: -1\nvfl_gamma: abc\n")
-    monkeypatch.setattr(settings, "RECIPES_DIR", tmp_path)
-    with pytest.raises(SettingsError) as err:
-        resolve_settings({}, family="rtdetr")
-    lines = str(err.value).splitlines()
-    assert len(lines) == 2 and all(line.startswith(str(tmp_path / "rtdetr.yaml")) for line in lines)
-    assert "lr0=-1" in lines[0] and "vfl_gamma='abc'" in lines[1]
-    (tmp_path / "rtdetr.yaml").write_text("lr0: 1e-4\n")  # PyYAML reads this as a string; it is a number
-    assert resolve_settings({}, family="rtdetr")["lr0"] == 1e-4
+    register_family(dataclasses.replace(RTDETR, recipe=tmp_path / "rtdetr.yaml"), replace=True)
+    try:
+        with pytest.raises(SettingsError) as err:
+            resolve_settings({}, family="rtdetr")
+        lines = str(err.value).splitlines()
+        assert len(lines) == 2 and all(line.startswith(str(tmp_path / "rtdetr.yaml")) for line in lines)
+        assert "lr0=-1" in lines[0] and "vfl_gamma='abc'" in lines[1]
+        (tmp_path / "rtdetr.yaml").write_text("lr0: 1e-4\n")  # PyYAML reads this as a string; it is a number
+        assert resolve_settings({}, family="rtdetr")["lr0"] == 1e-4
+    finally:
+        register_family(RTDETR, replace=True)
 
 
 def test_help_lists_every_setting_with_what_it_accepts():
@@ -137,7 +142,7 @@ def test_resolution_order():
     d = default_settings()
     assert d["lr0"] == 0.001 and d["optimizer"] == "AdamW"
     r = resolve_settings({}, family="rtdetr")
-    recipe = yaml.safe_load((RECIPES_DIR / "rtdetr.yaml").read_text())
+    recipe = yaml.safe_load(RTDETR.recipe.read_text())
     assert r["lr0"] == recipe["lr0"] == 1e-4  # the recipe overrides the default
     assert r["backbone_lr_ratio"] == 0.1 and r["clip_grad"] == 0.1 and r["ema_tau"] == 2000
     assert r["loss_giou"] == 2.0  # family keys join the settings
@@ -150,7 +155,7 @@ def test_unknown_key_suggests_the_closest():
         check_keys({"lr_0": 1}, "train")
     with pytest.raises(SettingsError, match="vfl_alpha"):
         resolve_settings({"vfl_alpa": 0.5}, family="rtdetr")
-    with pytest.raises(SettingsError, match="no recipe for family 'nope'"):
+    with pytest.raises(SettingsError, match="no family 'nope' is registered"):
         resolve_settings({}, family="nope")
 
 

@@ -169,13 +169,13 @@ def test_nan_loss_stops_training_with_epoch_step_and_terms(tiny_settings):
 
 
 def test_criterion_gets_only_the_family_keys():
-    from rtdet.nn.heads.rtdetr import RTDETRDecoder
+    from rtdet.losses.rtdetr import RTDETRCriterion
 
     args = resolve_settings({"lr0": 1.0, "loss_giou": 3.0, "vfl_alpha": 0.5}, family="rtdetr")
-    hyp = criterion_hyperparameters(args, RTDETRDecoder)
+    hyp = criterion_hyperparameters(args, "rtdetr")
     assert "lr0" not in hyp and "epochs" not in hyp
     assert hyp["loss_giou"] == 3.0 and hyp["vfl_alpha"] == 0.5 and hyp["aux_loss"] is True
-    assert set(hyp) == {st.name for st in RTDETRDecoder.criterion_settings()}
+    assert set(hyp) == {st.name for st in RTDETRCriterion.SETTINGS}
 
 
 @pytest.mark.slow

@@ -3,13 +3,12 @@
 A head is the last row of a model YAML, registered with ``@register(channels="head")``: it is built as
 ``Head(nc, [c_in of each input map], *args)``. What the engine may use, and nothing else:
 
-* ``family`` -- names the recipe ``cfg/recipes/<family>.yaml``; ``needs_nms``, ``is_head``,
+* ``family`` -- names the family record (:mod:`rtdet.families`: criterion, recipe, demo settings); the
+  record binds the head to its loss, so the head never imports one; ``needs_nms``, ``is_head``,
   ``ddp_find_unused_parameters`` and ``dynamic`` -- class attributes with defaults, documented on
   :class:`DetectionHead` (the engine reads them, a head overrides what differs);
 * ``setup(strides)`` -- called once by :class:`~rtdet.nn.model.DetectionModel` when it is built, with the
   stride of every input map (bias priors, anchor grids and assigners read ``self.strides``);
-* ``criterion_settings()`` -- the loss settings this family accepts (name, default, type, doc), declared
-  once by the criterion class; ``build_criterion(hyp)`` builds the loss from their values;
 * ``forward(feats, targets)`` -- in train mode a ``NamedTuple`` with named fields (read only by this
   family's criterion); in eval mode an output that **nothing but this head's own** ``postprocess``
   reads (its layout is the head's business: [B, k, 6] for RT-DETR, decoded dense predictions for the
@@ -39,7 +38,6 @@ import torch.nn as nn
 from rtdet.nn.modules.common import fuse_children
 from rtdet.nn.registry import declare_head_base
 from rtdet.ops.nms import dense_nms
-from rtdet.utils.schema import Setting
 
 __all__ = ["Decoded", "Detections", "DetectionHead", "finalize"]
 
@@ -94,7 +92,7 @@ class DetectionHead(nn.Module, ABC):
     need it in training (RT-DETR denoising).
     """
 
-    #: names the recipe ``cfg/recipes/<family>.yaml`` and groups the family's defaults
+    #: names the family record (rtdet.families): criterion, recipe, demo settings, pipelines
     family: str = ""
     #: whether decode() gives dense predictions that NMS must thin out
     needs_nms: bool = True
@@ -112,16 +110,6 @@ class DetectionHead(nn.Module, ABC):
     def setup(self, strides: list[int]) -> None:
         """Receive the stride of every input map, once, when the model is built (and rebuilt)."""
         self.strides = [int(s) for s in strides]
-
-    @classmethod
-    def criterion_settings(cls) -> tuple[Setting, ...]:
-        """The settings this family's criterion accepts (its ``SETTINGS``); () when it takes none."""
-        return ()
-
-    @abstractmethod
-    def build_criterion(self, hyp: dict) -> nn.Module:
-        """The loss for this head: ``criterion(outputs, batch) -> (total, {name: detached value})``, a
-        :class:`~rtdet.losses.base.Criterion` (the trainer reads its ``reduction``: "mean" or "sum")."""
 
     @abstractmethod
     def decode(self, outputs, img_shape: tuple[int, int]) -> Decoded:

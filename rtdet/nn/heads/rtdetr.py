@@ -33,7 +33,6 @@ from rtdet.nn.modules.transformer import (
 from rtdet.nn.registry import register
 from rtdet.ops.anchors import query_anchors
 from rtdet.ops.boxes import cxcywh_to_xyxy
-from rtdet.utils.schema import Setting
 
 __all__ = ["RTDETRDecoder", "RTDETRTrainOutput"]
 
@@ -237,17 +236,6 @@ class RTDETRDecoder(DetectionHead):
             scale = outputs.new_tensor([w, h, w, h])
         boxes = torch.minimum(cxcywh_to_xyxy(outputs[..., :4]).clamp(min=0) * scale, scale)
         return Decoded(boxes, outputs[..., 4], outputs[..., 5].round().long())
-
-    @classmethod
-    def criterion_settings(cls) -> tuple[Setting, ...]:
-        from rtdet.losses.rtdetr import RTDETRCriterion
-
-        return RTDETRCriterion.SETTINGS
-
-    def build_criterion(self, hyp: dict | None = None) -> nn.Module:
-        from rtdet.losses.rtdetr import RTDETRCriterion
-
-        return RTDETRCriterion(nc=self.nc, **(hyp or {}))
 
     @torch.no_grad()
     def fuse_(self) -> None:

@@ -118,17 +118,6 @@ class RTMDetSepBNHead(DetectionHead):
                 f"stacked_convs={self.stacked_convs}, exp_on_reg={self.exp_on_reg}, share_conv={self.share_conv}")
 
     # ------------------------------------------------------------------ family interface
-    @classmethod
-    def criterion_settings(cls):
-        from rtdet.losses.rtmdet import RTMDetCriterion
-
-        return RTMDetCriterion.SETTINGS
-
-    def build_criterion(self, hyp: dict) -> nn.Module:
-        from rtdet.losses.rtmdet import RTMDetCriterion
-
-        return RTMDetCriterion(self.nc, **hyp)
-
     def forward(self, feats: list[torch.Tensor], targets: dict | None = None):
         """feats: one map per level [B, ch, H_l, W_l] -> RTMDetTrainOutput (train) / RTMDetPredictions (eval)."""
         if len(feats) != self.nl:

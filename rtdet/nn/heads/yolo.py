@@ -34,7 +34,6 @@ from rtdet.nn.modules.yolov9 import DFL
 from rtdet.nn.registry import make_divisible, register
 from rtdet.ops.anchors import anchor_points
 from rtdet.ops.boxes import cxcywh_to_xyxy, ltrb_to_xyxy, xyxy_to_cxcywh
-from rtdet.utils.schema import Setting
 
 __all__ = ["YOLOTrainOutput", "DDetect", "DualDDetect", "Detect"]
 
@@ -140,17 +139,6 @@ class _DFLHead(DetectionHead):
                             f"[B, {4 + self.nc}, N], got {got}; run the model in eval mode")
         dense = dense.transpose(1, 2)
         return Decoded(cxcywh_to_xyxy(dense[..., :4]), dense[..., 4:])
-
-    @classmethod
-    def criterion_settings(cls) -> tuple[Setting, ...]:
-        from rtdet.losses.yolov9 import YOLOCriterion
-
-        return YOLOCriterion.SETTINGS
-
-    def build_criterion(self, hyp: dict | None = None) -> nn.Module:
-        from rtdet.losses.yolov9 import YOLOCriterion
-
-        return YOLOCriterion(nc=self.nc, strides=self.strides, reg_max=self.reg_max, **(hyp or {}))
 
 
 def _ddetect_widths(c_first: int, nc: int, reg_max: int) -> tuple[int, int]:

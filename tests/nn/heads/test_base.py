@@ -7,18 +7,20 @@ import torch.nn as nn
 
 from rtdet import ModelConfigError, build_model
 from rtdet.engine.settings import SettingsError, check_keys, resolve_settings
+from rtdet.families import Family, register_family, unregister_family
+from rtdet.losses.base import Criterion
 from rtdet.nn.heads.base import Decoded, DetectionHead, finalize
 from rtdet.nn.modules.common import Conv
 from rtdet.nn.registry import lookup, register, unregister
 from rtdet.utils.schema import Setting
 
 
-class ToyCriterion(nn.Module):
+class ToyCriterion(Criterion):
     SETTINGS = (Setting("toy_gain", 2.0, float, "weight of the toy loss", low=0.0),)
 
-    def __init__(self, toy_gain: float = 2.0):
-        super().__init__()
-        self.gain = toy_gain
+    def __init__(self, nc: int, **hyp):
+        super().__init__(nc, **hyp)
+        self.gain = self.hyp["toy_gain"]
 
     def forward(self, outputs, batch):
         loss = self.gain * outputs.mean()
@@ -42,13 +44,6 @@ class ToyHead(DetectionHead):
     def forward(self, feats, targets=None):
         return torch.cat([c(f).flatten(2) for c, f in zip(self.convs, feats)], 2)
 
-    @classmethod
-    def criterion_settings(cls):
-        return ToyCriterion.SETTINGS
-
-    def build_criterion(self, hyp):
-        return ToyCriterion(**hyp)
-
     def decode(self, outputs, img_shape):
         scores = outputs.sigmoid().transpose(1, 2)  # [B, N, nc]
         boxes = torch.tensor([0.0, 0.0, 8.0, 8.0]).expand(*scores.shape[:2], 4)
@@ -65,7 +60,9 @@ YAML = {
 @pytest.fixture
 def toy_head():
     register(channels="head")(ToyHead)
+    register_family(Family(name="toyfam", heads=(ToyHead,), criterion=ToyCriterion))
     yield ToyHead
+    unregister_family("toyfam")
     unregister("ToyHead")
 
 

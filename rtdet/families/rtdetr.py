@@ -1,0 +1,15 @@
+"""RT-DETR (Zhao et al. 2024): the hybrid-encoder DETR decoder, Hungarian matching with denoising queries."""
+
+from rtdet.families.record import CFG, Family, register_family
+from rtdet.losses.rtdetr import RTDETRCriterion
+from rtdet.nn.heads.rtdetr import RTDETRDecoder
+
+RTDETR = register_family(Family(
+    name="rtdetr",
+    heads=(RTDETRDecoder,),
+    criterion=RTDETRCriterion,
+    recipe=CFG / "recipes" / "rtdetr.yaml",
+    demo=CFG / "demo" / "rtdetr.yaml",
+    pipelines=(CFG / "pipelines" / "rtdetr.yaml",),
+    converters=("rtdet.io.ultralytics",),  # Ultralytics RT-DETR checkpoints
+))
