@@ -279,8 +279,8 @@ def inference_latency(model_name: str, args, project: Path) -> list[str]:
     import torch
 
     from rtdet import build_model
-    from rtdet.engine.exporter import export_onnx
-    from rtdet.engine.onnx_backend import load_onnx_model
+    from rtdet.deploy.graph import export_onnx
+    from rtdet.deploy.runtime import load_onnx_model
 
     model = build_model(model_name).eval()
     x = torch.rand(1, 3, args.imgsz, args.imgsz, device=DEVICE)
@@ -288,7 +288,7 @@ def inference_latency(model_name: str, args, project: Path) -> list[str]:
     rows = [f"| {model_name} | rtdet fused, fp32 | {_time(fused, x):.2f} |"]
     if DEVICE.startswith("cuda"):
         rows.append(f"| {model_name} | rtdet fused, fp16 | {_time(copy.deepcopy(fused).half(), x.half()):.2f} |")
-    path = export_onnx(model, project / f"{Path(model_name).stem}.onnx", args.imgsz, 1)
+    path = export_onnx(model, project / f"{Path(model_name).stem}.onnx", imgsz=args.imgsz, batch=1)
     cuda_ep = DEVICE.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers()
     provider = "CUDA provider" if cuda_ep else "CPU provider (no CUDA provider here)"
     runtime = load_onnx_model(path, device=DEVICE if cuda_ep else "cpu")

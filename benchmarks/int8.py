@@ -63,16 +63,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _runtimes(spec: str, data, args, tmp: Path) -> tuple[dict, str]:
     """{label: callable model} for one model, and a line describing the int8 choices' outcome."""
+    from rtdet.deploy.graph import export_onnx
     from rtdet.deploy.int8 import Int8Options, quantize_int8
+    from rtdet.deploy.metadata import INPUT_NAME
+    from rtdet.deploy.runtime import load_onnx_model
     from rtdet.engine import loaders
-    from rtdet.engine.exporter import INPUT_NAME, _calibration_batches, export_onnx
-    from rtdet.engine.onnx_backend import load_onnx_model
+    from rtdet.engine.exporter import calibration_batches
     from rtdet.io.load import load_model
 
     model = load_model(spec, nc=len(data.names), names=dict(enumerate(data.names))).model.eval()
-    fp32 = export_onnx(model, tmp / "fp32.onnx", args.imgsz, 1)
+    fp32 = export_onnx(model, tmp / "fp32.onnx", imgsz=args.imgsz, batch=1)
     val_args = _val_args(args)
-    calib = _calibration_batches(loaders.val_loader(data, val_args, 1), args.calib_images, 1)
+    calib = calibration_batches(loaders.val_loader(data, val_args, 1), args.calib_images, 1)
     threads = args.threads or None
     runtimes = {"fp32 PyTorch": model.fuse(), "fp32 ORT": load_onnx_model(fp32, threads=threads)}
     notes = []

@@ -81,7 +81,7 @@ class OrtForward(torch.nn.Module):
 
     def __init__(self, path: Path, threads: int, opt_level: str):
         super().__init__()
-        from rtdet.engine.onnx_backend import make_session
+        from rtdet.deploy.runtime import make_session
 
         self.session = make_session(path, "cpu", threads, opt_level)
         self.input = self.session.get_inputs()[0].name
@@ -92,7 +92,7 @@ class OrtForward(torch.nn.Module):
 
 def ort_rows(names: list[str], x: torch.Tensor, threads: int, opt_level: str, warmup: int, runs: int) -> None:
     """Fused channels_last PyTorch vs its static ONNX export in ONNX Runtime, model by model."""
-    from rtdet.engine.exporter import export_onnx
+    from rtdet.deploy.graph import export_onnx
     from rtdet.utils.logging import set_verbosity
 
     set_verbosity(False)  # keep the export log out of the table
@@ -126,7 +126,7 @@ def conv_throughput(threads: int, opt_level: str, warmup: int, runs: int) -> Non
     """What this machine's convolutions can do: one 3x3 256 -> 256 conv on an 80x80 map (the stride-8 neck
     convolutions that dominate rtdetr-l), in fused PyTorch NHWC and in ONNX Runtime. A whole model cannot
     run faster than its GFLOPs at this rate."""
-    from rtdet.engine.onnx_backend import make_session
+    from rtdet.deploy.runtime import make_session
 
     conv = torch.nn.Conv2d(256, 256, 3, padding=1).eval()
     x = torch.randn(1, 256, 80, 80)

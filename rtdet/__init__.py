@@ -15,12 +15,13 @@ __all__ = ["DetectionModel", "Detector", "ModelConfigError", "__version__", "bui
 
 _WHERE = {"Detector": "rtdet.api", "transplant": "rtdet.io.transplant", "DetectionModel": "rtdet.nn.model",
           "ModelConfigError": "rtdet.nn.builder", "build_model": "rtdet.io.load",
-          "load_model": "rtdet.io.load", "register": "rtdet.nn.registry"}
+          "load_model": "rtdet.engine.setup:load_inference_model", "register": "rtdet.nn.registry"}
 
 
 def __getattr__(name: str):
     if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
+        module, _, attr = _WHERE[name].partition(":")
+        return getattr(importlib.import_module(module), attr or name)
     raise AttributeError(f"module 'rtdet' has no attribute {name!r}")
 
 

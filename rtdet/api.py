@@ -25,7 +25,8 @@ from pathlib import Path
 
 from rtdet.engine.results import Results
 from rtdet.engine.settings import check_settings, check_stored_settings
-from rtdet.io.load import INHERITED_KEYS, LoadedModel, load_model
+from rtdet.engine.setup import load_inference_model
+from rtdet.io.load import INHERITED_KEYS, LoadedModel
 from rtdet.nn.builder import ModelConfigError
 from rtdet.nn.model import DetectionModel
 
@@ -51,7 +52,7 @@ class Detector:
         checked = check_settings({"nc": nc, "scale": scale})  # before anything is built
         nc, scale = checked["nc"], checked["scale"]
         self.source = model if not isinstance(model, DetectionModel) else None
-        self._use(load_model(model, nc=nc, scale=scale))
+        self._use(load_inference_model(model, nc=nc, scale=scale))
         self.trainer = None
         self.metrics: dict = {}
 
@@ -79,7 +80,7 @@ class Detector:
         if self.trainer.save_dir is not None:
             weights = self.trainer.best if self.trainer.best.is_file() else self.trainer.last
             if weights.is_file():
-                self._use(load_model(weights))
+                self._use(load_inference_model(weights))
         return self.metrics
 
     def val(self, **overrides) -> dict:

@@ -74,11 +74,11 @@ def parse_args(tokens: list[str], verb: str | None = None) -> dict:
 
 # ---------------------------------------------------------------------------- verbs
 def cmd_info(args: dict) -> None:
-    from rtdet.io.load import load_model
+    from rtdet.engine.setup import load_inference_model
 
     names = _data_names(args.get("data"))
     nc = args.get("nc") if args.get("nc") is not None else (len(names) if names else None)
-    model = load_model(args.get("model") or _need("model", "info", "rtdetr-l.yaml"), nc=nc, names=names,
+    model = load_inference_model(args.get("model") or _need("model", "info", "rtdetr-l.yaml"), nc=nc, names=names,
                        scale=args.get("scale")).model
     model.info(imgsz=args.get("imgsz", 640))
 

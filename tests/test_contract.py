@@ -147,7 +147,7 @@ def check_eval(model: nn.Module) -> None:
 
 
 def check_fuse(model: nn.Module) -> None:
-    from rtdet.engine.exporter import compare_detections
+    from rtdet.deploy.parity import compare_detections
 
     model = trained_like(model)
     fused = copy.deepcopy(model).fuse()
@@ -167,19 +167,19 @@ def check_export(model: nn.Module, tmp_path) -> None:
     that keeps the model's 20 best."""
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from rtdet.engine import exporter
-    from rtdet.engine.onnx_backend import load_onnx_model
+    from rtdet.deploy import graph, parity
+    from rtdet.deploy.runtime import load_onnx_model
     from tests.engine.export_helpers import sample_image
 
     model = trained_like(model)
-    x = exporter.check_image(sample_image(), (IMGSZ, IMGSZ), 1)
+    x = parity.check_image(sample_image(), (IMGSZ, IMGSZ), 1)
     scores = eval_outputs(model, x)[1][0].scores
     conf = float(scores[min(19, len(scores) - 1)])
-    file = exporter.export_onnx(model, tmp_path / "model.onnx", imgsz=IMGSZ, batch=1, count_flops=False)
-    report = exporter.check_export(file, model, x, conf=conf)
+    file = graph.export_onnx(model, tmp_path / "model.onnx", imgsz=IMGSZ, batch=1, count_flops=False)
+    report = parity.check_export(file, model, x, conf=conf)
     assert report.ok and report.n_onnx > 0 and report.matched > 0, report
     if model.head.needs_nms:  # dense outputs line up candidate by candidate (near-equal scores may swap in NMS)
-        ref = eval_outputs(exporter.deploy_form(model, False), x)[0]
+        ref = eval_outputs(graph.deploy_form(model, False), x)[0]
         boxes, scores = load_onnx_model(file)(x)[:2]
         torch.testing.assert_close(torch.as_tensor(boxes), ref.boxes, atol=1e-2, rtol=1e-4)
         torch.testing.assert_close(torch.as_tensor(scores), ref.scores, atol=1e-4, rtol=1e-4)

@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rtdet.deploy.metadata import INPUT_NAME, read_metadata, set_metadata
 from rtdet.utils.checkpoint import atomic_write_bytes
 
 __all__ = ["Int8Options", "Int8Result", "exclusion_groups", "local_errors", "node_inputs_outputs", "preprocess",
@@ -296,3 +297,19 @@ def quantize_int8(src: str | Path, dst: str | Path, batches: Sequence[np.ndarray
     proto.metadata_props.extend(src_meta)
     atomic_write_bytes(Path(dst), proto.SerializeToString())
     return Int8Result(Path(dst), excluded, error, len(nodes), ranked, trace)
+
+
+def quantize_export(src: str | Path, dst: str | Path, batches: Sequence[np.ndarray], threads: int | None = None
+                    ) -> Int8Result:
+    """:func:`quantize_int8` of an rtdet export: its metadata is kept, plus ``int8`` (what was done)."""
+    import onnx  # optional: rtdet[export]
+
+    result = quantize_int8(src, dst, batches, INPUT_NAME, threads=threads)
+    proto = onnx.load(str(dst))
+    meta = read_metadata(src)
+    meta["int8"] = {"calibration_images": sum(len(b) for b in batches), "format": "QDQ", "weights": "int8",
+                    "activations": "uint8", "kept_fp32": result.excluded,
+                    "output_error": round(result.output_error, 6)}
+    set_metadata(proto, meta)
+    atomic_write_bytes(Path(dst), proto.SerializeToString())
+    return result

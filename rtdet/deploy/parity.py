@@ -2,6 +2,7 @@
 
     diff = compare_decoded(torch_decoded, onnx_decoded, box_tol=0.64, score_tol=1e-3)   # before NMS
     report = compare_detections(torch_dets, onnx_dets, conf=0.25, iou=0.7, box_tol=0.64, score_tol=1e-3)
+    report = check_export("best.onnx", model, check_image(None, (640, 640), batch=1))   # both, or ExportError
 
 Detections after NMS are a poor test of a graph: when class scores sit close together (yolov9-c: within
 2e-7 of each other), a difference of one ulp decides which of two overlapping boxes survives, which one
@@ -19,14 +20,26 @@ with 109 of 300 detections "matched". So:
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
+import cv2
+import numpy as np
 import torch
+import torch.nn as nn
+from scipy.optimize import linear_sum_assignment
 
-from rtdet.nn.heads.base import Decoded, Detections
+from rtdet.data.synthetic import render_image
+from rtdet.deploy.errors import ExportError
+from rtdet.deploy.graph import deploy_form
+from rtdet.deploy.metadata import read_metadata
+from rtdet.deploy.runtime import load_onnx_model
+from rtdet.nn.heads.base import Decoded, Detections, finalize
 from rtdet.ops.boxes import pairwise_iou
 
-__all__ = ["DecodedDiff", "ParityReport", "compare_decoded", "compare_detections"]
+__all__ = ["DecodedDiff", "ParityReport", "check_export", "check_image", "compare_decoded", "compare_detections",
+           "decoded_difference"]
 
 
 @dataclass
@@ -104,8 +117,6 @@ class ParityReport:
 def _pairs(da: Detections, db: Detections, box_tol: float, score_tol: float,
            labels_may_tie: bool) -> list[tuple[int, int]]:
     """An optimal one-to-one matching of equal detections (label, box and score within tolerance)."""
-    from scipy.optimize import linear_sum_assignment
-
     if not len(da) or not len(db):
         return []
     ba, bb = da.boxes.double().cpu(), db.boxes.double().cpu()
@@ -187,3 +198,54 @@ def compare_detections(a: list[Detections], b: list[Detections], conf: float, bo
         unmatched += len(lonely_a) + len(lonely_b) - len(ok_a) - len(ok_b)
     return ParityReport(sum(len(d) for d in a), sum(len(d) for d in b), matched, box_diff, score_diff, unmatched,
                         tied)
+
+
+# ---------------------------------------------------------------------------------- an export against its model
+def check_image(image: np.ndarray | None, shape: tuple[int, int], batch: int) -> torch.Tensor:
+    """The check input: ``image`` (HWC BGR uint8) resized to the export size as an RGB [0, 1] batch, or a
+    synthetic picture when none is given."""
+    if image is None:
+        image = render_image(np.random.default_rng(0), max(shape), n_classes=8)[0]
+    h, w = shape
+    img = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)[:, :, ::-1]
+    x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 255.0
+    return x[None].expand(batch, -1, -1, -1).contiguous()
+
+
+def check_export(path: str | Path, model: nn.Module, x: torch.Tensor, conf: float = 0.25, iou: float = 0.7,
+                 max_det: int = 300, multi_label: bool = False, box_tol: float | None = None,
+                 score_tol: float = 1e-3) -> ParityReport:
+    """Run ``x`` through the PyTorch model (fused, eager) and the exported file (ONNX Runtime, same
+    ``finalize``); ExportError when their detections differ. ``box_tol`` defaults to 1e-3 of the side."""
+    box_tol = box_tol if box_tol is not None else 1e-3 * max(x.shape[2:])
+    net = deploy_form(model, False)
+    meta = read_metadata(path)
+    if meta.get("nms"):  # NMS was fixed at export: compare at those settings
+        nms = meta["nms"]
+        conf, iou, max_det, multi_label = nms["conf"], nms["iou"], nms["max_det"], nms["multi_label"]
+    img_shape = (int(x.shape[2]), int(x.shape[3]))
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        decoded = net.head.decode(net(x), img_shape)
+        ours = finalize(decoded, conf, iou, max_det, multi_label)
+        t1 = time.perf_counter()
+        runtime = load_onnx_model(path)
+        outputs = runtime(x)
+        t2 = time.perf_counter()
+        theirs = runtime.head.postprocess(outputs, img_shape, conf, iou, max_det, multi_label)
+    in_graph = runtime.head.layout == "nms"  # NMS ran in the graph: only its results can be compared
+    kept = max_det if decoded.labels is None else min(max_det, decoded.boxes.shape[1])  # a DETR keeps its top-k
+    report = compare_detections(ours, theirs, conf, box_tol, score_tol, iou, kept,
+                                candidates=decoded if in_graph and decoded.labels is None else None)
+    if not in_graph:
+        report.decoded = compare_decoded(decoded, runtime.head.decode(outputs, img_shape), box_tol, score_tol)
+    report.seconds_torch, report.seconds_onnx = t1 - t0, t2 - t1
+    if not report.ok:
+        raise ExportError(f"{path}: ONNX Runtime does not reproduce PyTorch's detections: {report}")
+    return report
+
+
+def decoded_difference(a: Decoded, b: Decoded) -> float:
+    """Largest absolute difference between two Decoded outputs of one layout (raw parity, no matching)."""
+    return max(float((x.double() - y.double()).abs().max()) if x.numel() else 0.0
+               for x, y in zip(a, b) if x is not None and y is not None)

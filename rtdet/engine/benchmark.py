@@ -35,7 +35,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rtdet.utils.logging import LOGGER
+from rtdet.data import load_data_config
+from rtdet.deploy.graph import export_onnx
+from rtdet.deploy.parity import check_image
+from rtdet.deploy.runtime import is_onnx, load_onnx_model
+from rtdet.engine import loaders
+from rtdet.engine.exporter import check_source
+from rtdet.engine.onnx_checks import check_export_settings
+from rtdet.engine.predictor import prepare_for_inference
+from rtdet.engine.report import markdown_table, write_csv
+from rtdet.engine.rundir import RunFolder
+from rtdet.engine.settings import SettingsError, check_imgsz, resolve_settings
+from rtdet.engine.setup import device_for
+from rtdet.engine.validator import Validator
+from rtdet.io.load import load_model
+from rtdet.nn.model import count_parameters
+from rtdet.utils.checkpoint import atomic_write_text
+from rtdet.utils.logging import LOGGER, set_verbosity
 
 __all__ = ["FORMATS", "Benchmark", "BenchmarkRow", "percentile", "split_models", "unique_labels"]
 
@@ -136,7 +152,6 @@ def _nms_settings(args: dict) -> tuple[float, float, int]:
 
 
 def _pytorch_for_inference(model, device: torch.device, half: bool):
-    from rtdet.engine.predictor import prepare_for_inference
 
     model = prepare_for_inference(model.to(device).eval(), True, device.type == "cpu")
     return model.half() if half and device.type == "cuda" else model
@@ -157,10 +172,6 @@ class Benchmark:
         self.header: dict = {}
 
     def __call__(self) -> list[BenchmarkRow]:
-        from rtdet.engine.rundir import RunFolder
-        from rtdet.engine.settings import SettingsError, resolve_settings
-        from rtdet.engine.setup import device_for
-        from rtdet.utils.logging import set_verbosity
 
         user = dict(self.overrides)
         specs = split_models(user.pop("models", None)) or split_models(user.pop("model", None))
@@ -200,20 +211,14 @@ class Benchmark:
 
     # ------------------------------------------------------------------ building the rows
     def _entries(self, specs: list[str], formats: list[str]) -> list[_Entry]:
-        from rtdet.engine.exporter import _check_source, check_image, export_onnx
-        from rtdet.engine.onnx_backend import is_onnx, load_onnx_model
-        from rtdet.engine.settings import check_imgsz
-        from rtdet.io.load import load_model
-        from rtdet.nn.model import count_parameters
 
         args = self.args
         names = None
         if args.get("data"):
-            from rtdet.data import load_data_config
 
             names = list(load_data_config(args["data"]).names)
         conf, iou, max_det = _nms_settings(args)
-        image = _check_source(args.get("source"), args.get("data"))
+        image = check_source(args.get("source"), args.get("data"))
         x = check_image(image, (self.imgsz, self.imgsz), self.batch)
         threads = int(args["threads"]) if args.get("threads") else None
         entries, labels, files = [], self.labels or unique_labels(specs), set()
@@ -221,6 +226,7 @@ class Benchmark:
             label = labels[i]
             if is_onnx(spec):
                 model = load_onnx_model(spec, self.device, threads, args["ort_opt_level"])
+                check_export_settings(model.meta, spec)
                 row = BenchmarkRow(label, "onnx", int(model.meta.get("params") or 0), model.meta.get("gflops"))
                 entries.append(_Entry(label, "onnx", model, _runner(model, x.to(self.device), conf, iou, max_det), row,
                                       {"onnx": str(spec)}))
@@ -241,7 +247,7 @@ class Benchmark:
                 else:
                     file = self.save_dir / "onnx" / f"{_file_name(label, files)}.onnx"  # one file per row
                     half = bool(args["half"]) and self.device.type == "cuda"
-                    export_onnx(model, file, self.imgsz, self.batch, half=half, opset=int(args["opset"]),
+                    export_onnx(model, file, imgsz=self.imgsz, batch=self.batch, half=half, opset=int(args["opset"]),
                                 device=self.device, count_flops=False)
                     runtime = load_onnx_model(file, self.device, threads, args["ort_opt_level"])
                     entries.append(_Entry(label, fmt, runtime, _runner(runtime, x.to(self.device), conf, iou, max_det),
@@ -283,9 +289,6 @@ class Benchmark:
                 e.row.peak_mem_mb = pool.apply(peak_rss_growth_mb, (job,))
 
     def _map(self, entries: list[_Entry], data) -> None:
-        from rtdet.engine import loaders
-        from rtdet.engine.settings import resolve_settings
-        from rtdet.engine.validator import Validator
 
         cfg = loaders.load_data(data)
         for e in entries:
@@ -307,7 +310,6 @@ class Benchmark:
                 "runs": runs, "warmup": warmup, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
 
     def _write(self) -> None:
-        from rtdet.engine.report import markdown_table, write_csv
 
         rows = [r.as_dict() for r in self.rows]
         h = self.header
@@ -317,7 +319,6 @@ class Benchmark:
                 f"GFLOPs = 2 x multiply-accumulates at imgsz; torch {h['torch']}, onnxruntime {h['onnxruntime']}")
         table = markdown_table(rows, COLUMNS)
         write_csv(rows, COLUMNS, self.save_dir / "benchmark.csv")
-        from rtdet.utils.checkpoint import atomic_write_text
 
         atomic_write_text(self.save_dir / "benchmark.md", f"{table}\n\n{note}\n")
         atomic_write_text(self.save_dir / "benchmark.json", json.dumps({"header": h, "rows": rows}, indent=1))
@@ -348,9 +349,6 @@ def peak_rss_growth_mb(job: dict) -> float | None:
     not count. None where that is not available (not Linux)."""
     if job.get("threads"):
         torch.set_num_threads(int(job["threads"]))
-    from rtdet.engine.exporter import check_image
-    from rtdet.engine.onnx_backend import load_onnx_model
-    from rtdet.io.load import load_model
 
     x = check_image(None, (job["imgsz"], job["imgsz"]), job["batch"])
     try:
@@ -363,7 +361,6 @@ def peak_rss_growth_mb(job: dict) -> float | None:
         model = load_onnx_model(job["onnx"], "cpu", job.get("threads"), job["opt_level"])
     else:
         model = _pytorch_for_inference(load_model(job["model"], nc=job.get("nc")).model, torch.device("cpu"), False)
-    from rtdet.engine.settings import resolve_settings
 
     run = _runner(model, x, *(job.get("nms") or _nms_settings(resolve_settings({}, verb="benchmark"))))
     for _ in range(job["runs"]):

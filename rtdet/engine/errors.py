@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator
 
 from rtdet.data import DataConfigError, PipelineConfigError
-from rtdet.engine.exporter import ExportError
+from rtdet.deploy.errors import ExportError
 from rtdet.nn.builder import ModelConfigError
 from rtdet.utils.checkpoint import CheckpointError
 

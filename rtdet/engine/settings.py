@@ -34,6 +34,7 @@ from rtdet.data.transforms import PipelineConfigError
 from rtdet.families import families, get_family
 from rtdet.utils.checkpoint import CheckpointError
 from rtdet.utils.schema import Setting, SettingError
+from rtdet.utils.torch_utils import cap_threads
 from rtdet.utils.yaml_file import read_yaml
 
 __all__ = [
@@ -134,26 +135,6 @@ def _check_run_name(value: str) -> str:
     from rtdet.engine.rundir import check_run_name
 
     return check_run_name(value)
-
-
-def machine_cpus() -> int:
-    """The CPUs this process may run on (its affinity, which containers and taskset narrow)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
-def cap_threads(value: int) -> int:
-    """A thread count bounded by the machine, as workers are: more threads than CPUs only contend
-    (threads=4096 started thousands of threads and never answered)."""
-    cpus = machine_cpus()
-    if value > cpus:
-        from rtdet.utils.logging import LOGGER
-
-        LOGGER.info(f"threads={value}: this machine has {cpus} CPUs; using threads={cpus}")
-        return cpus
-    return value
 
 
 def check_freeze(value):

@@ -1,5 +1,6 @@
 """The set-up every inference verb shares: load a model, settle its settings, pick the device.
 
+    loaded = load_inference_model("best.onnx")          # a checkpoint, YAML or ONNX export (rtdet.load_model)
     ready = prepare("best.pt", {"conf": 0.3}, verb="predict")
     ready.model, ready.args["conf"], ready.device        # DetectionModel (or ONNX Runtime model), 0.3, cpu
 
@@ -21,15 +22,41 @@ What a verb does with the model next (fuse, fp16, the data loader, the run folde
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
+from rtdet.deploy.runtime import OnnxDetectionModel, is_onnx, load_onnx_model
+from rtdet.engine.onnx_checks import check_export_settings
 from rtdet.engine.settings import check_half, check_imgsz, file_settings, resolve_settings
 from rtdet.io.load import LoadedModel, load_model
+from rtdet.utils.checkpoint import CheckpointError
+from rtdet.utils.class_names import class_names
 from rtdet.utils.torch_utils import select_device
 
-__all__ = ["Prepared", "device_for", "prepare"]
+__all__ = ["Prepared", "device_for", "load_inference_model", "prepare"]
+
+
+def load_inference_model(source: Any, nc: int | None = None, names: list | dict | None = None,
+                         **kwargs: Any) -> LoadedModel:
+    """A model to run: an rtdet ONNX export (a path or one already loaded) as an ONNX Runtime model, its
+    stored settings checked like the command line's; anything else through :func:`rtdet.io.load.load_model`
+    (``kwargs``: its options, e.g. ``scale``, ``prefer_ema``)."""
+    if not (isinstance(source, OnnxDetectionModel) or is_onnx(source)):
+        return load_model(source, nc=nc, names=names, **kwargs)
+    if not isinstance(source, OnnxDetectionModel) and not Path(source).is_file():
+        raise CheckpointError(f"{source}: ONNX file not found")
+    model = source if isinstance(source, OnnxDetectionModel) else load_onnx_model(source)
+    check_export_settings(model.meta, model.path)
+    if nc is not None and int(nc) != model.nc:
+        raise CheckpointError(f"{model.path} predicts {model.nc} classes ({', '.join(list(model.names.values())[:5])}"
+                              f"...) but {nc} were asked for; an export cannot change its class count: use the data "
+                              f"it was trained on, or export a checkpoint trained for {nc} classes")
+    if names is not None:
+        model.names = class_names(names)
+    return LoadedModel(model, str(model.path), "onnx", dict(model.names), args=model.inherited_settings(),
+                       path=model.path, description="rtdet ONNX export (ONNX Runtime)")
 
 
 class Prepared(NamedTuple):
@@ -55,7 +82,7 @@ def prepare(spec: Any, user: dict, verb: str, *, nc: int | None = None, names: l
     ``verb`` runs with (the steps of the module docstring). ``user`` holds the settings the user gave,
     already checked (they override the file's); ``nc`` / ``names`` / ``scale`` shape a model built from a
     YAML; ``check(model)`` raises the verb's own error for a model it cannot use."""
-    loaded = load_model(spec, nc=nc, names=names, scale=scale)
+    loaded = load_inference_model(spec, nc=nc, names=names, scale=scale)
     model, inherited = loaded.model, file_settings(loaded, user)  # checked like the command line's
     if check is not None:
         check(model)

@@ -42,6 +42,7 @@ import torch.nn as nn
 import yaml
 from tqdm import tqdm
 
+from rtdet.deploy.runtime import is_onnx
 from rtdet.engine import loaders
 from rtdet.engine.amp import float32_outputs, network_autocast, to_channels_last, training_precision
 from rtdet.engine.autorecipe import auto_recipe, summary
@@ -258,10 +259,10 @@ class Trainer:
             model = load_model(ckpt, prefer_ema=False, name=str(self.resume_path)).model
             check_resumed_classes(self.resume_path, model.nc, args["data"], self.data.names)
             return model, args
-        loaded = load_model(args["model"], nc=len(names), names=names, scale=args.get("scale"))
-        if not isinstance(loaded.model, DetectionModel):
+        if is_onnx(args["model"]):
             raise SettingsError(f"model={args['model']}: an ONNX export cannot be trained (it holds the fused "
                                 f"inference graph); train the checkpoint or the model YAML it was exported from")
+        loaded = load_model(args["model"], nc=len(names), names=names, scale=args.get("scale"))
         model, self.weights_loaded = loaded.model, self.weights_loaded or loaded.is_checkpoint
         model.names = names
         if args.get("pretrained"):

@@ -11,8 +11,8 @@ predictor) goes through :func:`load_model`. What a source is follows from its na
 
 * a ``DetectionModel`` is used as is; a dict is a model YAML dict, or an rtdet checkpoint dict;
 * ``*.yaml`` / ``*.yml``, and names that are no file (``rtdetr-l.yaml``, ``yolov9c``), are model YAMLs;
-* ``*.onnx`` is an rtdet export, run by ONNX Runtime (:func:`rtdet.engine.onnx_backend.load_onnx_model`; its
-  class count is fixed);
+* ``*.onnx`` is refused here: an export is an ONNX Runtime model, loaded by the engine
+  (:func:`rtdet.engine.setup.load_inference_model`, which is ``rtdet.load_model``);
 * any other file is a checkpoint: an rtdet one loads with ``torch.load(weights_only=True)``; anything else
   is read by the restricted reader (:mod:`rtdet.io.safe_pickle`) and converted by the registered format
   that recognises it (:mod:`rtdet.io.formats`), with a one-line notice.
@@ -128,8 +128,9 @@ def load_model(source: str | Path | dict | DetectionModel, nc: int | None = None
         notice: log a one-line notice when a foreign checkpoint is converted in memory.
         name: what messages call a dict source (e.g. the file it was read from).
     """
-    if getattr(source, "is_onnx", False) or (isinstance(source, str | Path) and str(source).lower().endswith(".onnx")):
-        return _from_onnx(source, nc, names)
+    if isinstance(source, str | Path) and str(source).lower().endswith(".onnx"):
+        raise CheckpointError(f"{source}: an ONNX export runs in ONNX Runtime, not as a PyTorch model; load it with "
+                              f"rtdet.load_model / rtdet.Detector (or give it to rtdet predict / val / benchmark)")
     if isinstance(source, DetectionModel):
         loaded = LoadedModel(source, "<model>", "module", dict(source.names), description="model object")
     elif isinstance(source, dict):
@@ -190,24 +191,6 @@ def _from_file(path: Path, prefer_ema: bool, format: str, strict: bool, notice: 
     model = converted.model
     return LoadedModel(model, str(path), fmt.name, dict(model.names), args=dict(converted.args), ema=converted.ema,
                        path=path, report=converted.report, description=converted.description)
-
-
-def _from_onnx(source, nc: int | None, names: list | dict | None) -> LoadedModel:
-    """An rtdet ONNX export (a path, or one already loaded) as an ONNX Runtime model; the settings it
-    carries are those it was exported with."""
-    from rtdet.engine.onnx_backend import load_onnx_model
-
-    if not getattr(source, "is_onnx", False) and not Path(source).is_file():
-        raise CheckpointError(f"{source}: ONNX file not found")
-    model = source if getattr(source, "is_onnx", False) else load_onnx_model(source)
-    if nc is not None and int(nc) != model.nc:
-        raise CheckpointError(f"{model.path} predicts {model.nc} classes ({', '.join(list(model.names.values())[:5])}"
-                              f"...) but {nc} were asked for; an export cannot change its class count: use the data "
-                              f"it was trained on, or export a checkpoint trained for {nc} classes")
-    if names is not None:
-        model.names = class_names(names)
-    return LoadedModel(model, str(model.path), "onnx", dict(model.names), args=model.inherited_settings(),
-                       path=model.path, description="rtdet ONNX export (ONNX Runtime)")
 
 
 def _adapt(loaded: LoadedModel, nc: int | None, names: list | dict | None) -> LoadedModel:

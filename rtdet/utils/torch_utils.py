@@ -14,12 +14,16 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from rtdet.utils.logging import LOGGER
+
 __all__ = [
     "ModelEMA",
+    "cap_threads",
     "de_parallel",
     "distributed_info",
     "get_rng_state",
     "init_distributed",
+    "machine_cpus",
     "parse_devices",
     "select_device",
     "set_rng_state",
@@ -29,6 +33,24 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- devices
+def machine_cpus() -> int:
+    """The CPUs this process may run on (its affinity, which containers and taskset narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def cap_threads(value: int) -> int:
+    """A thread count bounded by the machine, as workers are: more threads than CPUs only contend
+    (threads=4096 started thousands of threads and never answered)."""
+    cpus = machine_cpus()
+    if value > cpus:
+        LOGGER.info(f"threads={value}: this machine has {cpus} CPUs; using threads={cpus}")
+        return cpus
+    return value
+
+
 def parse_devices(device: str | int | None) -> list[str]:
     """'' / None -> [] (auto), 'cpu' -> ['cpu'], 0 -> ['0'], '0,1' -> ['0', '1'], 'cuda:1' -> ['1']."""
     if device is None:

@@ -93,7 +93,8 @@ def calib_data(tmp_path_factory):
 @pytest.mark.parametrize("family", [pytest.param("rtdetr", marks=pytest.mark.slow), "yolov9",
                                     pytest.param("rtmdet", marks=pytest.mark.slow)])
 def test_int8_export_of_a_tiny_detector_runs_and_stays_close(family, calib_data, tmp_path):
-    from rtdet.engine.exporter import Exporter, read_metadata
+    from rtdet.deploy.metadata import read_metadata
+    from rtdet.engine.exporter import Exporter
     from tests.engine.conftest import RTMDET_TINY_YAML, TINY_YOLO_YAML
     from tests.tiny_models import tiny_rtdetr_yaml
 

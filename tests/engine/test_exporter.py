@@ -7,16 +7,11 @@ import torch
 import torch.nn as nn
 
 from rtdet import build_model, register
-from rtdet.engine.exporter import (
-    Exporter,
-    ExportError,
-    check_export,
-    check_image,
-    compare_detections,
-    deploy_form,
-    export_onnx,
-    read_metadata,
-)
+from rtdet.deploy.errors import ExportError
+from rtdet.deploy.graph import deploy_form, export_onnx
+from rtdet.deploy.metadata import read_metadata
+from rtdet.deploy.parity import check_export, check_image, compare_detections
+from rtdet.engine.exporter import Exporter
 from rtdet.nn.heads.base import Detections, finalize
 from rtdet.nn.registry import unregister
 from tests.engine.export_helpers import TOY_DENSE_YAML, ToyDenseHead, plugin_yaml, sample_image
@@ -202,7 +197,7 @@ def test_compare_detections_counts_and_differences():
 
 def test_finalize_of_onnx_outputs_equals_the_head(tiny_yaml, tmp_path):
     """The backend's detections are the head's own finalize of the session's tensors."""
-    from rtdet.engine.onnx_backend import load_onnx_model
+    from rtdet.deploy.runtime import load_onnx_model
 
     torch.manual_seed(0)
     model = build_model(tiny_yaml).eval()
@@ -241,7 +236,7 @@ def test_family_export_matches_pytorch(name, tmp_path):
     model = build_model(name).eval()
     x = check_image(sample_image(), (64, 64), 2)
     file = export_onnx(model, tmp_path / "m.onnx", imgsz=64, batch=2, dynamic=True, count_flops=False)
-    from rtdet.engine.onnx_backend import load_onnx_model
+    from rtdet.deploy.runtime import load_onnx_model
 
     runtime = load_onnx_model(file)
     fused = deploy_form(model, False)

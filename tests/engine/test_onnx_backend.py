@@ -4,13 +4,16 @@ import onnx
 import pytest
 import torch
 
-from rtdet.engine.exporter import Exporter, ExportError, check_image, export_onnx
-from rtdet.engine.onnx_backend import load_onnx_model
+from rtdet.deploy.errors import ExportError
+from rtdet.deploy.graph import export_onnx
+from rtdet.deploy.parity import check_image
+from rtdet.deploy.runtime import load_onnx_model
+from rtdet.engine.exporter import Exporter
 from rtdet.engine.predictor import Predictor
 from rtdet.engine.settings import SettingsError
+from rtdet.engine.setup import load_inference_model as load_model
 from rtdet.engine.trainer import Trainer
 from rtdet.engine.validator import Validator
-from rtdet.io.load import load_model
 from rtdet.utils.checkpoint import CheckpointError
 from tests.engine.export_helpers import sample_image
 
@@ -142,7 +145,7 @@ def test_an_export_cannot_be_trained_or_exported_again(trained, tiny_data, tmp_p
 
 
 def test_int8_export_reports_map_and_speed(trained, tmp_path):
-    from rtdet.engine.exporter import read_metadata
+    from rtdet.deploy.metadata import read_metadata
 
     exporter = Exporter({"model": str(trained["pt"]), "data": str(trained["data"]), "int8": True,
                          "project": str(tmp_path), "verbose": False, "workers": 0})

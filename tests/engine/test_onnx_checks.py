@@ -10,8 +10,15 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from rtdet.engine.exporter import ExportError, set_metadata
-from rtdet.engine.onnx_backend import load_onnx_model
+from rtdet.deploy.errors import ExportError
+from rtdet.deploy.metadata import set_metadata
+from rtdet.engine.setup import load_inference_model
+
+
+def load_onnx_model(path):
+    """The file as the engine loads it: the deploy layer's checks of its forms and graph, then the ranges of
+    its stored settings."""
+    return load_inference_model(path).model
 
 GOOD_META = {"rtdet_version": "0", "name": "toy", "family": "yolov9", "needs_nms": True, "outputs": "dense",
              "names": {"0": "a", "1": "b"}, "nc": 2, "stride": [8, 16, 32], "imgsz": [64, 64], "batch": 1,
@@ -61,7 +68,8 @@ LIES = {  # name: (dense_file arguments, text the one line must hold)
                                                "84 boxes"),
     "static flag": ({"meta": {"batch": 4}}, "batch=4 does not match the graph's input batch 1"),
     "nc vs names": ({"meta": {"nc": 5}}, "nc=5 does not match its 2 class names"),
-    "imgsz range": ({"meta": {"imgsz": [99999, 64]}}, "imgsz=99999 is outside what the setting imgsz= allows"),
+    "imgsz range": ({"meta": {"imgsz": [99999, 64], "dynamic": True}},
+                    "imgsz=99999 is outside what the setting imgsz= allows"),
     "nms range": ({"meta": {"nms": {"conf": 7, "iou": 0.5, "max_det": 10, "multi_label": False}}},
                   "nms.conf=7 is outside what the setting conf= allows"),
     "unknown op": ({"op": "FooBar"}, "it uses the operation FooBar, which ONNX Runtime does not implement"),

@@ -196,9 +196,9 @@ def test_rtmdet_recipe_and_loss_keys():
 
 def test_threads_are_bounded_by_the_machine_for_every_verb_that_takes_them(monkeypatch):
     """threads=4096 once started thousands of threads: like workers, it is capped at the CPU count."""
-    from rtdet.engine import settings
+    from rtdet.utils import torch_utils
 
-    monkeypatch.setattr(settings, "machine_cpus", lambda: 3)
+    monkeypatch.setattr(torch_utils, "machine_cpus", lambda: 3)
     for verb in ("benchmark", "val", "predict", "export", "compare"):
         assert resolve_settings({"threads": 4096}, verb=verb)["threads"] == 3
     assert resolve_settings({"threads": 2}, verb="benchmark")["threads"] == 2

@@ -360,7 +360,7 @@ def test_cli_val_predict_and_export_take_an_official_training_graph(tmp_path, ca
     """A yolov9-* file (PGI auxiliary branch, DualDDetect) straight into the CLI: converted in memory; the
     export is the deploy form (auxiliary branch dropped), checked in ONNX Runtime before it succeeds."""
     from rtdet.data.synthetic import make_synthetic_dataset
-    from rtdet.engine.exporter import read_metadata
+    from rtdet.deploy.metadata import read_metadata
 
     data = make_synthetic_dataset(tmp_path / "data", n_train=2, n_val=2, imgsz=64, n_classes=3, max_objects=2)
     d, source = tiny("dual")

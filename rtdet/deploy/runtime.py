@@ -1,6 +1,6 @@
 """ONNX Runtime backend: an rtdet ``.onnx`` export that stands in for a DetectionModel.
 
-    model = load_onnx_model("best.onnx", threads=2)   # the one entry point (also used by the model loader)
+    model = load_onnx_model("best.onnx", threads=2)   # (the engine's loader also checks the stored settings)
     outputs = model(images)                           # images [B, 3, H, W] in [0, 1] -> output tensors
     dets = model.head.postprocess(outputs, (H, W), conf=0.25, iou=0.7, max_det=300)
 
@@ -13,19 +13,23 @@ runs any batch size: the batch is cut into (and the last part padded to) the exp
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from rtdet.engine.exporter import ExportError, read_metadata
-from rtdet.engine.onnx_checks import check_graph, check_metadata, open_session
-from rtdet.engine.settings import cap_threads
+from rtdet.deploy.errors import ExportError
+from rtdet.deploy.metadata import check_graph, check_metadata, read_metadata
 from rtdet.nn.heads.base import Decoded, Detections, finalize
 from rtdet.utils.class_names import class_names
+from rtdet.utils.torch_utils import cap_threads
 
-__all__ = ["OPT_LEVELS", "OnnxDetectionModel", "OnnxHead", "is_onnx", "load_onnx_model", "make_session"]
+__all__ = ["OPT_LEVELS", "OnnxDetectionModel", "OnnxHead", "describe_runtime_error", "is_onnx", "load_onnx_model",
+           "make_session", "open_session"]
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 
@@ -39,7 +43,7 @@ def make_session(path: str | Path, device: str | torch.device = "cpu", threads: 
     """An ONNX Runtime session: CUDA when ``device`` is a GPU and the CUDA provider is installed, else the
     CPU; ``threads`` intra-op threads (None / 0: ONNX Runtime's default, one per physical core);
     ``opt_level`` one of :data:`OPT_LEVELS`."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # optional: rtdet[export]
 
     if opt_level not in OPT_LEVELS:
         raise ValueError(f"ort_opt_level={opt_level!r}: expected one of {', '.join(OPT_LEVELS)}")
@@ -215,3 +219,39 @@ def load_onnx_model(path: str | Path, device: str | torch.device = "cpu", thread
                     opt_level: str = "all") -> OnnxDetectionModel:
     """The runtime model of an rtdet ONNX export (FileNotFoundError / ExportError when it is not one)."""
     return OnnxDetectionModel(path, device, threads, opt_level)
+
+
+# ------------------------------------------------------------------------------------------ ONNX Runtime's refusals
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*(\w+)\s*:\s*")
+_CAUSES = (  # (what ONNX Runtime's message holds, what it means for the user)
+    (re.compile(r"No Op registered for (\w+)|Could not find an implementation for (\w+)"),
+     "it uses the operation {op}, which ONNX Runtime does not implement (a custom op, or a newer opset than this "
+     "onnxruntime supports)"),
+    (re.compile(r"External data path"), "its external data lies outside the model's folder ({detail})"),
+    (re.compile(r"INVALID_PROTOBUF|Protobuf parsing failed"), "it is not a readable ONNX model (truncated or damaged)"),
+)
+
+
+def describe_runtime_error(error: Exception, path: Path | str) -> str:
+    """ONNX Runtime's refusal of a file in one line: the file and the cause."""
+    text = " ".join(str(error).split())
+    code = (_ORT_PREFIX.match(text).group(1) if _ORT_PREFIX.match(text) else type(error).__name__)
+    detail = _ORT_PREFIX.sub("", text)
+    detail = re.sub(r"^Load model from \S+ failed:\s*", "", detail)[:300]
+    for pattern, meaning in _CAUSES:
+        m = pattern.search(text)
+        if m:
+            op = next((g for g in m.groups() if g), "?") if m.groups() else "?"
+            return f"{path}: ONNX Runtime cannot load it: {meaning.format(op=op, detail=detail)}"
+    what = "the graph is invalid" if code in ("INVALID_GRAPH", "INVALID_ARGUMENT", "InvalidGraph") else code
+    return f"{path}: ONNX Runtime cannot load it: {what}: {detail}"
+
+
+def open_session(path: Path | str, make: Callable[[], Any]) -> Any:
+    """``make()`` (an ONNX Runtime session), with its refusals as ExportError naming the file and the cause."""
+    try:
+        return make()
+    except (OSError, MemoryError, ValueError):  # ValueError: a bad setting (opt_level), said as it is
+        raise
+    except Exception as e:  # onnxruntime's pybind errors (Fail, InvalidGraph, InvalidArgument, ...)
+        raise ExportError(describe_runtime_error(e, path)) from None
