@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status (0 ok, 2 bad command line or setting, 1 a file it names is
     missing or invalid, or the run failed, 130 / 143 interrupted by SIGINT / SIGTERM, 141 output pipe closed). See
     :mod:`rtdet.engine.errors`. ``RTDET_TRACEBACK=1`` re-raises unexpected errors with their traceback."""
-    from rtdet.engine.errors import terminate_raises
+    from rtdet.engine.signals import terminate_raises
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("help", "-h", "--help"):

@@ -10,18 +10,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
-from collections.abc import Iterator
-
 from rtdet.data import DataConfigError, PipelineConfigError
 from rtdet.deploy.errors import ExportError
 from rtdet.nn.builder import ModelConfigError
 from rtdet.utils.checkpoint import CheckpointError
 
-__all__ = ["Interrupted", "NonFiniteLossError", "RunRecordError", "RunsFailed", "SourceError", "USER_ERRORS",
-           "terminate_raises"]
+__all__ = ["Interrupted", "NonFiniteLossError", "RunRecordError", "RunsFailed", "SourceError", "USER_ERRORS"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -60,23 +54,3 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     RunsFailed,
     OSError,  # FileNotFoundError, PermissionError, a full disk: the message names the path
 )
-
-
-@contextlib.contextmanager
-def terminate_raises() -> Iterator[None]:
-    """While the block runs, SIGTERM raises :class:`Interrupted` in the main thread, as Ctrl-C raises
-    KeyboardInterrupt: ``finally`` blocks and run-folder clean-ups run, where the default SIGTERM would end
-    the process without them (leaving e.g. an empty run folder). A handler someone else installed (or an
-    ignored SIGTERM) is left alone; the previous handler is restored on exit."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
-        yield
-        return
-
-    def handler(signum, frame):
-        raise Interrupted("terminated (SIGTERM)", signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

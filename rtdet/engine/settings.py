@@ -31,8 +31,13 @@ import yaml
 
 from rtdet.data.pipelines import build_pipeline, load_pipeline_spec, named_pipelines
 from rtdet.data.transforms import PipelineConfigError
+from rtdet.engine.freeze import parse_freeze
+from rtdet.engine.loggers import parse_loggers, parse_tags
+from rtdet.engine.multiscale import parse_multi_scale
+from rtdet.engine.rundir import check_run_name
 from rtdet.families import families, get_family
 from rtdet.utils.checkpoint import CheckpointError
+from rtdet.utils.logging import LOGGER
 from rtdet.utils.schema import Setting, SettingError
 from rtdet.utils.torch_utils import cap_threads
 from rtdet.utils.yaml_file import read_yaml
@@ -130,17 +135,8 @@ def check_device(value: str) -> str:
     return ",".join(parts)
 
 
-def _check_run_name(value: str) -> str:
-    """A run name is one folder name (rtdet.engine.rundir says why)."""
-    from rtdet.engine.rundir import check_run_name
-
-    return check_run_name(value)
-
-
 def check_freeze(value):
     """A ``freeze=`` spec of the right form (rtdet.engine.freeze.parse_freeze), normalised."""
-    from rtdet.engine.freeze import parse_freeze
-
     return parse_freeze(value)
 
 
@@ -169,30 +165,18 @@ SCHEMA_TYPES: dict[str, dict] = {
     "list": {"kind": list},
     "dict": {"kind": dict},
     "device": {"kind": str, "label": "a device (cpu, 0, 0,1)", "validate": check_device},
-    "folder_name": {"kind": str, "label": "a folder name", "validate": _check_run_name},
+    "folder_name": {"kind": str, "label": "a folder name", "validate": check_run_name},  # engine/rundir.py: why
     # Checked by their own modules' parsers, which accept several spellings (a list, or text).
     "loggers": {"kind": object, "label": "a list of tensorboard, mlflow, wandb, csv, or auto",
-                "validate": lambda v: _loggers().parse_loggers(v)},
-    "tags": {"kind": object, "label": "key=value pairs", "validate": lambda v: _loggers().parse_tags(v)},
+                "validate": parse_loggers},
+    "tags": {"kind": object, "label": "key=value pairs", "validate": parse_tags},
     "scale_range": {"kind": object, "label": "a range of factors such as 0.5-1.5, or true / false",
-                    "validate": lambda v: _multiscale().parse_multi_scale(v)},
+                    "validate": parse_multi_scale},
     "threads": {"kind": int, "validate": cap_threads},
     "freeze": {"kind": str, "label": "rows (0-10, 0,3,5-7) or parts (backbone, neck, head, transplanted)",
                "validate": check_freeze},
     "precision": {"kind": str, "label": "fp16 or bf16", "validate": check_precision},
 }
-
-
-def _loggers():
-    from rtdet.engine import loggers
-
-    return loggers
-
-
-def _multiscale():
-    from rtdet.engine import multiscale
-
-    return multiscale
 
 
 @lru_cache(maxsize=1)
@@ -404,8 +388,6 @@ def check_imgsz(args: dict, model) -> int | list[int]:
     """Round ``args["imgsz"]`` (a side, or [height, width]) up to a multiple of the model's largest stride,
     with a warning: the neck upsamples one map and concatenates it with the next, so every level must halve
     evenly (what Ultralytics' check_imgsz does too). The one rule of every verb. Returns the size used."""
-    from rtdet.utils.logging import LOGGER
-
     stride = max(model.strides)
     imgsz = args["imgsz"]
     sides = [int(v) for v in imgsz] if isinstance(imgsz, list | tuple) else [int(imgsz)]

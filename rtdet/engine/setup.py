@@ -31,6 +31,7 @@ from rtdet.deploy.runtime import OnnxDetectionModel, is_onnx, load_onnx_model
 from rtdet.engine.onnx_checks import check_export_settings
 from rtdet.engine.settings import check_half, check_imgsz, file_settings, resolve_settings
 from rtdet.io.load import LoadedModel, load_model
+from rtdet.nn.model import InferenceModel
 from rtdet.utils.checkpoint import CheckpointError
 from rtdet.utils.class_names import class_names
 from rtdet.utils.torch_utils import select_device
@@ -63,7 +64,7 @@ class Prepared(NamedTuple):
     """A model ready for a verb: the model (``loaded.model``), what loading it reported, the resolved
     settings (every key of default.yaml and the family's loss keys) and the device to run on."""
 
-    model: Any  # DetectionModel, or the ONNX Runtime model that stands in for one
+    model: InferenceModel  # DetectionModel, or the ONNX Runtime model that stands in for one
     loaded: LoadedModel
     args: dict
     device: torch.device

@@ -25,10 +25,7 @@ import csv
 import gc
 import io
 import math
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -46,6 +43,7 @@ from rtdet.deploy.runtime import is_onnx
 from rtdet.engine import loaders
 from rtdet.engine.amp import float32_outputs, network_autocast, to_channels_last, training_precision
 from rtdet.engine.autorecipe import auto_recipe, summary
+from rtdet.engine.ddp import relaunch_under_torchrun
 from rtdet.engine.errors import Interrupted, NonFiniteLossError
 from rtdet.engine.freeze import Freezer, resolve_freeze
 from rtdet.engine.loggers import attach_loggers
@@ -53,7 +51,7 @@ from rtdet.engine.meters import LossMeter, learning_rates, to_host
 from rtdet.engine.multiscale import MultiScale
 from rtdet.engine.optim import LRSchedule, add_params, build_optimizer, nominal_batch, scaled_lr, warmup_steps
 from rtdet.engine.resume import check_resumed_classes, own_run_folder, resume_settings
-from rtdet.engine.rundir import RunFolder, latest_run, run_dir
+from rtdet.engine.rundir import RunFolder, latest_run
 from rtdet.engine.settings import (
     SettingsError,
     apply_cfg,
@@ -62,6 +60,7 @@ from rtdet.engine.settings import (
     criterion_hyperparameters,
     resolve_settings,
 )
+from rtdet.engine.signals import StopSignals
 from rtdet.engine.validator import Validator, fitness
 from rtdet.families import criterion_for
 from rtdet.io.load import is_checkpoint, load_model
@@ -77,6 +76,7 @@ from rtdet.utils.checkpoint import (
 )
 from rtdet.utils.dist import broadcast_buffers
 from rtdet.utils.logging import LOGGER, set_verbosity
+from rtdet.utils.plotting import plot_results
 from rtdet.utils.torch_utils import (
     ModelEMA,
     de_parallel,
@@ -159,7 +159,7 @@ class Trainer:
         rank, local_rank, world = distributed_info()
         devices = parse_devices(self.overrides.get("device"))
         if len(devices) > 1 and world == 1:
-            return self._launch_ddp(devices)
+            return relaunch_under_torchrun(self.overrides, self.task, len(devices))
         self.rank, self.local_rank, self.world = rank, local_rank, world
         together = False  # every rank ends here at the same step: a clean finish, or a stop they agreed on
         finished = False
@@ -371,7 +371,7 @@ class Trainer:
     def _wrap_ddp(self, model: nn.Module) -> nn.Module:
         """DDP over ``model``'s trainable parameters (again after unfreezing: DDP fixes them when it wraps)."""
         # A head that uses every parameter on every step may say so (skips DDP's extra graph traversal).
-        unused = bool(getattr(model.head, "ddp_find_unused_parameters", True))
+        unused = bool(model.head.ddp_find_unused_parameters)
         return nn.parallel.DistributedDataParallel(model, device_ids=(
             [self.device.index] if self.device.type == "cuda" else None), find_unused_parameters=unused)
 
@@ -723,8 +723,6 @@ class Trainer:
 
     def _finish(self, plots_only: bool = False) -> None:
         if self.args.get("plots") and self.csv_path.is_file():
-            from rtdet.utils.plotting import plot_results
-
             with contextlib.suppress(ValueError):  # no completed epoch to plot yet
                 plot_results(self.csv_path)
         if not plots_only:
@@ -736,22 +734,6 @@ class Trainer:
                        "results.csv" if self.csv_path.is_file() else None,
                        "results.png" if (self.save_dir / "results.png").is_file() else None]
             LOGGER.info(f"Done. Results in {self.save_dir} ({', '.join(w for w in written if w)})")
-
-    # ------------------------------------------------------------------ DDP launch
-    def _launch_ddp(self, devices: list[str]) -> dict:
-        """``device=0,1`` outside torchrun: re-run this command under torchrun, one process per GPU."""
-        args = dict(self.overrides)
-        model = args.get("model")
-        if isinstance(model, nn.Module):  # an in-memory model travels as a checkpoint
-            path = run_dir(args.get("project") or "runs", self.task, "ddp-init", exist_ok=True) / "init.pt"
-            model.save(path)
-            args["model"] = str(path)
-        tokens = [f"{k}={_cli_value(v)}" for k, v in args.items()]
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={len(devices)}",
-               "-m", "rtdet", "train", *tokens]
-        LOGGER.info(f"DDP: {' '.join(cmd)}")
-        subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
-        return {}
 
 
 def _model_pipeline(args: dict, user: dict, model: DetectionModel) -> None:
@@ -774,60 +756,7 @@ def _maybe_sync_bn(model: nn.Module, wanted: bool, world: int, device: torch.dev
     return model
 
 
-def _cli_value(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, str | Path):
-        return str(v)
-    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
-
-
 def _format_terms(loss: float, terms: dict[str, float], rate: float, limit: int = 4) -> str:
     shown = list(terms.items())[:limit]
     parts = [f"loss={loss:.3f}"] + [f"{k}={v:.3f}" for k, v in shown]
     return " ".join(parts) + f" {rate:.1f} img/s"
-
-
-class StopSignals:
-    """SIGINT (Ctrl-C) and SIGTERM (what clusters send before SIGKILL) ask the trainer to stop after the
-    current optimizer step and save last.pt.
-
-    A signal sent to a process group (as ``timeout``, shells and schedulers do) reaches every process of
-    it: DataLoader workers ignore SIGINT and SIGTERM (rtdet.data.loader), and a repeat that arrives within
-    ``REPEAT_WINDOW`` seconds of the first is the same request. A second signal after that aborts at once
-    (the last saved last.pt is kept). The previous handlers are restored on exit."""
-
-    REPEAT_WINDOW = 1.0  # seconds
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, trainer: Trainer):
-        self.trainer = trainer
-        self.first: float | None = None
-        self.previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopSignals:
-        try:
-            for s in self.SIGNALS:
-                self.previous[s] = signal.signal(s, self.handle)
-        except ValueError:  # not the main thread: leave the process's handlers alone
-            self.__exit__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self.previous.items():
-            with contextlib.suppress(ValueError, TypeError):
-                signal.signal(s, handler)
-        self.previous.clear()
-
-    def handle(self, signum: int, frame) -> None:
-        now = time.monotonic()
-        if self.first is None:
-            self.first = now
-            self.trainer.request_stop(signum)
-            LOGGER.warning(f"\n{signal.Signals(signum).name}: stopping after this step and saving last.pt "
-                           f"(press Ctrl-C again to abort now)")
-            return
-        if now - self.first < self.REPEAT_WINDOW:
-            return  # the same request, delivered again (process group, or a terminal's double delivery)
-        raise Interrupted(f"aborted by a second {signal.Signals(signum).name}; {self.trainer.last} keeps the last "
-                          f"saved state", signum)

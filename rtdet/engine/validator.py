@@ -26,7 +26,7 @@ from rtdet.engine.rundir import RunFolder
 from rtdet.engine.settings import SettingsError, check_settings, resolve_settings, with_verb_defaults
 from rtdet.engine.setup import prepare
 from rtdet.io.load import is_checkpoint
-from rtdet.nn.model import DetectionModel
+from rtdet.nn.model import DetectionModel, InferenceModel
 from rtdet.ops.boxes import boxes_to_original, cxcywh_to_xyxy
 from rtdet.ops.metrics import COCOEvaluator, coco_predictions, save_predictions_json
 from rtdet.utils.logging import LOGGER, set_verbosity
@@ -35,13 +35,9 @@ from rtdet.utils.torch_utils import de_parallel
 __all__ = ["Validator", "fitness", "image_id_of", "input_spec"]
 
 
-def input_spec(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
-    """Device and dtype of the images a model takes: its parameters' (fp16 after ``half()``), or what a
-    runtime model (an ONNX Runtime session) declares."""
-    if hasattr(model, "input_dtype"):
-        return model.device, model.input_dtype
-    p = next(model.parameters())
-    return p.device, p.dtype
+def input_spec(model: InferenceModel) -> tuple[torch.device, torch.dtype]:
+    """Device and dtype of the images a model takes (fp16 after ``half()``; an export's own precision)."""
+    return model.device, model.input_dtype
 
 
 def fitness(metrics: dict) -> float | None:
@@ -126,7 +122,7 @@ class Validator:
 
     # ------------------------------------------------------------------ the loop
     @torch.no_grad()
-    def run(self, model: torch.nn.Module, loader, save_dir: Path | None = None) -> dict:
+    def run(self, model: InferenceModel, loader, save_dir: Path | None = None) -> dict:
         """COCO metrics of ``model`` on ``loader``; writes predictions.json to ``save_dir`` when given."""
         # The trainer's settings leave conf / multi_label empty: here they take val's defaults.
         args = with_verb_defaults(dict(self.args or resolve_settings({})), "val")

@@ -16,20 +16,56 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn as nn
 
 from rtdet.nn.builder import BuiltLayer, ModelConfigError, load_model_yaml, parse_model
+from rtdet.nn.heads.base import DetectionHead
 from rtdet.utils.checkpoint import CheckpointError, save_checkpoint
 from rtdet.utils.class_names import class_names
 from rtdet.version import __version__
 
-__all__ = ["DetectionModel", "count_parameters"]
+__all__ = ["DetectionModel", "InferenceModel", "count_parameters"]
 
 BN_EPS, BN_MOMENTUM = 1e-3, 0.03  # what Ultralytics and YOLOv9 set on every BatchNorm2d
 PROBE_SIZE = 128  # side of the zero image whose forward tells the head's input strides (up to 128)
+
+
+@runtime_checkable
+class InferenceModel(Protocol):
+    """What the inference verbs (val, predict, benchmark, track) use of a model: a :class:`DetectionModel`,
+    or an ONNX Runtime model of an export (:class:`rtdet.deploy.runtime.OnnxDetectionModel`) that stands in
+    for one. ``model(images)`` takes images [B, 3, H, W] in [0, 1] of ``input_dtype`` on ``device`` and
+    returns what ``head.decode`` / ``head.postprocess`` read."""
+
+    names: dict[int, str]
+    nc: int
+    strides: list[int]
+    head: Any  # the family head's interface: family, needs_nms, decode, postprocess
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def is_fused(self) -> bool: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def input_dtype(self) -> torch.dtype: ...
+
+    def __call__(self, images: torch.Tensor) -> Any: ...
+
+    def to(self, device: torch.device | str) -> Any: ...
+
+    def fuse(self) -> Any: ...
+
+    def flops(self, imgsz: int | tuple[int, int] = 640) -> float: ...
+
+    def info(self, imgsz: int | tuple[int, int] | None = 640, verbose: bool = True) -> str: ...
 
 
 class _HeadReached(Exception):
@@ -105,7 +141,7 @@ class DetectionModel(nn.Module):
                 inp = x if f == slot else saved[f]
             else:
                 inp = [x if j == slot else saved[j] for j in f]
-            x = m(inp, targets) if getattr(m, "is_head", False) else m(inp)
+            x = m(inp, targets) if isinstance(m, DetectionHead) else m(inp)
             if m.slots is not None:  # five-slot convention: spread the maps over their slots
                 for s, out in zip(m.slots, x, strict=True):
                     if s in self.saved_slots:
@@ -240,6 +276,16 @@ class DetectionModel(nn.Module):
     def is_fused(self) -> bool:
         return getattr(self, "_fused", False)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the parameters are (the images go there)."""
+        return next(self.parameters()).device
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """The dtype of the images the model takes: its parameters' (fp16 after ``half()``)."""
+        return next(self.parameters()).dtype
+
     def fuse(self) -> DetectionModel:
         """The inference form, in place (the model is left in eval mode): training-only rows dropped (a
         head's ``deploy_inputs``, e.g. YOLOv9's PGI auxiliary branch), Conv+BN folded and multi-branch
@@ -270,7 +316,7 @@ class DetectionModel(nn.Module):
             return
         head = old.deploy_head()
         sources = old.f if isinstance(old.f, list) else [old.f]
-        head.i, head.slots, head.type, head.is_head = old.i, old.slots, old.type, True
+        head.i, head.slots, head.type = old.i, old.slots, old.type
         head.f = [sources[k] for k in keep]
         head.np = count_parameters(head)
         layers = [*self.model[:-1], head]
@@ -374,7 +420,7 @@ def _batchnorm_settings(d: dict) -> tuple[float, float]:
 def _head_row(built: list[BuiltLayer], layers: list[nn.Module], where: str) -> int | None:
     """Index of the head row (the one place that records it): the last row when it is a head, None when
     the model has no head (a bare backbone). A head anywhere but last is an error."""
-    heads = [k for k, m in enumerate(layers) if getattr(m, "is_head", False)]
+    heads = [k for k, m in enumerate(layers) if isinstance(m, DetectionHead)]
     if not heads:
         return None
     if heads != [len(layers) - 1]:

@@ -14,6 +14,7 @@ from rtdet.engine.settings import SettingsError
 from rtdet.engine.setup import load_inference_model as load_model
 from rtdet.engine.trainer import Trainer
 from rtdet.engine.validator import Validator
+from rtdet.nn.model import InferenceModel
 from rtdet.utils.checkpoint import CheckpointError
 from tests.engine.export_helpers import sample_image
 
@@ -64,6 +65,10 @@ def test_runtime_model_reads_its_metadata(trained):
     assert loaded.format == "onnx" and loaded.path == trained["onnx"] and not loaded.foreign
     assert model.names == {0: "circle", 1: "square"} and model.nc == 2 and model.strides == [8, 16]
     assert model.head.family == "rtdetr" and not model.head.needs_nms
+    pytorch = load_model(str(trained["pt"])).model
+    assert isinstance(model, InferenceModel) and isinstance(pytorch, InferenceModel)  # the verbs' one interface
+    assert (model.device, model.input_dtype) == (pytorch.device, pytorch.input_dtype) == (torch.device("cpu"),
+                                                                                         torch.float32)
     assert inherited["imgsz"] == 64 and inherited["train_pipeline"] == "plain"
     with pytest.raises(CheckpointError, match="predicts 2 classes .* but 3 were asked for"):
         load_model(str(trained["onnx"]), nc=3)

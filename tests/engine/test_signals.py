@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rtdet.engine.trainer import StopSignals, Trainer
+from rtdet.engine.signals import StopSignals
+from rtdet.engine.trainer import Trainer
 from rtdet.utils.checkpoint import CheckpointError, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
