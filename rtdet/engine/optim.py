@@ -135,7 +135,7 @@ class LRSchedule:
     linearly from 0 (bias groups: from ``warmup_bias_lr``) to its scheduled value.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, lr0: float, total_steps: int, scheduler: str = "linear",
+    def __init__(self, optimizer: torch.optim.Optimizer, lr0: float, total_steps: int, *, scheduler: str = "linear",
                  lrf: float = 0.01, warmup: int = 0, flat_fraction: float = 0.5, warmup_bias_lr: float = 0.0,
                  momentum: float = 0.9, warmup_momentum: float = 0.8):
         if scheduler not in SCHEDULERS:

@@ -339,10 +339,10 @@ class Trainer:
                                          float(args["momentum"]), weight_decay, float(args["backbone_lr_ratio"]))
         warmup = warmup_steps(int(args["warmup_iters"]), float(args["warmup_epochs"]), self.steps_per_epoch,
                               total_steps, float(args["warmup_max_fraction"]))
-        self.schedule = LRSchedule(self.optimizer, self.lr0, total_steps, args["scheduler"],
-                                   float(args["lrf"]), warmup, float(args["flat_fraction"]),
-                                   float(args["warmup_bias_lr"]), float(args["momentum"]),
-                                   float(args["warmup_momentum"]))
+        self.schedule = LRSchedule(self.optimizer, self.lr0, total_steps, scheduler=args["scheduler"],
+                                   lrf=float(args["lrf"]), warmup=warmup, flat_fraction=float(args["flat_fraction"]),
+                                   warmup_bias_lr=float(args["warmup_bias_lr"]), momentum=float(args["momentum"]),
+                                   warmup_momentum=float(args["warmup_momentum"]))
 
     def _claim_run_folder(self, ckpt: dict | None, args: dict) -> Path:
         """A resumed run continues in its own folder (see rtdet.engine.resume); any other run claims a new one."""
