@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rtdet.engine.loggers.backends import BACKENDS, Backend, RunInfo
+from rtdet.engine.samples import save_sample_predictions
 from rtdet.utils.logging import LOGGER
 
 __all__ = ["Loggers", "attach_loggers", "parse_loggers", "parse_tags", "resolve_loggers"]
@@ -175,8 +176,6 @@ def _images(trainer) -> dict[str, Path]:
     """The run's plots and sample predictions as {tag: file}; made here when ``plots`` is on."""
     if not trainer.args.get("plots"):
         return {}
-    from rtdet.engine.samples import save_sample_predictions
-
     found = {f"plots/{p.stem}": p for p in sorted(Path(trainer.save_dir).glob("*.png"))}
     try:
         sample = save_sample_predictions(trainer)
