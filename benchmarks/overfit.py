@@ -35,7 +35,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rtdet.engine.demo import family_demo_settings  # noqa: E402
+from rtdet.demo import family_demo_settings  # noqa: E402
 from rtdet.engine.trainer import Trainer  # noqa: E402
 from rtdet.io.load import build_model  # noqa: E402
 

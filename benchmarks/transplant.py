@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from rtdet.data.synthetic import make_synthetic_dataset  # noqa: E402
-from rtdet.engine.demo import DEMO_DATA, family_demo_settings  # noqa: E402
+from rtdet.demo import DEMO_DATA, family_demo_settings  # noqa: E402
 from rtdet.engine.trainer import Trainer  # noqa: E402
 from rtdet.io.load import load_model, transfer_weights  # noqa: E402
 from rtdet.nn.builder import MODELS_DIR  # noqa: E402

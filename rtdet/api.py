@@ -23,9 +23,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from rtdet.engine.exporter import Exporter
+from rtdet.engine.predictor import Predictor
 from rtdet.engine.results import Results
 from rtdet.engine.settings import check_settings, check_stored_settings
 from rtdet.engine.setup import load_inference_model
+from rtdet.engine.tracker import Tracker
+from rtdet.engine.trainer import Trainer
+from rtdet.engine.validator import Validator
 from rtdet.io.load import INHERITED_KEYS, LoadedModel
 from rtdet.nn.builder import ModelConfigError
 from rtdet.nn.model import DetectionModel
@@ -71,8 +76,6 @@ class Detector:
         """Train on ``data=...``; afterwards ``self.model`` holds the best weights. Returns the last metrics.
 
         ``resume=True`` / ``resume="path/to/last.pt"`` continues an interrupted run instead."""
-        from rtdet.engine.trainer import Trainer
-
         resume = overrides.get("resume")
         self.trainer = Trainer(overrides, model=None if resume else self.model,
                                weights_loaded=self.checkpoint is not None)
@@ -85,8 +88,6 @@ class Detector:
 
     def val(self, **overrides) -> dict:
         """COCO metrics on the val split of ``data=...`` ({"mAP50-95", "mAP50", "mAP75", ...})."""
-        from rtdet.engine.validator import Validator
-
         validator = Validator(self._with_inherited(overrides))
         self.metrics = validator(self.model)
         self.validator = validator
@@ -97,8 +98,6 @@ class Detector:
 
         ``save=True`` writes annotated pictures to runs/predict/<name> (off by default here, on in the CLI);
         ``stream=True`` returns a generator (one Results at a time, for long videos)."""
-        from rtdet.engine.predictor import Predictor
-
         overrides.setdefault("save", False)
         predictor = Predictor(self._with_inherited(overrides), model=self.model)
         self.predictor = predictor
@@ -108,8 +107,6 @@ class Detector:
         """Per-frame detections linked into tracks (``Results.ids``), frame after frame, for a video, stream,
         webcam or image sequence; ``tracker="bytetrack" | "sort" | "ocsort"`` (needs ``pip install
         rtdet[track]``). ``save=True`` writes the annotated video and MOT files to runs/track/<name>."""
-        from rtdet.engine.tracker import Tracker
-
         overrides.setdefault("save", False)
         tracker = Tracker(self._with_inherited(overrides), model=self.model)
         self.tracker = tracker
@@ -120,8 +117,6 @@ class Detector:
 
         Keyword arguments are the export settings (``imgsz``, ``batch``, ``dynamic``, ``half``, ``opset``,
         ``nms``, ``simplify``, ``project``, ``name``, ...); see docs/deploy.md."""
-        from rtdet.engine.exporter import Exporter
-
         exporter = Exporter(self._with_inherited(overrides))
         self.exporter = exporter
         return exporter(self.model)

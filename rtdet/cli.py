@@ -13,7 +13,35 @@ import os
 import sys
 from collections.abc import Callable
 
-from rtdet.engine.settings import DEFAULT_CFG, SettingsError, check_settings, parse_value, resolve_settings, schema
+from rtdet.data import load_data_config
+from rtdet.data.check import run_check
+from rtdet.demo import run_demo
+from rtdet.engine.benchmark import Benchmark
+from rtdet.engine.compare import Compare
+from rtdet.engine.errors import USER_ERRORS, Interrupted
+from rtdet.engine.exporter import Exporter
+from rtdet.engine.predictor import Predictor
+from rtdet.engine.rundir import RunFolder
+from rtdet.engine.settings import (
+    DEFAULT_CFG,
+    SettingsError,
+    apply_cfg,
+    check_settings,
+    describe_settings,
+    parse_value,
+    resolve_settings,
+    schema,
+)
+from rtdet.engine.setup import load_inference_model
+from rtdet.engine.signals import terminate_raises
+from rtdet.engine.tracker import Tracker
+from rtdet.engine.trainer import Trainer
+from rtdet.engine.tune import Tune
+from rtdet.engine.validator import Validator
+from rtdet.io.formats import formats
+from rtdet.io.load import convert_file
+from rtdet.io.transplant import transplant_file
+from rtdet.utils.logging import LOGGER, set_verbosity
 
 __all__ = ["entrypoint", "main", "parse_args", "CLIError"]
 
@@ -52,8 +80,6 @@ class CLIError(ValueError):
 
 def parse_args(tokens: list[str], verb: str | None = None) -> dict:
     """``["epochs=3", "amp=false"]`` -> {"epochs": 3, "amp": False}, checking every key and value."""
-    from rtdet.engine.settings import apply_cfg, schema
-
     table = schema()
     out: dict = {}
     for tok in tokens:
@@ -74,33 +100,25 @@ def parse_args(tokens: list[str], verb: str | None = None) -> dict:
 
 # ---------------------------------------------------------------------------- verbs
 def cmd_info(args: dict) -> None:
-    from rtdet.engine.setup import load_inference_model
-
     names = _data_names(args.get("data"))
     nc = args.get("nc") if args.get("nc") is not None else (len(names) if names else None)
     model = load_inference_model(args.get("model") or _need("model", "info", "rtdetr-l.yaml"), nc=nc, names=names,
-                       scale=args.get("scale")).model
+                                 scale=args.get("scale")).model
     model.info(imgsz=args.get("imgsz", 640))
 
 
 def cmd_train(args: dict) -> None:
-    from rtdet.engine.trainer import Trainer
-
     if not args.get("model") and not args.get("resume"):
         _need("model", "train", "rtdetr-l.yaml")
     Trainer(args).train()
 
 
 def cmd_val(args: dict) -> None:
-    from rtdet.engine.validator import Validator
-
     model = args.pop("model", None) or _need("model", "val", "runs/train/train/weights/best.pt")
     Validator(args)(model)
 
 
 def cmd_predict(args: dict) -> None:
-    from rtdet.engine.predictor import Predictor
-
     model = args.pop("model", None) or _need("model", "predict", "runs/train/train/weights/best.pt")
     source = args.pop("source", None) or _need("source", "predict", "path/to/images/")
     n_images = n_boxes = 0
@@ -111,8 +129,6 @@ def cmd_predict(args: dict) -> None:
 
 
 def cmd_track(args: dict) -> None:
-    from rtdet.engine.tracker import Tracker
-
     model = args.pop("model", None) or _need("model", "track", "runs/train/train/weights/best.pt")
     source = args.pop("source", None) or _need("source", "track", "clip.mp4")
     tracker = Tracker(args, model=model)
@@ -124,29 +140,21 @@ def cmd_track(args: dict) -> None:
 
 
 def cmd_export(args: dict) -> None:
-    from rtdet.engine.exporter import Exporter
-
     model = args.pop("model", None) or _need("model", "export", "runs/train/train/weights/best.pt")
     Exporter(args)(model)
 
 
 def cmd_benchmark(args: dict) -> None:
-    from rtdet.engine.benchmark import Benchmark
-
     if not (args.get("model") or args.get("models")):
         _need("model", "benchmark", "rtdetr-l.yaml,rtdetr-l-dysample.yaml")
     Benchmark(args)()
 
 
 def cmd_tune(args: dict) -> None:
-    from rtdet.engine.tune import Tune
-
     Tune(args)()
 
 
 def cmd_compare(args: dict) -> None:
-    from rtdet.engine.compare import Compare
-
     if not (args.get("model") or args.get("models")):
         _need("models", "compare", "rtdetr-l.yaml,rtdetr-l-dysample.yaml data=coco128.yaml")
     try:
@@ -165,8 +173,6 @@ CONVERT_KEYS = {"source": "the foreign checkpoint to convert (Ultralytics RT-DET
 
 
 def convert_usage() -> str:
-    from rtdet.io.formats import formats
-
     lines = ["Usage: rtdet convert source=<checkpoint> [to=<out.pt>] [format=auto]", "", "Keys:"]
     lines += [f"  {k:<8} {v}" for k, v in CONVERT_KEYS.items()]
     lines += ["", "Formats:"] + [f"  {f.name:<12} {f.description}" for f in formats().values()]
@@ -177,9 +183,6 @@ def convert_usage() -> str:
 
 def cmd_convert(tokens: list[str]) -> None:
     """``rtdet convert source=x.pt [to=y.pt] [format=auto]``: its own small set of keys."""
-    from rtdet.io.load import convert_file
-    from rtdet.utils.logging import LOGGER, set_verbosity
-
     args: dict = {}
     for tok in tokens:
         key, sep, value = tok.partition("=")
@@ -212,9 +215,6 @@ TRANSPLANT_KEYS = ("source", "model", "to", "nc", "data", "scale", "verbose")
 
 def cmd_transplant(args: dict) -> None:
     """``rtdet transplant source=a.pt model=b.yaml [to=b.pt]``: b initialised from a by structure."""
-    from rtdet.io.transplant import transplant_file
-    from rtdet.utils.logging import LOGGER, set_verbosity
-
     extra = [k for k in args if k not in TRANSPLANT_KEYS]
     if extra:
         raise CLIError(f"rtdet transplant does not take {', '.join(extra)}; its keys: {', '.join(TRANSPLANT_KEYS)}")
@@ -233,19 +233,12 @@ def cmd_transplant(args: dict) -> None:
 
 
 def cmd_demo(args: dict) -> None:
-    from rtdet.engine.demo import run_demo
-
     run_demo(**args)
 
 
 def cmd_data(args: dict, sub: str | None) -> int:
     if sub != "check":
         raise CLIError("usage: rtdet data check data=path/to/data.yaml [imgsz=640] [n_samples=16] [train_pipeline=...]")
-    from rtdet.data import load_data_config
-    from rtdet.data.check import run_check
-    from rtdet.engine.rundir import RunFolder
-    from rtdet.utils.logging import LOGGER, set_verbosity
-
     set_verbosity(bool(args.get("verbose", True)))
     data = args.get("data") or _need("data", "data check", "path/to/data.yaml")
     load_data_config(data)  # a missing or broken YAML fails here, before a run folder is made
@@ -287,8 +280,6 @@ def _need(key: str, verb: str, example: str):
 def _data_names(data) -> list[str] | None:
     if not data:
         return None
-    from rtdet.data import load_data_config
-
     return list(load_data_config(data).names)
 
 
@@ -303,13 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status (0 ok, 2 bad command line or setting, 1 a file it names is
     missing or invalid, or the run failed, 130 / 143 interrupted by SIGINT / SIGTERM, 141 output pipe closed). See
     :mod:`rtdet.engine.errors`. ``RTDET_TRACEBACK=1`` re-raises unexpected errors with their traceback."""
-    from rtdet.engine.signals import terminate_raises
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("help", "-h", "--help"):
         if argv[1:2] == ["settings"]:
-            from rtdet.engine.settings import describe_settings
-
             print(describe_settings())
         else:
             print(USAGE)
@@ -320,8 +307,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(verb: str, rest: list[str]) -> int:
     """One verb, its errors reported as :func:`main` describes."""
-    from rtdet.engine.errors import USER_ERRORS, Interrupted
-
     try:
         if verb == "convert":
             if any(t in ("-h", "--help", "help") for t in rest):

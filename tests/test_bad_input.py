@@ -30,7 +30,7 @@ DRIVER = textwrap.dedent("""
     import json, sys
     import torch
     torch.set_num_threads(1)
-    import rtdet.cli, rtdet.engine.trainer, rtdet.engine.validator, rtdet.engine.predictor, rtdet.engine.demo
+    import rtdet.cli, rtdet.engine.trainer, rtdet.engine.validator, rtdet.engine.predictor, rtdet.demo
     import cv2, matplotlib.backends.backend_agg, matplotlib.figure, rtdet.data.check  # load once, not per child
     from rtdet.io.load import load_model
     from tests.forked_cli import run_forked

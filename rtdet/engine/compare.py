@@ -38,13 +38,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
+from rtdet.data import load_data_config
+from rtdet.engine.benchmark import Benchmark, split_models
 from rtdet.engine.errors import RunRecordError
 from rtdet.engine.executors import EXECUTOR_KEYS, Job, make_executor, run_job
 from rtdet.engine.loggers import grouped
-from rtdet.engine.settings import SettingsError
+from rtdet.engine.report import Table, markdown_table, write_csv, write_html_report
+from rtdet.engine.settings import SettingsError, check_device, check_keys, plain_settings, resolve_settings
 from rtdet.engine.stats import mean_std, paired_t_test
+from rtdet.engine.validator import Validator
+from rtdet.io.load import load_model
 from rtdet.utils.checkpoint import atomic_write_text
-from rtdet.utils.logging import LOGGER
+from rtdet.utils.logging import LOGGER, set_verbosity
+from rtdet.utils.plotting import plot_curves, plot_pareto
 
 __all__ = ["COMPARE_KEYS", "Compare", "Run", "Variant", "parse_seeds"]
 
@@ -134,10 +142,6 @@ class Compare:
 
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> None:
-        from rtdet.engine.benchmark import split_models
-        from rtdet.engine.settings import check_device, check_keys, resolve_settings
-        from rtdet.utils.logging import set_verbosity
-
         user = dict(self.overrides)
         check_keys({k: v for k, v in user.items() if k not in ("model", "models")}, "compare")
         specs = split_models(user.get("models")) or split_models(user.get("model"))
@@ -173,10 +177,6 @@ class Compare:
         """Every variant and every setting checked before the first run trains (a typo in the last model must
         not cost the baseline's runs): the data, each model built once, the training settings against each
         model's family (its loss keys, its recipe), the executor's own requirements."""
-        from rtdet.data import load_data_config
-        from rtdet.engine.settings import resolve_settings
-        from rtdet.io.load import load_model
-
         names = list(load_data_config(self.args["data"]).names)
         for spec in specs:
             if _is_checkpoint(spec):
@@ -194,9 +194,7 @@ class Compare:
         """A comparison folder belongs to one set of training settings: re-running the command resumes it, and
         other settings under the same name are refused (nothing is overwritten). Its variants may change (a
         typo fixed, a variant added): the runs of every variant whose model is unchanged are reused."""
-        from rtdet.engine.trainer import _plain
-
-        plan = {"models": models, "train": _plain(self.train_args)}
+        plan = {"models": models, "train": plain_settings(self.train_args)}
         path = root / "plan.json"
         old = _read_plan(path) if path.is_file() else None
         if old is not None and old["train"] != plan["train"]:
@@ -217,13 +215,11 @@ class Compare:
     # ------------------------------------------------------------------ training
     def _jobs(self, runs: list[Run]) -> list[Job]:
         """Each run as an executor job: an ordinary ``rtdet train`` of its variant with its seed, in its folder."""
-        from rtdet.engine.trainer import _plain
-
         jobs = []
         for run in runs:
             spec = next(v.spec for v in self.variants if v.label == run.variant)
-            settings = {**_plain(self.train_args), "model": spec, "seed": run.seed, "project": str(self.save_dir),
-                        "name": run.dir.name, "exist_ok": True}
+            settings = {**plain_settings(self.train_args), "model": spec, "seed": run.seed,
+                        "project": str(self.save_dir), "name": run.dir.name, "exist_ok": True}
             settings = grouped(settings, f"compare-{self.save_dir.name}", variant=run.variant, seed=run.seed)
             jobs.append(Job(run.name, run.dir, settings))
         return jobs
@@ -243,8 +239,6 @@ class Compare:
 
     # ------------------------------------------------------------------ validation and timing
     def _evaluate(self) -> None:
-        from rtdet.engine.validator import Validator
-
         for variant in self.variants:
             for run in variant.runs:
                 if run.dir is not None:
@@ -272,8 +266,6 @@ class Compare:
 
     def _time(self) -> None:
         """Params, GFLOPs and latency of every variant (one run's weights each), timed side by side."""
-        from rtdet.engine.benchmark import Benchmark
-
         args = self.args
         settings = {"model": ",".join(str(v.runs[0].weights) for v in self.variants),
                     "formats": args.get("formats") or "pytorch", "runs": args["runs"], "warmup": args["warmup"],
@@ -334,9 +326,6 @@ class Compare:
 
     # ------------------------------------------------------------------ outputs
     def _write(self) -> None:
-        from rtdet.engine.report import Table, markdown_table, write_csv, write_html_report
-        from rtdet.utils.plotting import plot_curves, plot_pareto
-
         s, root = self.summary, self.save_dir
         rows = s["variants"]
         table_rows = [_display_row(r, i == 0) for i, r in enumerate(rows)]
@@ -441,8 +430,6 @@ def _checkpoint_files(spec: str) -> list[str]:
 
 def _trained_from(folder: Path, label: str) -> str | None:
     """The model a variant's existing runs were trained from (their own args.yaml), or None when none has run."""
-    import yaml
-
     for args in sorted(folder.glob(f"{label}-s*/args.yaml")):
         try:
             model = (yaml.safe_load(args.read_text()) or {}).get("model")

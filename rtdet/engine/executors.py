@@ -21,6 +21,7 @@ function, so the same seeds give the same runs whatever the executor:
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -30,8 +31,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from rtdet.engine.errors import RunsFailed
-from rtdet.utils.checkpoint import atomic_write_text
+from rtdet.engine.settings import SettingsError
+from rtdet.engine.trainer import Trainer
+from rtdet.utils.checkpoint import atomic_write_text, load_checkpoint
 from rtdet.utils.logging import LOGGER
 
 __all__ = ["EXECUTOR_KEYS", "Job", "LocalExecutor", "RayExecutor", "make_executor", "mark_done", "run_job",
@@ -80,8 +85,6 @@ def train_settings(job: Job) -> dict | None:
     None when its last.pt already finished every epoch (only ``done.json`` was missing)."""
     if not job.last.is_file():
         return dict(job.settings)
-    from rtdet.utils.checkpoint import load_checkpoint
-
     ckpt = load_checkpoint(job.last)
     epochs = int((ckpt.get("args") or {}).get("epochs", 0))
     if not ckpt.get("step_in_epoch") and int(ckpt.get("epoch", -1)) + 1 >= epochs:
@@ -92,8 +95,6 @@ def train_settings(job: Job) -> dict | None:
 def run_job(job: Job, callbacks: dict[str, Callable] | None = None) -> dict:
     """Train ``job`` in this process (see :func:`train_settings`) and mark it done. Returns
     ``{"name", "status"}``, status ``trained``, ``resumed`` or ``done`` (nothing was left to train)."""
-    from rtdet.engine.trainer import Trainer
-
     if job.done:
         return {"name": job.name, "status": "done"}
     settings = train_settings(job)
@@ -203,8 +204,6 @@ def _in_subprocess(fn: Callable, job: Job) -> dict:
 
 def _main(argv: list[str]) -> int:
     """``python -m rtdet.engine.executors module:function '<job json>' outcome.json``: one job in this process."""
-    import importlib
-
     module, _, name = argv[0].partition(":")
     fn = getattr(importlib.import_module(module), name)
     outcome = fn(Job.from_json(argv[1]), None)
@@ -220,10 +219,8 @@ class RayExecutor:
     def __init__(self, address: str | None, cpus_per_run: float, gpus_per_run: float, max_retries: int,
                  verbose: bool = True):
         try:
-            import ray
+            import ray  # optional: ray
         except ImportError:
-            from rtdet.engine.settings import SettingsError
-
             raise SettingsError("executor=ray needs Ray: pip install 'rtdet[ray]' (or pip install 'ray[default]')"
                                 ) from None
         self.ray = ray
@@ -300,8 +297,6 @@ def _absolute(job: Job) -> Job:
 def _ray_task(fn: Callable, job: Job, cpus: float) -> dict:
     """A Ray worker's job: torch uses the CPUs the task was given (the thread count is part of what makes two
     executors give bit-identical numbers), then ``fn(job)``."""
-    import torch
-
     torch.set_num_threads(max(int(cpus), 1))
     return fn(job, None)
 

@@ -27,6 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import torch.nn as nn
 import yaml
 
 from rtdet.data.pipelines import build_pipeline, load_pipeline_spec, named_pipelines
@@ -44,6 +45,8 @@ from rtdet.utils.yaml_file import read_yaml
 
 __all__ = [
     "CFG_DIR",
+    "plain_settings",
+    "yaml_number",
     "apply_cfg",
     "DEFAULT_CFG",
     "SettingsError",
@@ -87,7 +90,20 @@ def load_yaml(path: str | Path) -> dict:
     return d
 
 
-def _yaml_number(value: Any) -> Any:
+def plain_settings(value: Any) -> Any:
+    """Settings as plain types (checkpoints and args.yaml): paths -> str, models -> their name."""
+    if isinstance(value, dict):
+        return {str(k): plain_settings(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain_settings(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, nn.Module):
+        return getattr(value, "name", type(value).__name__)
+    return value
+
+
+def yaml_number(value: Any) -> Any:
     """PyYAML reads ``1e-4`` (no dot: not a YAML 1.1 float) as a string; such numbers become floats."""
     if isinstance(value, str) and _EXP_NUMBER.match(value.strip()):
         return float(value)
@@ -103,7 +119,7 @@ def parse_value(text: str) -> Any:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text  # e.g. a path with a colon: keep it verbatim
-    return _yaml_number(value)
+    return yaml_number(value)
 
 
 # ---------------------------------------------------------------------------------------- the schema
@@ -185,7 +201,7 @@ def _schema() -> dict[str, Setting]:
     out = {}
     for name, entry in raw.items():
         if isinstance(entry, dict) and "default" in entry:
-            entry = {**entry, "default": _yaml_number(entry["default"])}
+            entry = {**entry, "default": yaml_number(entry["default"])}
         out[str(name)] = Setting.from_mapping(str(name), entry, SCHEMA_TYPES, str(DEFAULT_CFG))
     return out
 
@@ -229,7 +245,7 @@ def recipe_settings(family: str | None) -> dict:
     errors = []
     for k, v in recipe.items():
         try:
-            recipe[k] = table[k].check(_yaml_number(v))
+            recipe[k] = table[k].check(yaml_number(v))
         except SettingError as e:
             errors.append(f"{path}: {e}")
     if errors:
@@ -415,7 +431,7 @@ def apply_cfg(overrides: dict, verb: str | None = None) -> dict:
     path = overrides.pop("cfg", None)
     if not path:
         return overrides
-    values = {k: _yaml_number(v) for k, v in load_yaml(path).items()}
+    values = {k: yaml_number(v) for k, v in load_yaml(path).items()}
     if "cfg" in values:
         raise SettingsError(f"{path}: a settings file may not name another (cfg: {values['cfg']})")
     try:

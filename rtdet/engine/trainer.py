@@ -46,7 +46,7 @@ from rtdet.engine.autorecipe import auto_recipe, summary
 from rtdet.engine.ddp import relaunch_under_torchrun
 from rtdet.engine.errors import Interrupted, NonFiniteLossError
 from rtdet.engine.freeze import Freezer, resolve_freeze
-from rtdet.engine.loggers import attach_loggers
+from rtdet.engine.loggers.hub import attach_loggers
 from rtdet.engine.meters import LossMeter, learning_rates, to_host
 from rtdet.engine.multiscale import MultiScale
 from rtdet.engine.optim import LRSchedule, add_params, build_optimizer, nominal_batch, scaled_lr, warmup_steps
@@ -58,6 +58,7 @@ from rtdet.engine.settings import (
     check_imgsz,
     check_settings,
     criterion_hyperparameters,
+    plain_settings,
     resolve_settings,
 )
 from rtdet.engine.signals import StopSignals
@@ -94,19 +95,6 @@ __all__ = ["Trainer"]
 # teardown: after the run, also when it failed or was stopped (loggers close their runs there).
 EVENTS = ("on_train_start", "on_train_epoch_start", "on_train_batch_end", "on_fit_epoch_end", "on_train_end",
           "teardown")
-
-
-def _plain(value: Any) -> Any:
-    """Settings as plain types (checkpoints and args.yaml): paths -> str, models -> their name."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, nn.Module):
-        return getattr(value, "name", type(value).__name__)
-    return value
 
 
 class Trainer:
@@ -424,7 +412,7 @@ class Trainer:
             mb = sum(size for _, size in removed) / 2**20
             LOGGER.info(f"Removed {len(removed)} temporary file(s) ({mb:.1f} MB) left by an interrupted write: "
                         f"{', '.join(p.name for p, _ in removed)}")
-        atomic_write_text(self.save_dir / "args.yaml", yaml.safe_dump(_plain(self.args), sort_keys=False))
+        atomic_write_text(self.save_dir / "args.yaml", yaml.safe_dump(plain_settings(self.args), sort_keys=False))
         if getattr(self, "transplant_report", None) is not None:  # what pretrained= gave each row
             write_transplant_report(self.transplant_report, self.save_dir)
         if self.rows:  # resumed: results.csv as the checkpoint knows it
@@ -674,9 +662,9 @@ class Trainer:
             "metrics": {k: float(v) for k, v in self.metrics.items() if isinstance(v, int | float)},
             "rng": get_rng_state(),
             "epoch_rng": self._epoch_rng if step_in_epoch else None,
-            "args": _plain(self.args),
+            "args": plain_settings(self.args),
             "transplanted_rows": [int(i) for i in self.transplanted_rows],
-            "results": _plain(self.rows),  # results.csv up to this checkpoint
+            "results": plain_settings(self.rows),  # results.csv up to this checkpoint
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         return ckpt

@@ -30,15 +30,34 @@ and ``study.log`` (Optuna's journal: ``optuna.load_study`` reads it).
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import yaml
 
+from rtdet.data import load_data_config
+from rtdet.engine.errors import NonFiniteLossError
 from rtdet.engine.executors import EXECUTOR_KEYS, Job, make_executor, run_job
 from rtdet.engine.loggers import grouped
-from rtdet.engine.settings import SettingsError
+from rtdet.engine.report import markdown_table, write_csv
+from rtdet.engine.rundir import run_dir
+from rtdet.engine.settings import (
+    SettingsError,
+    apply_cfg,
+    check_device,
+    check_keys,
+    load_yaml,
+    plain_settings,
+    resolve_settings,
+    schema,
+    yaml_number,
+)
+from rtdet.io.load import load_model
 from rtdet.utils.checkpoint import atomic_write_bytes, atomic_write_text
-from rtdet.utils.logging import LOGGER
+from rtdet.utils.logging import LOGGER, set_verbosity
+from rtdet.utils.schema import SettingError
 
 __all__ = ["Dimension", "Tune", "parse_space", "run_trial"]
 
@@ -57,7 +76,7 @@ class Dimension:
 
     def distribution(self):
         """The Optuna distribution of this dimension."""
-        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution  # optional: tune
 
         if self.kind == "choice":
             return CategoricalDistribution(self.choices)
@@ -71,8 +90,6 @@ class Dimension:
 def parse_space(path: str | Path, family: str | None = None) -> dict[str, Dimension]:
     """The search space YAML as {key: Dimension}, every key and bound checked against the schema (of
     ``family`` when given: its loss keys are searchable, another family's are not)."""
-    from rtdet.engine.settings import check_keys, load_yaml, schema
-
     raw = load_yaml(path)
     if not raw:
         raise SettingsError(f"{path}: empty search space; write one line per setting, e.g. lr0: [1.0e-4, 1.0e-2, log]")
@@ -90,17 +107,14 @@ def parse_space(path: str | Path, family: str | None = None) -> dict[str, Dimens
 
 def _dimension(path, key: str, value, setting) -> Dimension:
     """``[low, high]``, ``[low, high, log]`` or ``{choices: [...]}`` for ``key``, its bounds checked."""
-    from rtdet.engine.settings import _yaml_number
-    from rtdet.utils.schema import SettingError
-
     where = f"{path}: {key}"
     try:
         if isinstance(value, dict) and set(value) == {"choices"} and isinstance(value["choices"], list):
             if len(value["choices"]) < 2:
                 raise SettingsError(f"{where}: expected two or more choices, got {value['choices']!r}")
-            return Dimension(key, "choice", choices=[setting.check(_yaml_number(c)) for c in value["choices"]])
+            return Dimension(key, "choice", choices=[setting.check(yaml_number(c)) for c in value["choices"]])
         if isinstance(value, list) and len(value) in (2, 3) and (len(value) == 2 or value[2] == "log"):
-            low, high = (_yaml_number(v) for v in value[:2])
+            low, high = (yaml_number(v) for v in value[:2])
             if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)) or low >= high:
                 raise SettingsError(f"{where}: expected [low, high] numbers with low < high, got {value!r}")
             kind = "int" if isinstance(low, int) and isinstance(high, int) and int in _kinds(setting) else "float"
@@ -128,7 +142,7 @@ class _Reporter:
         self.trial = trial
 
     def __call__(self, trainer) -> None:
-        import optuna
+        import optuna  # optional: tune
 
         value = (trainer.metrics or {}).get("mAP50-95")
         if value is None:  # no validation this epoch (no labelled box): nothing to decide on
@@ -141,9 +155,7 @@ class _Reporter:
 def run_trial(job: Job, callbacks: dict | None = None) -> dict:
     """Train one trial (an executor job; :func:`rtdet.engine.executors.run_job`), reporting to the pruner
     when there is one. Returns {"name", "status": complete / pruned / failed, "value", "error"}."""
-    import optuna
-
-    from rtdet.engine.errors import NonFiniteLossError
+    import optuna  # optional: tune
 
     callbacks = dict(callbacks or {})
     if job.extra.get("prune"):
@@ -179,7 +191,7 @@ def best_map(results_csv: Path) -> tuple[int, float | None]:
 
 
 def _storage(path: str | Path):
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    from optuna.storages.journal import JournalFileBackend, JournalStorage  # optional: tune
 
     return JournalStorage(JournalFileBackend(str(path)))
 
@@ -204,14 +216,9 @@ class Tune:
     def _setup(self):
         """Settings, the space (checked against the model's family), the executor, the run folder, the study."""
         try:
-            import optuna
+            import optuna  # optional: tune
         except ImportError:
             raise SettingsError("rtdet tune needs Optuna: pip install 'rtdet[tune]' (or pip install optuna)") from None
-
-        from rtdet.engine.rundir import run_dir
-        from rtdet.engine.settings import apply_cfg, check_device, resolve_settings
-        from rtdet.io.load import load_model
-        from rtdet.utils.logging import set_verbosity
 
         user = apply_cfg(self.overrides, "tune")
         args = resolve_settings(user, verb="tune")
@@ -221,8 +228,6 @@ class Tune:
                 raise SettingsError(f"tune needs {key}=..., e.g. {key}={example}")
         if args.get("val") is False:
             raise SettingsError("tune needs val=true: a trial's value is its validation mAP50-95")
-        from rtdet.data import load_data_config
-
         names = list(load_data_config(args["data"]).names)
         model = load_model(args["model"], nc=len(names), names=names, scale=args.get("scale")).model
         self.space = parse_space(args["space"], model.head.family)
@@ -242,7 +247,7 @@ class Tune:
 
     def _wave(self, study, n: int) -> None:
         """``n`` trials proposed from every result so far, trained at once on the executor, told back."""
-        import optuna
+        import optuna  # optional: tune
 
         dists = {k: d.distribution() for k, d in self.space.items()}
         trials = [study.ask(dists) for _ in range(n)]
@@ -250,7 +255,7 @@ class Tune:
         storage = str((self.save_dir / "study.log").resolve())  # workers may run in other folders
         for trial in trials:
             name = f"trial-{trial.number:03d}"
-            settings = {**_plain(self.train_args), **trial.params, "val": True, "project": str(self.save_dir),
+            settings = {**plain_settings(self.train_args), **trial.params, "val": True, "project": str(self.save_dir),
                         "name": name, "exist_ok": True}
             settings = grouped(settings, f"tune-{self.save_dir.name}", trial=trial.number)
             jobs.append(Job(name, self.save_dir / "train" / name, settings,
@@ -266,8 +271,6 @@ class Tune:
 
     # ------------------------------------------------------------------ outputs
     def _write(self, study) -> dict:
-        from rtdet.engine.report import markdown_table, write_csv
-
         rows = sorted((_row(t, self.space) for t in study.trials),
                       key=lambda r: (r["mAP50-95"] is None, -(r["mAP50-95"] or 0.0)))
         columns = ["trial", "state", "mAP50-95", *self.space, "epochs"]
@@ -277,7 +280,7 @@ class Tune:
         best = max(complete, key=lambda t: t.value) if complete else None
         md = [f"# tune: {self.args['model']} on {self.args['data']}", "", markdown_table(shown, columns), ""]
         if best is not None:
-            best_settings = {**_plain(self.train_args), **best.params}
+            best_settings = {**plain_settings(self.train_args), **best.params}
             atomic_write_text(self.save_dir / "best.yaml", yaml.safe_dump(best_settings, sort_keys=False))
             md += [f"Best: trial {best.number}, mAP50-95 {best.value:.4f}: {best.params}. Train it with "
                    f"`rtdet train cfg={self.save_dir / 'best.yaml'}`.", ""]
@@ -294,23 +297,13 @@ def _row(trial, space: dict) -> dict:
             **{k: trial.params.get(k) for k in space}, "epochs": trial.user_attrs.get("epochs")}
 
 
-def _plain(settings: dict) -> dict:
-    from rtdet.engine.trainer import _plain as plain
-
-    return plain(settings)
-
-
 def _plots(study, folder: Path) -> list[Path]:
     """Optuna's matplotlib plots of the study (no plotly needed): history, importance, parallel coordinates.
     A plot that needs more than the study has (two finished trials, two parameters) is left out."""
-    import warnings
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import optuna.visualization.matplotlib as vis
+    import optuna.visualization.matplotlib as vis  # optional: tune
     from optuna.importance import PedAnovaImportanceEvaluator
+
+    matplotlib.use("Agg")  # optuna draws through pyplot: a file backend, never a window
 
     target = "mAP50-95"
     wanted = {"history": lambda: vis.plot_optimization_history(study, target_name=target),

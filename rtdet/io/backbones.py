@@ -29,9 +29,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from rtdet.io.foreign import to_float32
+from rtdet.io.foreign import plain, to_float32
 from rtdet.io.formats import ConvertContext, Converted, ForeignFormat, register_format
 from rtdet.io.rules import ConversionReport, KeyTable, WeightLoadError, drop, load_into, rename
+from rtdet.io.safe_pickle import read_torch_file
+from rtdet.nn.model import DetectionModel
+from rtdet.nn.modules.convnextv2 import CONVNEXTV2_VARIANTS, ConvNeXtV2
+from rtdet.nn.modules.shvit import SHVIT_VARIANTS, SHViT
+from rtdet.utils.checkpoint import is_rtdet_checkpoint
 
 __all__ = [
     "WeightLoadError",
@@ -121,8 +126,6 @@ def _convnextv2_config(sd: Mapping[str, torch.Tensor]) -> tuple[tuple[int, ...],
 
 
 def _convert_convnextv2(obj: Any, ctx: ConvertContext) -> Converted:
-    from rtdet.nn.modules.convnextv2 import CONVNEXTV2_VARIANTS
-
     sd, entry = _unwrap(obj, ctx.prefer_ema)
     layout = convnextv2_layout(sd)
     table = CONVNEXTV2_OFFICIAL if layout == "official" else CONVNEXTV2_TIMM
@@ -214,8 +217,6 @@ def _shvit_config(sd: Mapping[str, torch.Tensor]) -> tuple[tuple[int, ...], tupl
 
 
 def _convert_shvit(obj: Any, ctx: ConvertContext) -> Converted:
-    from rtdet.nn.modules.shvit import SHVIT_VARIANTS
-
     sd, entry = _unwrap(obj, ctx.prefer_ema)
     layout = shvit_layout(sd)
     table = SHVIT_OFFICIAL if layout == "official" else SHVIT_TIMM
@@ -286,16 +287,12 @@ def _backbone_converted(obj: Any, sd: dict, row: list, table: KeyTable, descript
                         ctx: ConvertContext) -> Converted:
     """A backbone checkpoint as a one-row rtdet model (no head): what `rtdet convert` writes for it and what
     a backbone row's ``weights=`` reads back."""
-    from rtdet.nn.model import DetectionModel
-
     model = DetectionModel({"nc": 1, "name": row[2], "backbone": [row], "head": []})
     report = _load_table(model.model[0], sd, table, ctx.strict, f"{ctx.source}: {description}",
                          "The file's tensors do not fit the variant its shapes suggest; is it damaged?")
     report.source = ctx.source
     args = {}
     if isinstance(obj, Mapping) and obj.get("args") is not None:
-        from rtdet.io.foreign import plain
-
         args = plain(obj["args"]) if not isinstance(obj["args"], str) else {}
         args = args if isinstance(args, dict) else {}
     return Converted(model=model, report=report, description=description, weights=entry, names=None, args=args,
@@ -307,29 +304,14 @@ def load_backbone_weights(module: nn.Module, source: str | Path | Mapping, stric
     written by ``rtdet convert`` for such a file (a one-row model), or a plain state dict of the module.
 
     Returns the report ('loaded k/N tensors; missing ...; unexpected ...'); raises on a real mismatch."""
-    from rtdet.nn.modules.convnextv2 import ConvNeXtV2
-    from rtdet.nn.modules.shvit import SHViT
-
-    obj = source if isinstance(source, Mapping) else _read(Path(source))
-    sd = _rtdet_backbone_tensors(obj, str(source)) if _is_rtdet(obj) else _unwrap(obj)[0]
+    obj = source if isinstance(source, Mapping) else read_torch_file(Path(source))[0]
+    sd = _rtdet_backbone_tensors(obj, str(source)) if is_rtdet_checkpoint(obj) else _unwrap(obj)[0]
     if isinstance(module, ConvNeXtV2):
         return load_convnextv2_weights(module, sd, strict)
     if isinstance(module, SHViT):
         return load_shvit_weights(module, sd, strict)
     return _load_table(module, sd, KeyTable("state dict", []), strict, f"weights for {type(module).__name__}",
                        "The file's keys must be the module's own state-dict keys.")
-
-
-def _read(path: Path) -> Any:
-    from rtdet.io.safe_pickle import read_torch_file
-
-    return read_torch_file(path)[0]
-
-
-def _is_rtdet(obj: Any) -> bool:
-    from rtdet.io.load import is_rtdet_checkpoint
-
-    return is_rtdet_checkpoint(obj)
 
 
 def _rtdet_backbone_tensors(obj: Mapping, source: str) -> dict[str, torch.Tensor]:

@@ -15,14 +15,13 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rtdet.families import families
+from rtdet.io.foreign import class_name
 from rtdet.io.rules import ConversionReport
+from rtdet.nn.model import DetectionModel
 from rtdet.utils.checkpoint import CheckpointError
-
-if TYPE_CHECKING:
-    from rtdet.nn.model import DetectionModel
 
 __all__ = ["ForeignFormat", "ConvertContext", "Converted", "register_format", "formats", "find_format",
            "FORMAT_MODULES"]
@@ -108,8 +107,6 @@ def find_format(obj: Any, source: str, name: str = "auto") -> ForeignFormat:
 
 
 def _describe(obj: Any) -> str:
-    from rtdet.io.foreign import class_name
-
     if isinstance(obj, dict):
         keys = list(obj)[:6]
         return f"a dict with keys {keys}" + (" ..." if len(obj) > 6 else "")

@@ -33,7 +33,7 @@ from rtdet.io.rows import load_row_weights
 from rtdet.io.rules import ConversionReport, WeightLoadError
 from rtdet.io.safe_pickle import read_torch_file
 from rtdet.nn.model import DetectionModel
-from rtdet.utils.checkpoint import CheckpointError, save_checkpoint
+from rtdet.utils.checkpoint import CheckpointError, is_rtdet_checkpoint, save_checkpoint
 from rtdet.utils.class_names import class_names
 from rtdet.utils.logging import LOGGER
 
@@ -90,13 +90,6 @@ def is_checkpoint(spec: Any) -> bool:
     if p.suffix.lower() in YAML_SUFFIXES or p.suffix.lower() == ".onnx":
         return False
     return p.suffix.lower() in CHECKPOINT_SUFFIXES or p.is_file()
-
-
-def is_rtdet_checkpoint(obj: Any) -> bool:
-    """A dict written by rtdet: a 'model' (or 'ema') entry holding 'yaml' and 'state_dict'."""
-    if not isinstance(obj, dict):
-        return False
-    return any(isinstance(obj.get(k), dict) and "yaml" in obj[k] and "state_dict" in obj[k] for k in ("model", "ema"))
 
 
 def model_entry(ckpt: dict, source: str, prefer_ema: bool = True) -> dict:

@@ -44,6 +44,8 @@ import torch
 from rtdet.io.foreign import plain, to_float32
 from rtdet.io.formats import ConvertContext, Converted, ForeignFormat, register_format
 from rtdet.io.rules import KeyTable, WeightLoadError, load_into, rename
+from rtdet.nn.builder import load_model_yaml
+from rtdet.nn.model import DetectionModel
 from rtdet.utils.checkpoint import CheckpointError
 from rtdet.utils.class_names import class_names
 
@@ -367,8 +369,6 @@ def _check_shared(sd: Mapping[str, torch.Tensor], arch: RTMDetArch, where: str) 
 def model_yaml(arch: RTMDetArch, source: str) -> dict:
     """The built-in ``rtmdet-<scale>.yaml`` (with its pipeline and name) when the architecture is one of them,
     else the generated rows named after the file."""
-    from rtdet.nn.builder import load_model_yaml
-
     d = rtmdet_yaml(arch)
     for scale in STANDARD_SCALES:
         builtin = load_model_yaml(f"rtmdet-{scale}.yaml")
@@ -401,8 +401,6 @@ def _image_size(config: dict | None) -> int | None:
 
 def convert_mmdet_rtmdet(obj: Any, ctx: ConvertContext) -> Converted:
     """An mmdetection RTMDet checkpoint as the rtdet RTMDet model of its config (or of its tensors' shapes)."""
-    from rtdet.nn.model import DetectionModel
-
     meta = plain(obj.get("meta"))
     meta = meta if isinstance(meta, dict) else {}
     config, note = read_config_text(meta.get("cfg", meta.get("config")))

@@ -36,6 +36,7 @@ from rtdet.io.foreign import (
 from rtdet.io.formats import ConvertContext, Converted, ForeignFormat, register_format
 from rtdet.io.rules import KeyTable, drop, load_into, looks_fused, rename
 from rtdet.io.safe_pickle import ForeignObject
+from rtdet.nn.model import DetectionModel
 from rtdet.utils.checkpoint import CheckpointError
 
 __all__ = ["RTDETR_KEYS", "HEAD_TABLES", "register_head", "is_ultralytics_checkpoint", "convert_ultralytics"]
@@ -87,8 +88,6 @@ def _train_args(obj: dict, record: ForeignObject) -> dict:
 
 def convert_ultralytics(obj: Any, ctx: ConvertContext) -> Converted:
     """An Ultralytics checkpoint as an rtdet model built from the checkpoint's own YAML."""
-    from rtdet.nn.model import DetectionModel
-
     record, entry = model_record(obj, ctx.prefer_ema)
     if record is None:
         raise CheckpointError(f"{ctx.source}: neither 'ema' nor 'model' holds a model")

@@ -41,6 +41,7 @@ from rtdet.io.foreign import attribute, model_record, module_state_dict, plain, 
 from rtdet.io.formats import ConvertContext, Converted, ForeignFormat, register_format
 from rtdet.io.rules import KeyTable, load_into, looks_fused, rename
 from rtdet.io.ultralytics import register_head
+from rtdet.nn.model import DetectionModel
 from rtdet.utils.checkpoint import CheckpointError
 
 __all__ = ["OFFICIAL_YOLOV9_KEYS", "ULTRALYTICS_YOLOV9_KEYS", "OFFICIAL_HEADS", "is_official_yolov9_checkpoint",
@@ -82,8 +83,6 @@ def _head_of(d: dict) -> str:
 
 def convert_official_yolov9(obj: Any, ctx: ConvertContext) -> Converted:
     """An official YOLOv9 checkpoint as an rtdet model built from the YAML dict stored on its model."""
-    from rtdet.nn.model import DetectionModel
-
     record, entry = model_record(obj, ctx.prefer_ema)
     if record is None:
         raise CheckpointError(f"{ctx.source}: neither 'ema' nor 'model' holds a model")

@@ -15,8 +15,9 @@ from typing import Any, BinaryIO
 
 import torch
 
-__all__ = ["CheckpointError", "atomic_write_bytes", "atomic_write_text", "is_temporary", "load_checkpoint",
-           "remove_stale_temporaries", "save_checkpoint", "read_limit", "check_archive", "refuse_allocating_calls"]
+__all__ = ["CheckpointError", "atomic_write_bytes", "atomic_write_text", "is_rtdet_checkpoint", "is_temporary",
+           "load_checkpoint", "remove_stale_temporaries", "save_checkpoint", "read_limit", "check_archive",
+           "refuse_allocating_calls"]
 
 
 class CheckpointError(RuntimeError):
@@ -195,6 +196,16 @@ def _check_before_loading(path: Path) -> None:
         for name in zf.namelist():
             if name.count("/") == 1 and name.endswith("/data.pkl"):
                 refuse_allocating_calls(zf.read(name), str(path))
+
+
+def is_rtdet_checkpoint(obj: Any) -> bool:
+    """A dict written by rtdet: a 'model' (or 'ema') entry holding 'yaml' and 'state_dict'.
+
+    Here, below every reader of checkpoints, so the model loader (rtdet.io.load) and the backbone-row loader
+    it calls (rtdet.io.backbones) ask the same question without importing each other."""
+    if not isinstance(obj, dict):
+        return False
+    return any(isinstance(obj.get(k), dict) and "yaml" in obj[k] and "state_dict" in obj[k] for k in ("model", "ema"))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -1,13 +1,23 @@
-"""Pictures: detections drawn on images (OpenCV) and training curves from results.csv (matplotlib, Agg)."""
+"""Pictures: detections drawn on images (OpenCV) and training curves from results.csv (matplotlib, Agg).
+
+Figures are made with matplotlib's object API (a ``Figure`` on its own Agg canvas), not pyplot: nothing here
+selects or switches the process-wide backend, so importing or calling this module leaves a notebook's or a
+GUI's matplotlib as it was, and no figure has to be closed afterwards.
+"""
 
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 
 import cv2
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from rtdet.utils.checkpoint import atomic_write_bytes
 
 __all__ = ["class_color", "draw_detections", "plot_curves", "plot_pareto", "plot_results"]
 
@@ -51,11 +61,6 @@ def draw_detections(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray | N
 
 def plot_results(csv_path: str | Path, out_path: str | Path | None = None) -> Path:
     """One small panel per column of results.csv (losses, metrics, learning rates) against the epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     csv_path = Path(csv_path)
     with csv_path.open() as fh:
         rows = list(csv.DictReader(fh))
@@ -65,7 +70,8 @@ def plot_results(csv_path: str | Path, out_path: str | Path | None = None) -> Pa
     epochs = [float(r["epoch"]) for r in rows]
     ncol = min(5, len(columns))
     nrow = math.ceil(len(columns) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.6 * nrow), squeeze=False)
+    fig = _figure((3.2 * ncol, 2.6 * nrow))
+    axes = fig.subplots(nrow, ncol, squeeze=False)
     for ax, col in zip(axes.flat, columns):
         values = [float(r[col]) if r[col] not in ("", "nan") else float("nan") for r in rows]
         ax.plot(epochs, values, marker="o", markersize=3, linewidth=1.5)
@@ -80,17 +86,17 @@ def plot_results(csv_path: str | Path, out_path: str | Path | None = None) -> Pa
     return _save_figure(fig, out_path)  # atomic: a reader never sees half a PNG
 
 
-def _save_figure(fig, out_path: str | Path) -> Path:
+def _figure(size: tuple[float, float]) -> Figure:
+    """A figure of ``size`` inches on its own Agg canvas (no pyplot: the process's backend is untouched)."""
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_figure(fig: Figure, out_path: str | Path) -> Path:
     """PNG bytes of a figure written atomically (the one atomic-write helper)."""
-    import io
-
-    import matplotlib.pyplot as plt
-
-    from rtdet.utils.checkpoint import atomic_write_bytes
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
     return atomic_write_bytes(out_path, buf.getvalue())
 
 
@@ -100,12 +106,8 @@ def plot_pareto(points: list[dict], out_path: str | Path, metric: str = "mAP50-9
     (no other variant is both faster and more accurate) is joined by a line.
 
     points: [{"label", "latency", "mean", "std", "latency_err" (optional)}]."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig = _figure((6.4, 4.4))
+    ax = fig.subplots()
     for i, pt in enumerate(points):
         ax.errorbar(pt["latency"], pt["mean"], yerr=pt.get("std") or 0.0, xerr=pt.get("latency_err") or None,
                     fmt="o", capsize=4, markersize=7, color=f"C{i % 10}", label=pt["label"])
@@ -128,12 +130,8 @@ def plot_curves(curves: dict[str, list[tuple[list[float], list[float]]]], out_pa
                 metric: str = "mAP50-95") -> Path:
     """Training curves of every variant on one plot: the mean over seeds per epoch (line) and the range
     of the seeds (band). curves: {variant: [(epochs, values) per seed]}."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig = _figure((6.4, 4.4))
+    ax = fig.subplots()
     for i, (label, runs) in enumerate(curves.items()):
         runs = [(e, v) for e, v in runs if e]
         if not runs:

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from rtdet.engine.loggers import parse_loggers, parse_tags, resolve_loggers
+from rtdet.engine.loggers import parse_loggers, parse_tags
+from rtdet.engine.loggers.hub import resolve_loggers
 from rtdet.engine.settings import SettingsError, check_settings
 from rtdet.engine.trainer import Trainer
 
@@ -199,7 +200,7 @@ def test_wandb_offline_run_holds_the_history(logged_settings, tmp_path, monkeypa
 def test_only_rank_0_logs():
     from types import SimpleNamespace
 
-    from rtdet.engine.loggers import attach_loggers
+    from rtdet.engine.loggers.hub import attach_loggers
 
     added = []
     for rank in (0, 1):

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import yaml
 
-from rtdet.engine.demo import family_demo_settings
+from rtdet.demo import family_demo_settings
 from rtdet.engine.settings import SettingsError, available_recipes, criterion_hyperparameters, resolve_settings
 from rtdet.engine.trainer import Trainer
 from rtdet.families import (

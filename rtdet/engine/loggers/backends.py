@@ -15,6 +15,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
+
 __all__ = ["BACKENDS", "Backend", "MLflowBackend", "RunInfo", "TensorBoardBackend", "WandbBackend"]
 
 
@@ -61,8 +63,6 @@ class Backend(ABC):
 
 
 def _read_rgb(path: Path):
-    import cv2
-
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise OSError(f"{path}: cannot read the image")
@@ -75,7 +75,7 @@ class TensorBoardBackend(Backend):
     name, package = "tensorboard", "tensorboard"
 
     def start(self, run: RunInfo) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # optional: tensorboard (torch's module needs it)
 
         self.writer = SummaryWriter(log_dir=str(run.save_dir))
         self.writer.add_text("settings", _markdown_table(run.settings), 0)
@@ -109,7 +109,7 @@ class MLflowBackend(Backend):
     name, package = "mlflow", "mlflow"
 
     def start(self, run: RunInfo) -> None:
-        from mlflow.entities import Param
+        from mlflow.entities import Param  # optional: mlflow
         from mlflow.tracking import MlflowClient
 
         # An unreachable server must not stall training for minutes (MLflow's default: 7 retries, 120 s).
@@ -131,7 +131,7 @@ class MLflowBackend(Backend):
             self.client.log_batch(self.run_id, params=params[i:i + 100])
 
     def _metrics(self, values: dict[str, float], step: int):
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # optional: mlflow
 
         now = int(time.time() * 1000)
         # MLflow names take letters, digits and _-. / only: a class named "cat (wild)" becomes "cat _wild_"
@@ -166,7 +166,7 @@ class WandbBackend(Backend):
     name, package = "wandb", "wandb"
 
     def start(self, run: RunInfo) -> None:
-        import wandb
+        import wandb  # optional: wandb
 
         self.wandb = wandb
         self.run = wandb.init(project=run.experiment, name=run.name, group=run.tags.get("variant"),

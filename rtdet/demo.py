@@ -6,6 +6,9 @@
 
 Everything goes under ``runs/demo/``: the dataset (``data/``), the training run (``train/``, weights,
 results.csv, results.png) and annotated val pictures (``predict/``).
+
+It sits beside the API at the top of the package (it drives a :class:`rtdet.api.Detector`), not in the
+engine the API is built on.
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ from pathlib import Path
 
 import torch
 
-from rtdet.engine.settings import load_yaml
+from rtdet.api import Detector
+from rtdet.data.synthetic import make_synthetic_dataset
+from rtdet.engine.settings import SettingsError, check_settings, load_yaml
 from rtdet.families import get_family
 from rtdet.utils.logging import LOGGER
+from rtdet.utils.torch_utils import set_seed
 
 __all__ = ["DEMO_DATA", "DEMO_FIXED", "DEMO_SETTINGS", "family_demo_settings", "run_demo"]
 
@@ -56,11 +62,6 @@ DEMO_FIXED = {
 
 def run_demo(**overrides) -> dict:
     """Run the demo; returns {"metrics", "seconds", "train_dir", "predict_dir", "data"}."""
-    from rtdet.api import Detector
-    from rtdet.data.synthetic import make_synthetic_dataset
-    from rtdet.engine.settings import SettingsError, check_settings
-    from rtdet.utils.torch_utils import set_seed
-
     overrides = check_settings(overrides, "demo")  # every key and value, before any work
     fixed = [k for k in DEMO_FIXED if k in overrides]
     if fixed:

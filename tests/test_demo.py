@@ -3,12 +3,13 @@
 import pytest
 import torch
 
+from rtdet.demo import family_demo_settings, run_demo
+from rtdet.engine.settings import SettingsError
+
 
 @pytest.mark.slow
 def test_demo_reaches_map50_of_one_half(tmp_path):
     """The default demo (minutes on 2 CPU cores) must reach mAP50 >= 0.5 on the synthetic val split."""
-    from rtdet.engine.demo import run_demo
-
     torch.set_num_threads(2)
     out = run_demo(project=str(tmp_path / "demo"), verbose=False)
     assert out["metrics"]["mAP50"] >= 0.5, out["metrics"]
@@ -19,8 +20,6 @@ def test_demo_reaches_map50_of_one_half(tmp_path):
 @pytest.mark.slow
 def test_yolo_demo_reaches_map50_of_one_half(tmp_path):
     """`rtdet demo model=yolov9-demo.yaml`: the small GELAN with its family's demo settings, same bar."""
-    from rtdet.engine.demo import family_demo_settings, run_demo
-
     torch.set_num_threads(2)
     out = run_demo(model="yolov9-demo.yaml", project=str(tmp_path / "demo"), verbose=False)
     assert out["metrics"]["mAP50"] >= 0.5, out["metrics"]
@@ -32,8 +31,6 @@ def test_yolo_demo_reaches_map50_of_one_half(tmp_path):
 @pytest.mark.slow
 def test_rtmdet_demo_reaches_map50_of_one_half(tmp_path):
     """`rtdet demo model=rtmdet-tiny.yaml`: the RTMDet recipe with cfg/demo/rtmdet.yaml on top, same bar."""
-    from rtdet.engine.demo import family_demo_settings, run_demo
-
     torch.set_num_threads(2)
     out = run_demo(model="rtmdet-tiny.yaml", project=str(tmp_path / "demo"), verbose=False)
     assert out["metrics"]["mAP50"] >= 0.5, out["metrics"]
@@ -42,8 +39,5 @@ def test_rtmdet_demo_reaches_map50_of_one_half(tmp_path):
 
 
 def test_demo_rejects_unknown_settings(tmp_path):
-    from rtdet.engine.demo import run_demo
-    from rtdet.engine.settings import SettingsError
-
     with pytest.raises(SettingsError, match="epochs"):
         run_demo(epoch=1, project=str(tmp_path))
