@@ -1,4 +1,5 @@
-"""What every family's loss shares: element-wise classification losses on logits.
+"""What every family's loss shares: element-wise classification losses on logits, and the choice between
+the two IoU-aware ones that the DETR criteria offer (``loss: vfl|mal``).
 
 The padded targets of a batch live in :mod:`rtdet.ops.targets`, below the heads that also read them;
 they are re-exported here because the trainer still imports ``batch_targets`` from this module.
@@ -14,9 +15,19 @@ import torch
 import torch.nn.functional as F
 
 from rtdet.ops.targets import PaddedTargets, batch_targets, pad_targets
+from rtdet.utils.schema import Setting
 
 __all__ = ["PaddedTargets", "pad_targets", "batch_targets", "sigmoid_focal_loss", "varifocal_loss",
-           "quality_focal_loss"]
+           "quality_focal_loss", "matchability_aware_loss", "iou_aware_class_loss", "IOU_CLASS_LOSS_SETTINGS"]
+
+# The settings of every criterion that offers both IoU-aware classification losses: one declaration, so that
+# the families that share the names (RT-DETR, D-FINE) also share their meaning, range and default.
+IOU_CLASS_LOSS_SETTINGS: tuple[Setting, ...] = (
+    Setting("loss", "vfl", str, "classification loss: vfl (varifocal, RT-DETR / D-FINE) or mal (matchability-"
+            "aware, DEIM); its weight is loss_vfl", choices=("vfl", "mal")),
+    Setting("mal_gamma", 1.5, float, "matchability-aware loss gamma: the IoU target's exponent and the "
+            "negatives' focusing power (DEIM: 1.5)", low=0.0),
+)
 
 
 def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
@@ -56,3 +67,27 @@ def quality_focal_loss(logits: torch.Tensor, score: torch.Tensor, beta: float = 
     """
     x, q = logits.float(), score.float()
     return F.binary_cross_entropy_with_logits(x, q, reduction="none") * (q - x.sigmoid()).abs().pow(beta)
+
+
+def matchability_aware_loss(logits: torch.Tensor, score: torch.Tensor, label: torch.Tensor,
+                            gamma: float = 1.5) -> torch.Tensor:
+    """Matchability-aware loss (Huang et al. 2025, DEIM): ``BCE(logit, q^γ) · (p^γ·(1 − label) + label)``.
+
+    ``score`` is the IoU q of the matched box on its class (0 elsewhere), ``label`` the 0/1 one-hot of matched
+    classes, p = σ(logit) detached. A positive is pulled towards q^γ with weight 1 (so a match of low IoU is
+    still supervised, unlike VFL's weight q); a negative costs −p^γ·log(1 − p).
+    """
+    x, q, lab = logits.float(), score.float(), label.float()
+    weight = x.detach().sigmoid().pow(gamma) * (1 - lab) + lab
+    return F.binary_cross_entropy_with_logits(x, q.pow(gamma), weight=weight, reduction="none")
+
+
+def iou_aware_class_loss(kind: str, logits: torch.Tensor, score: torch.Tensor, label: torch.Tensor, *,
+                         vfl_alpha: float, vfl_gamma: float, mal_gamma: float) -> torch.Tensor:
+    """The classification loss a DETR criterion's ``loss`` setting picks: ``"vfl"`` -> :func:`varifocal_loss`
+    (α, γ), ``"mal"`` -> :func:`matchability_aware_loss` (γ). Same arguments and un-reduced result shape."""
+    if kind == "vfl":
+        return varifocal_loss(logits, score, label, vfl_alpha, vfl_gamma)
+    if kind == "mal":
+        return matchability_aware_loss(logits, score, label, mal_gamma)
+    raise ValueError(f"iou_aware_class_loss: kind must be 'vfl' or 'mal', got {kind!r}")

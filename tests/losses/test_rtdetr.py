@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rtdet.losses.assigners.hungarian import HungarianMatcher
-from rtdet.losses.common import quality_focal_loss, sigmoid_focal_loss, varifocal_loss
+from rtdet.losses.common import matchability_aware_loss, quality_focal_loss, sigmoid_focal_loss, varifocal_loss
 from rtdet.losses.rtdetr import RTDETRCriterion
 from rtdet.ops.targets import pad_targets
 
@@ -307,3 +307,37 @@ def test_box_normaliser_is_averaged_over_ddp_processes():
     out = mp.Manager().dict()
     mp.spawn(_normaliser_in_rank, args=(2, port, out), nprocs=2, join=True)
     assert dict(out) == {0: 3.0, 1: 3.0}  # (2 + 4) / 2 on both ranks
+
+
+def test_loss_mal_swaps_the_varifocal_loss_and_the_default_is_unchanged():
+    g = torch.Generator().manual_seed(12)
+    batch, out = dn_case(g)
+    default = RTDETRCriterion(NC)
+    assert default.hyp["loss"] == "vfl" and default.hyp["mal_gamma"] == 1.5
+    t_vfl = default.terms(tuple(out), batch)
+    for k, v in RTDETRCriterion(NC, loss="vfl", mal_gamma=3.0).terms(tuple(out), batch).items():
+        torch.testing.assert_close(v, t_vfl[k])  # mal_gamma is unused by vfl
+
+    mal = RTDETRCriterion(NC, loss="mal")
+    t = mal.terms(tuple(out), batch)
+    assert set(t) == {"mal", "l1", "giou", "mal_dn", "l1_dn", "giou_dn"}
+    for k in ("l1", "giou", "l1_dn", "giou_dn"):  # the box terms do not change
+        torch.testing.assert_close(t[k], t_vfl[k])
+    assert not torch.allclose(t["mal"], t_vfl["vfl"]) and not torch.allclose(t["mal_dn"], t_vfl["vfl_dn"])
+    # denoising: every positive query sits on its GT (IoU 1), so the MAL target is 1 on the GT class
+    score = torch.zeros(L, 2, 8, NC)
+    for b, q, r in [(0, 0, 0), (0, 4, 0), (0, 1, 1), (0, 5, 1), (1, 0, 2), (1, 4, 2)]:
+        score[:, b, q, batch["cls"][r]] = 1.0
+    want = matchability_aware_loss(out[1][:, :, :8], score, score, 1.5).sum((1, 2, 3)) / (3 * 2)
+    torch.testing.assert_close(t["mal_dn"], want)
+    # a gamma of its own
+    t2 = RTDETRCriterion(NC, loss="mal", mal_gamma=2.5).terms(tuple(out), batch)
+    assert not torch.allclose(t2["mal"], t["mal"])
+
+    total_vfl, logs_vfl = default(tuple(out), batch)
+    total_mal, logs_mal = mal(tuple(out), batch)
+    assert set(logs_vfl) == {"vfl", "l1", "giou", "aux", "dn"} and set(logs_mal) == {"mal", "l1", "giou", "aux", "dn"}
+    torch.testing.assert_close(total_mal, sum(logs_mal.values()))
+    assert not torch.isclose(total_mal, total_vfl)
+    with pytest.raises(ValueError, match="loss"):
+        RTDETRCriterion(NC, loss="focal")
