@@ -443,3 +443,31 @@ def test_errors_are_clear():
     meta = dict(out.dn_meta, dn_pos_idx=[out.dn_meta["dn_pos_idx"][0], torch.tensor([0, 1, 2])])
     with pytest.raises(ValueError, match=r"DFineCriterion: image 1 has 3 positive denoising queries"):
         DFineCriterion(NC)(out._replace(dn_meta=meta), batch)
+
+
+def test_both_normalisers_are_the_ddp_mean(monkeypatch):
+    """num_boxes and num_boxes_go go through reduce_mean: a world whose mean is twice this rank's count halves
+    every normalised term; DDF is a mean over edges and does not change."""
+    g = torch.Generator().manual_seed(7)
+    batch = make_batch([2, 2], g)
+    out, _ = make_output(batch, g)
+    crit = DFineCriterion(NC)
+    alone = crit.terms(out, batch)
+    monkeypatch.setattr("rtdet.losses.base.reduce_mean", lambda v: v.detach().float().reshape(1) * 2)
+    world = crit.terms(out, batch)
+    for k in alone:
+        want = alone[k] if k.startswith("ddf") else alone[k] / 2
+        torch.testing.assert_close(world[k], want, msg=k)
+
+
+def test_half_inputs_give_a_float32_loss():
+    g = torch.Generator().manual_seed(8)
+    batch = make_batch([1, 3], g)
+    out, _ = make_output(batch, g)
+    half = out._replace(**{k: getattr(out, k).half() for k in ("dec_bboxes", "dec_scores", "dec_corners", "pre_bboxes",
+                                                               "pre_scores", "enc_bboxes", "enc_scores")})
+    total, _ = DFineCriterion(NC)(half, batch)
+    assert total.dtype == torch.float32 and torch.isfinite(total)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        total_ac, _ = DFineCriterion(NC)(out, batch)
+    torch.testing.assert_close(total_ac, DFineCriterion(NC)(out, batch)[0])
