@@ -9,7 +9,8 @@ from rtdet.losses.assigners import (
     TaskAlignedAssigner,
 )
 from rtdet.losses.base import Criterion
-from rtdet.losses.common import quality_focal_loss, sigmoid_focal_loss, varifocal_loss
+from rtdet.losses.common import matchability_aware_loss, quality_focal_loss, sigmoid_focal_loss, varifocal_loss
+from rtdet.losses.dfine import DFineCriterion
 from rtdet.losses.rtdetr import RTDETRCriterion
 from rtdet.losses.rtmdet import RTMDetCriterion
 from rtdet.losses.yolov9 import YOLOCriterion, dfl_loss
@@ -22,12 +23,14 @@ __all__ = [
     "quality_focal_loss",
     "sigmoid_focal_loss",
     "varifocal_loss",
+    "matchability_aware_loss",
     "Criterion",
     "Assignment",
     "DSLAssignment",
     "DynamicSoftLabelAssigner",
     "HungarianMatcher",
     "TaskAlignedAssigner",
+    "DFineCriterion",
     "RTDETRCriterion",
     "RTMDetCriterion",
     "YOLOCriterion",
