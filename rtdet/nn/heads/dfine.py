@@ -114,6 +114,8 @@ class DFINEDecoder(DetectionHead):
         if len(points) != self.nl:
             raise ValueError(f"DFINEDecoder: num_points {list(points)} gives {len(points)} levels, but it reads "
                              f"{self.nl} maps")
+        if reg_max < 4 or reg_max % 2:  # W(n) is symmetric about bin reg_max / 2, with reg_max - 2 inner steps
+            raise ValueError(f"DFINEDecoder: reg_max must be an even number >= 4, got {reg_max}")
         make_act = activation_factory(act)
         self.input_proj = nn.ModuleList(_input_proj(c, hidden_dim) for c in ch)
         # Frozen constants held as Parameters, as in the reference (counted, saved): the bins' reach

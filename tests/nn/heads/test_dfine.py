@@ -395,6 +395,8 @@ def test_yaml_rule_and_argument_checks():
     assert lookup("DFINEDecoder").is_head and DFINEDecoder.family == "dfine" and not DFINEDecoder.needs_nms
     with pytest.raises(ValueError, match="num_points"):
         DFINEDecoder(80, [256, 256], num_points=[3, 6, 3])
+    with pytest.raises(ValueError, match="reg_max"):
+        DFINEDecoder(80, [256] * 3, reg_max=15)
     with pytest.raises(ValueError, match="eval_idx"):
         DFINEDecoder(80, [256] * 3, num_layers=3, eval_idx=3)
 
