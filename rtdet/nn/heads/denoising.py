@@ -12,10 +12,18 @@ the positives, the rest negatives; empty slots hold zeros. The attention mask sp
 into ``num_group`` blocks of ``2m`` consecutive slots that cannot see each other, and the matching
 queries that follow cannot see any denoising query. Images with more than ``num_dn`` GTs use a fresh
 random subset of ``num_dn`` of them on each call.
+
+``flavour="reference"`` follows the RT-DETR / D-FINE reference code instead (``get_contrastive_denoising_
+training_group``) where it differs from Ultralytics: copy ``2g`` is group g's positive and copy ``2g + 1``
+its negative (so every attention block pairs a positive with a negative copy), a noised box whose
+corners crossed keeps its size as |w|, |h| (Ultralytics clamps it to zero), logits are floored at 1e-5
+(not 1e-6) and empty slots hold the logit of an all-zero box (not 0). The random subset of crowded
+images stays (the reference keeps every GT there, one group larger than ``num_dn``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +71,7 @@ def build_denoising_queries(
     num_dn: int = 100,
     label_noise_ratio: float = 0.5,
     box_noise_scale: float = 1.0,
+    flavour: str = "ultralytics",
 ) -> DenoisingQueries | None:
     """Denoising queries for a batch, or None when there is nothing to denoise.
 
@@ -72,7 +81,12 @@ def build_denoising_queries(
     meta: ``dn_pos_idx`` (per image, slots of its positive queries, group-major), ``dn_gt_idx`` (per
     image, the batch indices of the GTs those queries reconstruct, in the same order within a group),
     ``dn_num_group`` and ``dn_num_split = [num_dn_total, num_queries]``.
+    flavour: ``"ultralytics"`` or ``"reference"`` (RT-DETR / D-FINE's code; see the module docstring).
     """
+    if flavour not in ("ultralytics", "reference"):
+        raise ValueError(f"denoising flavour {flavour!r}: expected 'ultralytics' or 'reference'")
+    reference = flavour == "reference"
+    eps = 1e-5 if reference else 1e-6
     if num_dn <= 0:
         return None
     nc = class_embed.shape[0]
@@ -104,6 +118,7 @@ def build_denoising_queries(
 
     copies = 2 * num_group
     copy_id = torch.arange(copies, device=device).repeat_interleave(total)
+    negative = copy_id % 2 == 1 if reference else copy_id >= num_group
     dn_b = b.repeat(copies)
     dn_slot = rank.repeat(copies) + m * copy_id
     dn_cls = cls[keep].repeat(copies)
@@ -116,17 +131,20 @@ def build_denoising_queries(
         xyxy = cxcywh_to_xyxy(dn_box)
         half_wh = (dn_box[:, 2:] * 0.5).repeat(1, 2) * box_noise_scale
         sign = torch.randint_like(dn_box, 0, 2) * 2.0 - 1.0
-        magnitude = torch.rand_like(dn_box) + (copy_id >= num_group).to(dn_box.dtype)[:, None]
+        magnitude = torch.rand_like(dn_box) + negative.to(dn_box.dtype)[:, None]
         dn_box = xyxy_to_cxcywh((xyxy + sign * magnitude * half_wh).clamp(0.0, 1.0))
-    dn_logit = torch.logit(dn_box, eps=1e-6)
+        if reference:
+            dn_box = dn_box.abs()
+    dn_logit = torch.logit(dn_box, eps=eps)
 
     num_dn_total = m * copies
     embed = class_embed.new_zeros(batch_size, num_dn_total, class_embed.shape[1])
     embed[dn_b, dn_slot] = class_embed[dn_cls]
-    bbox = bboxes.new_zeros(batch_size, num_dn_total, 4)
+    bbox = bboxes.new_full((batch_size, num_dn_total, 4), math.log(eps) if reference else 0.0)
     bbox[dn_b, dn_slot] = dn_logit
 
-    pos_idx = (rank[None] + m * torch.arange(num_group, device=device)[:, None]).cpu()  # [num_group, total]
+    pos_copy = torch.arange(num_group, device=device) * (2 if reference else 1)  # each group's positive copy
+    pos_idx = (rank[None] + m * pos_copy[:, None]).cpu()  # [num_group, total]
     meta = {
         "dn_pos_idx": [p.reshape(-1) for p in pos_idx.split(kept_counts, dim=1)],
         "dn_gt_idx": list(keep.cpu().split(kept_counts)),

@@ -1,13 +1,48 @@
 """D-FINE (Peng et al. 2024): an RT-DETR-style decoder whose boxes are distributions over edge offsets,
-refined layer by layer (Fine-grained Distribution Refinement, :mod:`rtdet.ops.fdr`)."""
+refined layer by layer (Fine-grained Distribution Refinement, :mod:`rtdet.ops.fdr`).
+
+:class:`DFINEDecoder` is the head of the D-FINE and DEIM-D-FINE models (DEIM: ``act="silu"``). Maps are
+projected to ``hidden_dim`` channels (identity when they have it already) and flattened into one memory;
+every memory token proposes a box from its anchor, the ``num_queries`` tokens with the highest class logit
+become the decoder's queries, and the decoder layers (:mod:`rtdet.nn.modules.dfine_decoder`) refine a
+distribution over each box edge's offset from the first layer's box. In training, noised copies of the GT
+boxes (denoising queries) are decoded alongside.
+
+Outputs:
+- eval: [B, k, 6] = (cx, cy, w, h normalised, score, class), the top k = num_queries over queries x
+  classes of the ``eval_idx`` layer (sigmoid scores, no NMS), read by :meth:`DFINEDecoder.decode`;
+- train: :class:`DFineTrainOutput`, every layer stacked, denoising queries first.
+
+Parameter names, shapes and creation order follow the official ``DFINETransformer`` so that an official
+state dict maps key for key (``decoder.`` prefix aside). Left out, because they are derived: the
+``anchors`` / ``valid_mask`` buffers (computed from the input size and cached), the ``decoder.decoder.up``
+/ ``decoder.decoder.reg_scale`` aliases of ``up`` / ``reg_scale``, and the ``integral`` module (no weights).
+"""
 
 from __future__ import annotations
 
+import copy
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
+import torch.nn as nn
 
-__all__ = ["DFineTrainOutput"]
+from rtdet.nn.heads.base import Decoded, DetectionHead
+from rtdet.nn.heads.denoising import build_denoising_queries
+from rtdet.nn.modules.dfine_decoder import DFineDecoderLayer, DFineHeads, DFineTransformerDecoder
+from rtdet.nn.modules.transformer import MLP, is_tracing
+from rtdet.nn.registry import register, resolve_activation
+from rtdet.ops.anchors import query_anchors
+from rtdet.ops.boxes import cxcywh_to_xyxy
+from rtdet.ops.fdr import weighting_function
+
+__all__ = ["DFINEDecoder", "DFineTrainOutput"]
+
+CLASS_PRIOR = -math.log((1 - 0.01) / 0.01)  # logit of a 0.01 class prior, not scaled by nc (unlike RT-DETR's)
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "silu": nn.SiLU, "swish": nn.SiLU, "gelu": nn.GELU}
 
 
 class DFineTrainOutput(NamedTuple):
@@ -28,3 +63,225 @@ class DFineTrainOutput(NamedTuple):
     project: torch.Tensor  # [R + 1] W(n), the bin positions (rtdet.ops.fdr.weighting_function)
     reg_scale: torch.Tensor  # [] the edge unit divisor c
     dn_meta: dict | None  # denoising layout, as RT-DETR's (None without ground truth)
+
+
+def activation_factory(act: str | nn.Module | None) -> Callable[[], nn.Module]:
+    """``"relu"`` / ``"silu"`` / ``"gelu"``, a torch.nn spec (``"nn.SiLU()"``) or a module -> a function that
+    makes a fresh activation for each place that needs one (None: ReLU, D-FINE's default)."""
+    if act is None:
+        return nn.ReLU
+    if isinstance(act, str) and act.lower() in _ACTIVATIONS:
+        return _ACTIVATIONS[act.lower()]
+    module = resolve_activation(act)
+    return lambda: copy.deepcopy(module)
+
+
+def _input_proj(c: int, hidden_dim: int) -> nn.Module:
+    """Identity for a map that already has ``hidden_dim`` channels, else conv1x1 (no bias) + BN."""
+    if c == hidden_dim:
+        return nn.Identity()
+    return nn.Sequential(OrderedDict(conv=nn.Conv2d(c, hidden_dim, 1, bias=False), norm=nn.BatchNorm2d(hidden_dim)))
+
+
+@register(channels="head")
+class DFINEDecoder(DetectionHead):
+    """D-FINE head: input projection, encoder query selection, FDR decoder with LQE, denoising.
+
+    YAML ``[[p3, p4, p5], 1, DFINEDecoder, [nc, 256, 300, [3, 6, 3], 3, 1024, 8, 32, 4, -1, 100]]`` builds
+    ``DFINEDecoder(nc, [c3, c4, c5], hidden_dim, num_queries, num_points, num_layers, dim_feedforward, nhead,
+    reg_max, reg_scale, eval_idx, num_denoising, act, label_noise_ratio, box_noise_scale)`` (the official
+    config names). ``num_points``: sampling points per head of each level (an int: the same for all);
+    ``reg_max``: the last bin index (reg_max + 1 bins per edge); ``reg_scale``: the edge unit divisor c;
+    ``eval_idx``: the decoder layer inference reads; ``act``: activation of the FFNs, LQEs and every MLP
+    ("relu" for D-FINE, "silu" for DEIM).
+    """
+
+    family = "dfine"
+    needs_nms = False  # one query per object: the top-k is final
+    # The criterion decides which outputs feed the loss; DDP must tolerate one that leaves some unused.
+    ddp_find_unused_parameters = True
+    dynamic = False  # True (set by the exporter for dynamic=True): anchors follow the traced input size
+
+    def __init__(self, nc: int = 80, ch: Sequence[int] = (256, 256, 256), hidden_dim: int = 256,
+                 num_queries: int = 300, num_points: int | Sequence[int] = (3, 6, 3), num_layers: int = 6,
+                 dim_feedforward: int = 1024, nhead: int = 8, reg_max: int = 32, reg_scale: float = 4.0,
+                 eval_idx: int = -1, num_denoising: int = 100, act: str | nn.Module | None = "relu",
+                 label_noise_ratio: float = 0.5, box_noise_scale: float = 1.0):
+        super().__init__()
+        self.nc, self.hidden_dim, self.num_queries, self.nl = nc, hidden_dim, num_queries, len(ch)
+        self.reg_max, self.num_layers = reg_max, num_layers
+        points = [int(num_points)] * self.nl if isinstance(num_points, int) else [int(n) for n in num_points]
+        if len(points) != self.nl:
+            raise ValueError(f"DFINEDecoder: num_points {list(points)} gives {len(points)} levels, but it reads "
+                             f"{self.nl} maps")
+        if reg_max < 4 or reg_max % 2:  # W(n) is symmetric about bin reg_max / 2, with reg_max - 2 inner steps
+            raise ValueError(f"DFINEDecoder: reg_max must be an even number >= 4, got {reg_max}")
+        make_act = activation_factory(act)
+        self.input_proj = nn.ModuleList(_input_proj(c, hidden_dim) for c in ch)
+        # Frozen constants held as Parameters, as in the reference (counted, saved): the bins' reach
+        # and the edge unit. Official checkpoints store reg_scale as int64 [1]; loading casts it.
+        self.up = nn.Parameter(torch.tensor([0.5]), requires_grad=False)
+        self.reg_scale = nn.Parameter(torch.tensor([float(reg_scale)]), requires_grad=False)
+        layer = DFineDecoderLayer(hidden_dim, nhead, dim_feedforward, points, make_act)
+        self.decoder = DFineTransformerDecoder(layer, num_layers, reg_max, eval_idx, make_act)
+        self.eval_idx = self.decoder.eval_idx
+        self.num_denoising = num_denoising
+        self.label_noise_ratio, self.box_noise_scale = label_noise_ratio, box_noise_scale
+        # row nc is the padding class of empty denoising slots (zeros, never trained)
+        self.denoising_class_embed = nn.Embedding(nc + 1, hidden_dim, padding_idx=nc) if num_denoising > 0 else None
+        self.query_pos_head = MLP(4, 2 * hidden_dim, hidden_dim, 2, act=make_act)
+        self.enc_output = nn.Sequential(OrderedDict(proj=nn.Linear(hidden_dim, hidden_dim),
+                                                    norm=nn.LayerNorm(hidden_dim)))
+        self.enc_score_head = nn.Linear(hidden_dim, nc)
+        self.enc_bbox_head = MLP(hidden_dim, hidden_dim, 4, 3, act=make_act)
+        self.dec_score_head = nn.ModuleList(nn.Linear(hidden_dim, nc) for _ in range(num_layers))
+        self.pre_bbox_head = MLP(hidden_dim, hidden_dim, 4, 3, act=make_act)
+        self.dec_bbox_head = nn.ModuleList(MLP(hidden_dim, hidden_dim, 4 * (reg_max + 1), 3, act=make_act)
+                                           for _ in range(num_layers))
+        self.register_buffer("project", None, persistent=False)  # W(n), cached by fuse_ (a constant then)
+        self._anchor_cache: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+        self.deployed = False
+        self._reset_parameters()
+
+    @torch.no_grad()
+    def _reset_parameters(self) -> None:
+        """The reference initialisation (the decoder layers, gates, LQEs and attention init themselves)."""
+        nn.init.constant_(self.enc_score_head.bias, CLASS_PRIOR)
+        for mlp in [self.enc_bbox_head, self.pre_bbox_head, *self.dec_bbox_head]:
+            nn.init.zeros_(mlp.layers[-1].weight)
+            nn.init.zeros_(mlp.layers[-1].bias)
+        for lin in self.dec_score_head:
+            nn.init.constant_(lin.bias, CLASS_PRIOR)
+        nn.init.xavier_uniform_(self.enc_output.proj.weight)
+        nn.init.xavier_uniform_(self.query_pos_head.layers[0].weight)
+        nn.init.xavier_uniform_(self.query_pos_head.layers[1].weight)
+        for proj in self.input_proj:
+            if isinstance(proj, nn.Sequential):
+                nn.init.xavier_uniform_(proj.conv.weight)
+
+    # ------------------------------------------------------------------ pieces
+    def anchors(self, shapes: Sequence[tuple[int, int]], device: torch.device,
+                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anchors [1, L, 4] (logits, +inf where invalid) and valid mask [1, L, 1], cached per shapes."""
+        if self.dynamic or is_tracing():
+            return query_anchors(shapes, device=device, dtype=dtype)
+        key = (tuple(tuple(s) for s in shapes), device, dtype)
+        if self._anchor_cache is None or self._anchor_cache[0] != key:
+            anchors, valid = query_anchors(key[0], device=device, dtype=dtype)
+            self._anchor_cache = (key, anchors, valid)
+        return self._anchor_cache[1], self._anchor_cache[2]
+
+    def weights(self) -> torch.Tensor:
+        """W(n), [reg_max + 1]: the cached constant after :meth:`fuse_`, else computed from ``up`` and
+        ``reg_scale`` (detached: they are constants, even if something switches their gradient on)."""
+        if self.project is not None:
+            return self.project
+        return weighting_function(self.reg_max, self.up.detach(), self.reg_scale.detach())
+
+    def _flatten_levels(self, feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Maps [B, c_l, H_l, W_l] -> memory [B, sum H_l W_l, hidden_dim] and the per-level (H, W)."""
+        if len(feats) != self.nl:
+            raise ValueError(f"DFINEDecoder was built for {self.nl} input maps, got {len(feats)}")
+        tokens, shapes = [], []
+        traced = self.dynamic and is_tracing()  # sizes stay graph values in a dynamic-shape export
+        for proj, f in zip(self.input_proj, feats):
+            f = proj(f)
+            shapes.append(tuple(f.shape[2:4]) if traced else (int(f.shape[2]), int(f.shape[3])))
+            tokens.append(f.flatten(2).transpose(1, 2))
+        return torch.cat(tokens, 1), shapes
+
+    def _select_queries(self, memory: torch.Tensor, shapes: list[tuple[int, int]]
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encoder query selection -> content [B, k, d], box logits [B, k, 4], their sigmoid boxes and class
+        logits [B, k, nc]: the k tokens with the highest class logit; the box head runs on those only."""
+        b, n_tokens, hd = memory.shape
+        anchors, valid = self.anchors(shapes, memory.device, memory.dtype)
+        features = self.enc_output(valid.to(memory.dtype) * memory)
+        scores = self.enc_score_head(features)  # [B, L, nc]
+        k = min(self.num_queries, n_tokens)
+        idx = scores.max(-1).values.topk(k, dim=1).indices.unsqueeze(-1)  # [B, k, 1]
+        top_features = features.gather(1, idx.expand(-1, -1, hd))
+        top_anchors = anchors.expand(b, -1, -1).gather(1, idx.expand(-1, -1, 4))
+        box_logits = self.enc_bbox_head(top_features) + top_anchors
+        enc_scores = scores.gather(1, idx.expand(-1, -1, scores.shape[-1]))
+        return top_features, box_logits, box_logits.sigmoid(), enc_scores
+
+    def _heads(self) -> DFineHeads:
+        return DFineHeads(self.query_pos_head, self.pre_bbox_head, self.dec_bbox_head, self.dec_score_head)
+
+    def _topk(self, boxes: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """[B, Q, 4] boxes and [B, Q, nc] logits -> [B, k, 6] top-k over queries x classes (k = num_queries)."""
+        scores = logits.sigmoid().flatten(1)
+        k = min(self.num_queries, scores.shape[1])
+        top, index = scores.topk(k, dim=1)
+        query = torch.div(index, self.nc, rounding_mode="floor")
+        picked = boxes.gather(1, query.unsqueeze(-1).expand(-1, -1, 4))
+        return torch.cat([picked, top.unsqueeze(-1), (index % self.nc).unsqueeze(-1).to(picked.dtype)], -1)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, feats: list[torch.Tensor], targets: dict | None = None):
+        """feats: maps [B, ch_l, H_l, W_l]; targets: the batch dict (read in training for denoising).
+        Eval -> [B, k, 6]; train -> :class:`DFineTrainOutput`."""
+        if self.training and self.deployed:
+            raise RuntimeError("DFINEDecoder was fused for inference (fuse_ dropped training-only layers); "
+                               "train an unfused copy")
+        memory, shapes = self._flatten_levels(feats)
+        content, box_logits, enc_bboxes, enc_scores = self._select_queries(memory, shapes)
+        project = self.weights()
+        if not self.training:
+            out = self.decoder(content, box_logits, memory, shapes, self._heads(), project, self.reg_scale)
+            return self._topk(out.boxes[-1], out.logits[-1])
+        # Queries start from detached proposals: the encoder learns through enc_bboxes / enc_scores only.
+        content, box_logits = content.detach(), box_logits.detach()
+        attn_mask, dn_meta = None, None
+        dn = self._denoising(targets, content.shape[1], content.shape[0])
+        if dn is not None:
+            content = torch.cat([dn.embed.to(content.dtype), content], 1)
+            box_logits = torch.cat([dn.bbox.to(box_logits.dtype), box_logits], 1)
+            attn_mask, dn_meta = dn.attn_mask, dn.meta
+        elif self.denoising_class_embed is not None:
+            # Keep the denoising embedding in the graph so DDP finds a gradient for it every step.
+            content = content + 0.0 * self.denoising_class_embed.weight.sum()
+        out = self.decoder(content, box_logits, memory, shapes, self._heads(), project, self.reg_scale,
+                           attn_mask=attn_mask)
+        return DFineTrainOutput(out.boxes, out.logits, out.corners, out.ref_init, out.pre_boxes, out.pre_logits,
+                                enc_bboxes, enc_scores, project, self.reg_scale.detach().reshape(()), dn_meta)
+
+    def _denoising(self, targets: dict | None, num_queries: int, batch_size: int):
+        """Contrastive denoising queries as D-FINE's code makes them (build_denoising_queries' "reference"
+        flavour: positive and negative copies paired in each group), or None without targets."""
+        if targets is None or self.denoising_class_embed is None:
+            return None
+        return build_denoising_queries(targets, self.denoising_class_embed.weight[:self.nc], num_queries,
+                                       batch_size, self.num_denoising, self.label_noise_ratio,
+                                       self.box_noise_scale, flavour="reference")
+
+    # ------------------------------------------------------------------ interface
+    def decode(self, outputs: torch.Tensor, img_shape: tuple[int, int]) -> Decoded:
+        """Eval output [B, k, 6] -> final Decoded: xyxy boxes in input pixels (not clipped, as the reference
+        post-processor), sigmoid scores and class labels. No NMS follows (``needs_nms = False``)."""
+        if not (isinstance(outputs, torch.Tensor) and outputs.ndim == 3 and outputs.shape[-1] == 6):
+            got = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
+            raise TypeError(f"DFINEDecoder.decode expects the eval output [B, k, 6], got {got}; "
+                            f"run the model in eval mode")
+        h, w = img_shape
+        if isinstance(h, torch.Tensor):  # traced sizes (dynamic-shape export): keep them in the graph
+            scale = torch.stack([w, h, w, h]).to(outputs.dtype)
+        else:
+            scale = outputs.new_tensor([w, h, w, h])
+        return Decoded(cxcywh_to_xyxy(outputs[..., :4]) * scale, outputs[..., 4], outputs[..., 5].round().long())
+
+    @torch.no_grad()
+    def fuse_(self) -> None:
+        """The reference deploy form, in place: drop the decoder layers (and their box / score heads) after
+        ``eval_idx`` and the score heads and LQEs before it (identities keep the indices), and cache W(n).
+        The denoising embedding and the input projections' BatchNorms stay, as in the reference."""
+        keep = self.eval_idx + 1
+        self.project = self.weights().detach().clone()
+        self.decoder.layers = self.decoder.layers[:keep]
+        self.dec_bbox_head = self.dec_bbox_head[:keep]
+        self.dec_score_head = nn.ModuleList([*(nn.Identity() for _ in range(self.eval_idx)),
+                                             self.dec_score_head[self.eval_idx]])
+        self.decoder.lqe_layers = nn.ModuleList([*(nn.Identity() for _ in range(self.eval_idx)),
+                                                 self.decoder.lqe_layers[self.eval_idx]])
+        self.deployed = True
