@@ -36,9 +36,23 @@ def _yolo_single_head(head: str) -> str:
 
 # The tiny models the engine tests train (tests/tiny_models.py, tests/engine/conftest.py) and their
 # single-head YOLO variants; the head each one exercises is read from its last row, not written here.
+# D-FINE in miniature: three strided Convs feeding the decoder on /4, /8, /16 (hidden 32, points [2, 3, 2],
+# 3 layers, 4 heads, reg_max 16, 10 denoising queries, DEIM's SiLU).
+TINY_DFINE_YAML = """\
+nc: 3
+batchnorm: {eps: 1.0e-5, momentum: 0.1}
+backbone:
+  - [-1, 1, Conv, [8, 3, 2]]    # 0 /2
+  - [-1, 1, Conv, [16, 3, 2]]   # 1 /4
+  - [-1, 1, Conv, [32, 3, 2]]   # 2 /8
+  - [-1, 1, Conv, [32, 3, 2]]   # 3 /16
+head:
+  - [[1, 2, 3], 1, DFINEDecoder, [nc, 32, 20, [2, 3, 2], 3, 64, 4, 16, 4, -1, 10, silu]]
+"""
+
 TINY_YAMLS = {"rtdetr-tiny": tiny_rtdetr_yaml(nc=3, queries=20, denoising=20), "yolov9-tiny": TINY_YOLO_YAML,
               "gelan-tiny": _yolo_single_head("DDetect"), "yolov9u-tiny": _yolo_single_head("Detect"),
-              "rtmdet-micro": RTMDET_TINY_YAML}
+              "rtmdet-micro": RTMDET_TINY_YAML, "dfine-tiny": TINY_DFINE_YAML}
 
 # Width/depth letters of the built-in file names, smallest first: a model's size is guessed from its
 # name (yolov9-demo < yolov9-t < yolov9-s ...) because building every YAML to count parameters would

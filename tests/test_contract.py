@@ -174,7 +174,9 @@ def check_export(model: nn.Module, tmp_path) -> None:
     model = trained_like(model)
     x = parity.check_image(sample_image(), (IMGSZ, IMGSZ), 1)
     scores = eval_outputs(model, x)[1][0].scores
-    conf = float(scores[min(19, len(scores) - 1)])
+    # between the 20th and 21st best scores: a threshold equal to a score would leave that detection to
+    # the last bit of each runtime's arithmetic
+    conf = float(scores[19:21].mean()) if len(scores) > 20 else float(scores[-1]) * 0.999
     file = graph.export_onnx(model, tmp_path / "model.onnx", imgsz=IMGSZ, batch=1, count_flops=False)
     report = parity.check_export(file, model, x, conf=conf)
     assert report.ok and report.n_onnx > 0 and report.matched > 0, report

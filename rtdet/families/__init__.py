@@ -4,6 +4,7 @@ The built-in families register themselves here; a family outside the package cal
 :func:`register_family` with its own record (docs/families.md).
 """
 
+from rtdet.families.dfine import DFINE
 from rtdet.families.record import (
     Family,
     FamilyError,
@@ -18,5 +19,5 @@ from rtdet.families.rtdetr import RTDETR
 from rtdet.families.rtmdet import RTMDET
 from rtdet.families.yolov9 import YOLOV9
 
-__all__ = ["RTDETR", "RTMDET", "YOLOV9", "Family", "FamilyError", "criterion_for", "families", "family_of",
+__all__ = ["DFINE", "RTDETR", "RTMDET", "YOLOV9", "Family", "FamilyError", "criterion_for", "families", "family_of",
            "get_family", "register_family", "unregister_family"]
