@@ -215,7 +215,7 @@ def test_a_loss_key_of_another_family_names_that_family(world, tmp_path, capsys)
         unregister_family("badinputtoy")
         unregister("BadInputToyHead")
     err = capsys.readouterr().err
-    assert code == 2 and "'loss_giou' is a loss setting of the rtdetr family" in err and "badinputtoy" in err
+    assert code == 2 and "'loss_giou' is a loss setting of the dfine / rtdetr family" in err and "badinputtoy" in err
     assert "toy_gain" in err and not (tmp_path / "runs").exists()
 
 

@@ -188,7 +188,7 @@ def test_rtmdet_recipe_and_loss_keys():
     assert (r["iou"], r["max_det"], r["conf"], r["epochs"]) == (0.65, 300, None, 300)
     assert r["qfl_beta"] == 2.0 and r["giou_weight"] == 2.0 and r["dsl_topk"] == 13  # the criterion's defaults
     assert resolve_settings({"dsl_topk": 9}, family="rtmdet")["dsl_topk"] == 9
-    with pytest.raises(SettingsError, match="loss setting of the rtdetr family"):
+    with pytest.raises(SettingsError, match="loss setting of the dfine / rtdetr family"):
         resolve_settings({"loss_vfl": 1.0}, family="rtmdet")
     with pytest.raises(SettingsError, match="loss setting of the rtmdet family"):
         resolve_settings({"qfl_beta": 1.0}, family="rtdetr")

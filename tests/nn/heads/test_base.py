@@ -127,7 +127,7 @@ def test_loss_settings_belong_to_their_family(toy_head):
     assert resolve_settings({"toy_gain": 3.0}, family="toyfam")["toy_gain"] == 3.0
     assert resolve_settings({}, family="toyfam")["toy_gain"] == 2.0  # the criterion's declared default
     check_keys({"toy_gain": 1.0, "loss_giou": 1.0})  # family unknown yet: any family's keys
-    with pytest.raises(SettingsError, match=r"'loss_giou' is a loss setting of the rtdetr family, but this "
+    with pytest.raises(SettingsError, match=r"'loss_giou' is a loss setting of the dfine / rtdetr family, but this "
                                             r"model's head is toyfam; its loss settings are: toy_gain"):
         resolve_settings({"loss_giou": 1.0}, family="toyfam")
 
