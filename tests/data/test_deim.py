@@ -253,9 +253,10 @@ PLAIN = ["FilterBoxes", "RandomFlip", "Resize", "FilterBoxes"]
 DFINE = ["PhotometricDistort", "ZoomOut", "IoUCrop"] + PLAIN
 
 
-@pytest.mark.parametrize("epochs, policy", [(132, (4, 64, 120)), (102, (4, 49, 90)), (160, (4, 78, 148))])
+@pytest.mark.parametrize("epochs, policy", [(132, (4, 64, 120)), (102, (4, 49, 93)), (160, (4, 78, 145)),
+                                            (58, (4, 28, 53)), (20, (4, 10, 18))])
 def test_deim_stages_around_the_policy_epochs(epochs, policy):
-    e1, e2, e3 = policy  # DEIM-D-FINE S, M and N: exact
+    e1, e2, e3 = policy  # DEIM-D-FINE-S exact; other lengths: e2, e3 at the same fractions (64 / 132, 120 / 132)
     for epoch in (0, e1 - 1, e3, epochs - 1):
         assert active("deim", epochs, epoch) == (PLAIN, [])
     for epoch in (e1, e2 - 1):
@@ -264,18 +265,16 @@ def test_deim_stages_around_the_policy_epochs(epochs, policy):
         assert active("deim", epochs, epoch) == (DFINE, [])
 
 
-def test_deim_short_run_ends_plain_and_large_sizes_are_close():
-    # L / X (58 epochs, official [4, 29, 50]) get [4, 28, 46]
-    assert active("deim", 58, 27)[1] == ["BatchMixUp"] and active("deim", 58, 28) == (DFINE, [])
-    assert active("deim", 58, 46) == (PLAIN, [])
-    # under 24 epochs e2 falls after e3: the e3 stage is complete in itself, so the run still ends plain
-    assert active("deim", 20, 4)[1] == ["BatchMixUp"]
-    assert active("deim", 20, 8) == (PLAIN, []) and active("deim", 20, 19) == (PLAIN, [])
+def test_deim_very_short_runs_still_end_plain():
+    # 7 epochs: e2 = round(3.39) = 3 falls before e1 = 4, so mosaic starts at 4; e3 = 6 lists its transforms in full
+    assert active("deim", 7, 3) == (PLAIN, [])
+    assert active("deim", 7, 4) == (["DEIMMosaic"] + DFINE, ["BatchMixUp"])
+    assert active("deim", 7, 6) == (PLAIN, [])
 
 
-def test_dfine_pipeline_stops_its_augmentation_in_the_last_12_epochs():
+def test_dfine_pipeline_stops_its_augmentation_with_the_multi_scale_stop():
     assert active("dfine", 132, 119) == (DFINE, []) and active("dfine", 132, 120) == (PLAIN, [])
-    assert active("dfine", 160, 147) == (DFINE, []) and active("dfine", 160, 148) == (PLAIN, [])
+    assert active("dfine", 80, 72) == (DFINE, []) and active("dfine", 80, 73) == (PLAIN, [])
 
 
 def test_pipelines_load_and_their_stages_are_checked():
