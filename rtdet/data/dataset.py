@@ -39,7 +39,8 @@ from rtdet.data.formats import (
     read_image,
     read_yolo_source,
 )
-from rtdet.data.pipelines import PipelineSchedule, PipelineSpec, load_pipeline_spec
+from rtdet.data.pipelines import PipelineSchedule, PipelineSpec, build_batch_schedule, load_pipeline_spec
+from rtdet.data.transforms import SKIP_KEY
 
 __all__ = ["DetectionDataset", "build_dataset", "open_split", "summarize"]
 
@@ -207,6 +208,8 @@ class DetectionDataset(Dataset):
         self.spec = load_pipeline_spec(pipeline)
         self.load_size = self.imgsz if (self.augment and self.spec.load_size) else None
         self.schedule = PipelineSchedule.from_spec(self.spec, self.imgsz, self.epochs, self.augment).bind(self)
+        # batch transforms (DEIM's MixUp) run in the loader's collate; validation never mixes
+        self.batch_schedule = build_batch_schedule(self.spec, self.epochs, self.seed) if self.augment else None
         self.epoch, self.rank = 0, 0
         self._worker_epoch: int | None = None
         self._bad_files: set[str] = set()
@@ -340,6 +343,8 @@ class DetectionDataset(Dataset):
         pipe.reseed(np.random.default_rng([self.seed, epoch, i]))
         sample = pipe(self.load_sample(i))
         sample.pop("mosaic_border", None)
+        sample.pop(SKIP_KEY, None)
+        sample["epoch"] = epoch  # the loader's batch transforms follow the stage of the samples' epoch
         return sample
 
     def __repr__(self) -> str:

@@ -8,11 +8,13 @@ A batch is a dict::
     bboxes     float32 [N, 4] cx, cy, w, h normalised to the input (H, W)
     im_file    list[str]
     ori_shape  list[(h0, w0)]
-    ratio_pad  list[((ry, rx), (pad_x, pad_y)) | None]   x_in = x0 * rx + pad_x (None after flip/affine/mosaic)
+    ratio_pad  list[((ry, rx), (pad_x, pad_y)) | None]   x_in = x0 * rx + pad_x (None after flip/affine/mosaic/mixup)
     unreadable list[bool]    only when an evaluation image could not be decoded (a grey stand-in, left out of mAP)
 
 The sampler yields ``(epoch, index)`` pairs, so worker processes (persistent or not) always know the
-epoch: ``loader.set_epoch(e)`` switches the pipeline stage and reshuffles, with no worker restart.
+epoch: ``loader.set_epoch(e)`` switches the pipeline stage and reshuffles, with no worker restart. A
+pipeline's batch transforms (``batch:``, :mod:`rtdet.data.batching`) run in the collate function, on the
+stacked batch of the samples' epoch (:class:`BatchCollate`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
-__all__ = ["DetectionDataLoader", "EpochSampler", "build_dataloader", "collate", "unletterbox"]
+from rtdet.data.batching import BatchSchedule
+
+__all__ = ["BatchCollate", "DetectionDataLoader", "EpochSampler", "build_dataloader", "collate", "unletterbox"]
 
 PAD_VALUE = 114
 
@@ -67,6 +71,17 @@ def collate(samples: list[dict], normalize: bool = True) -> dict:
     if any(s.get("unreadable") for s in samples):
         batch["unreadable"] = [bool(s.get("unreadable", False)) for s in samples]
     return batch
+
+
+class BatchCollate:
+    """:func:`collate`, then the batch transforms a pipeline declares (``batch:``, e.g. DEIM's MixUp) for the
+    samples' epoch. Picklable and free of the dataset, so workers receive only the small schedule."""
+
+    def __init__(self, schedule: BatchSchedule, normalize: bool = True):
+        self.schedule, self.normalize = schedule, normalize
+
+    def __call__(self, samples: list[dict]) -> dict:
+        return self.schedule(collate(samples, self.normalize), samples)
 
 
 def _to_unit_float(imgs: np.ndarray) -> np.ndarray:
@@ -159,13 +174,18 @@ def build_dataloader(dataset, batch_size: int = 16, workers: int = 0, shuffle: b
     sampler = EpochSampler(dataset, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
                            drop_last=drop_last)
     extra = {"persistent_workers": persistent_workers, "prefetch_factor": prefetch_factor} if workers else {}
+    batch_schedule = getattr(dataset, "batch_schedule", None)
+    if batch_schedule is not None and not batch_schedule.empty:
+        collate_fn = BatchCollate(batch_schedule, normalize=False)
+    else:
+        collate_fn = partial(collate, normalize=False)
     return DetectionDataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
         drop_last=drop_last,
         num_workers=workers,
-        collate_fn=partial(collate, normalize=False),
+        collate_fn=collate_fn,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         worker_init_fn=_worker_init,
         generator=torch.Generator().manual_seed(seed),

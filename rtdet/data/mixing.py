@@ -1,6 +1,7 @@
 """Transforms that combine several images: Mosaic and MixUp (Ultralytics; partners loaded from the
-dataset) and CachedMosaic / CachedMixUp (RTMDet; partners drawn from a small cache of recent samples, so
-no extra disk reads). These are the only transforms that can increase the number of boxes."""
+dataset), CachedMosaic / CachedMixUp (RTMDet; partners drawn from a small cache of recent samples, so
+no extra disk reads) and DEIMMosaic (DEIM's dense one-to-one mosaic). These are the only per-sample
+transforms that can increase the number of boxes (DEIM's batch MixUp is in :mod:`rtdet.data.batching`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import cv2
 import numpy as np
 
 from rtdet.data.transforms import (
+    SKIP_KEY,
     Compose,
     Transform,
     canvas,
@@ -15,9 +17,11 @@ from rtdet.data.transforms import (
     letterbox_to,
     nonnegative_area,
     register_transform,
+    warp_boxes,
 )
 
-__all__ = ["CachedMixUp", "CachedMosaic", "MixUp", "Mosaic", "mosaic4"]
+__all__ = ["CachedMixUp", "CachedMosaic", "DEIMMosaic", "MixUp", "Mosaic", "deim_affine_matrix", "mosaic4",
+           "shorter_side_to"]
 
 
 def _copy(sample: dict) -> dict:
@@ -207,3 +211,94 @@ class CachedMixUp(Transform):
         sample["bboxes"] = np.concatenate([sample["bboxes"], b[keep]]).astype(np.float32)
         sample["ratio_pad"] = None
         return sample
+
+
+# ------------------------------------------------------------------------------------ DEIM's mosaic
+def shorter_side_to(sample: dict, size: int) -> dict:
+    """A copy of ``sample`` resized so its shorter side is ``size`` (longer side int(size * long / short), as
+    torchvision's Resize(int)); boxes scaled alike. Area interpolation when shrinking stands in for
+    torchvision's antialiased resize."""
+    img = sample["img"]
+    h, w = img.shape[:2]
+    if h <= w:
+        nh, nw = size, max(int(size * w / h), 1)
+    else:
+        nw, nh = size, max(int(size * h / w), 1)
+    if (nh, nw) != (h, w):
+        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if nh < h else cv2.INTER_LINEAR)
+    boxes = sample["bboxes"] * np.array([nw / w, nh / h, nw / w, nh / h], np.float32)
+    return {**sample, "img": img, "bboxes": boxes.astype(np.float32)}
+
+
+def deim_affine_matrix(rng: np.random.Generator, h: int, w: int, degrees: float, translate: tuple[float, float],
+                       scale: tuple[float, float]) -> np.ndarray:
+    """torchvision RandomAffine's draw for an (h, w) image, as a 3x3 map of continuous pixel coordinates:
+    rotate by U(-degrees, degrees) and scale by U(scale) about the centre, then shift by a whole number of
+    pixels up to ``translate`` x (w, h)."""
+    angle = rng.uniform(-degrees, degrees)
+    tx = round(rng.uniform(-translate[0] * w, translate[0] * w))
+    ty = round(rng.uniform(-translate[1] * h, translate[1] * h))
+    s = rng.uniform(*scale)
+    to_origin = np.array([[1, 0, -w / 2], [0, 1, -h / 2], [0, 0, 1.0]])
+    rot = np.eye(3)
+    rot[:2] = cv2.getRotationMatrix2D(center=(0, 0), angle=angle, scale=s)
+    back = np.array([[1, 0, w / 2 + tx], [0, 1, h / 2 + ty], [0, 0, 1.0]])
+    return back @ rot @ to_origin
+
+
+@register_transform
+class DEIMMosaic(_DatasetMix):
+    """DEIM's mosaic for dense one-to-one matching (DEIM engine/data/transforms/mosaic.py), applied with
+    probability ``p`` (DEIM's ``mosaic_prob``): the sample and three dataset images drawn with replacement,
+    each resized so its shorter side is ``output_size``, are pasted at the top-left corners of the four
+    quadrants of a ``fill`` canvas of (2 max_h, 2 max_w); then a random affine (rotation U(-degrees, degrees),
+    translation up to ``translate`` x size, scale U(scale), nearest-neighbour, ``fill`` outside) moves the
+    canvas and its boxes. A mosaic sample skips the later transforms named in ``skip`` (DEIM: no ZoomOut /
+    IoUCrop after a mosaic). Output: (2 max_h, 2 max_w, 3) uint8; boxes empty after the affine are dropped.
+    A box is the bounds of its moved quadrilateral clipped to the canvas (:func:`warp_boxes`): for a rotated
+    box that leaves the canvas this is tighter than torchvision's bounds-then-clamp, the same elsewhere."""
+
+    def __init__(self, output_size: int = 320, p: float = 0.5, degrees: float = 10.0,
+                 translate: tuple[float, float] = (0.1, 0.1), scale: tuple[float, float] = (0.5, 1.5),
+                 fill: int | tuple = 0, skip: tuple[str, ...] | list[str] = ("ZoomOut", "IoUCrop")):
+        if int(output_size) < 1 or not 0 < scale[0] <= scale[1]:
+            raise ValueError(f"need output_size >= 1 and 0 < scale[0] <= scale[1], got {output_size}, {scale}")
+        self.output_size, self.p, self.degrees = int(output_size), float(p), float(degrees)
+        self.translate, self.scale, self.fill = tuple(translate), tuple(scale), fill
+        self.skip = tuple(skip)
+
+    def tile(self, samples: list[dict]) -> dict:
+        """The four samples (already resized) on the (2 max_h, 2 max_w) canvas, boxes shifted with them."""
+        mh = max(s["img"].shape[0] for s in samples)
+        mw = max(s["img"].shape[1] for s in samples)
+        board = canvas(2 * mh, 2 * mw, self.fill)
+        boxes = []
+        for smp, (x0, y0) in zip(samples, ((0, 0), (mw, 0), (0, mh), (mw, mh)), strict=True):
+            h, w = smp["img"].shape[:2]
+            board[y0:y0 + h, x0:x0 + w] = smp["img"]
+            boxes.append(smp["bboxes"].reshape(-1, 4) + np.array([x0, y0, x0, y0], np.float32))
+        return {**samples[0], "img": board, "cls": np.concatenate([s["cls"] for s in samples]),
+                "bboxes": np.concatenate(boxes).astype(np.float32), "ratio_pad": None}
+
+    def warp(self, sample: dict) -> dict:
+        """The random affine on the whole canvas (same size out); boxes follow, empty ones are dropped."""
+        img = sample["img"]
+        h, w = img.shape[:2]
+        M = deim_affine_matrix(self.rng, h, w, self.degrees, self.translate, self.scale)
+        # OpenCV maps pixel indices (centres at integers), boxes live in continuous coordinates (centres at
+        # i + 0.5): conjugating by the half-pixel shift moves image and boxes together
+        half = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1.0]])
+        Mi = np.linalg.inv(half) @ M @ half
+        fill = tuple(float(v) for v in self.fill) if isinstance(self.fill, list | tuple) else (float(self.fill),) * 3
+        out = cv2.warpAffine(img, Mi[:2], dsize=(w, h), flags=cv2.INTER_NEAREST, borderValue=fill)
+        boxes = warp_boxes(sample["bboxes"].reshape(-1, 4), M, h, w).astype(np.float32)
+        keep = nonnegative_area(boxes) > 0
+        return {**sample, "img": out, "cls": sample["cls"][keep], "bboxes": boxes[keep]}
+
+    def __call__(self, sample: dict) -> dict:
+        if self.p <= 0 or self.rng.random() >= self.p:
+            return sample
+        parts = [sample] + [self._partner() for _ in range(3)]
+        out = self.warp(self.tile([shorter_side_to(s, self.output_size) for s in parts]))
+        out[SKIP_KEY] = tuple(sample.get(SKIP_KEY, ())) + self.skip
+        return out

@@ -5,16 +5,19 @@ stages, and the validation transforms, each transform a ``{name: ..., **kwargs}`
     train:                   # stage 0, from the first epoch
       - {name: Mosaic, p: 1.0}
       - {name: RandomAffine, scale: 0.5, translate: 0.1}
+    batch:                   # optional batch transforms (rtdet.data.batching), applied by the loader
+      - {name: BatchMixUp, p: 0.5}
     stages:                  # later stages, sorted by start
       - at: -10              # epoch index >= 0 | < 0: epochs before the end | 0 < float < 1: fraction of the run
-        drop: [Mosaic, MixUp]   # the previous stage without these ...
+        drop: [Mosaic, MixUp]   # the previous stage without these (training and batch transforms) ...
       - at: 0.9
         train: [...]            # ... or a full replacement list
+        batch: []               # (batch: replaces the batch transforms; without it they carry over)
     val:
       - {name: LetterBox}
 
 Built-in specs live in ``rtdet/cfg/pipelines/<name>.yaml`` (ultralytics, yolov9, rtmdet, rtmdet-tiny,
-rtdetr, plain). A spec may also be a path to such a YAML, a dict, or a plain list (training transforms
+rtdetr, dfine, deim, plain). A spec may also be a path to such a YAML, a dict, or a plain list (training transforms
 only; validation then letterboxes).
 """
 
@@ -28,11 +31,12 @@ from typing import Any
 import numpy as np
 
 import rtdet.data.mixing  # noqa: F401  (registers the mixing transforms)
+from rtdet.data.batching import BatchSchedule, build_batch_transform
 from rtdet.data.transforms import Compose, PipelineConfigError, build_transform
 from rtdet.utils.yaml_file import read_yaml
 
-__all__ = ["BUILTIN_PIPELINES", "PipelineSchedule", "PipelineSpec", "build_pipeline", "load_pipeline_spec",
-           "named_pipelines", "register_pipeline", "resolve_stage_start",
+__all__ = ["BUILTIN_PIPELINES", "PipelineSchedule", "PipelineSpec", "build_batch_schedule", "build_pipeline",
+           "load_pipeline_spec", "named_pipelines", "register_pipeline", "resolve_stage_start",
            "unregister_pipeline"]
 
 BUILTIN_DIR = Path(__file__).resolve().parents[1] / "cfg" / "pipelines"
@@ -74,16 +78,27 @@ class PipelineSpec:
     val: list[dict] = field(default_factory=lambda: copy.deepcopy(DEFAULT_VAL))
     stages: list[dict] = field(default_factory=list)
     load_size: bool = False
+    batch: list[dict] = field(default_factory=list)
 
     def train_stages(self, epochs: int) -> list[tuple[int, list[dict]]]:
         """[(first epoch, transform dicts)] for a run of ``epochs`` epochs, sorted by first epoch. A stage
         whose start falls before epoch 0 or at/after the end of the run never becomes active (as
         Ultralytics' close_mosaic and mmdet's PipelineSwitchHook in runs shorter than the switch)."""
-        out = [(0, self.train)]
+        return self._staged("train", epochs)
+
+    def batch_stages(self, epochs: int) -> list[tuple[int, list[dict]]]:
+        """[(first epoch, batch transform dicts)], staged as :meth:`train_stages` (same starts)."""
+        return self._staged("batch", epochs)
+
+    def _staged(self, key: str, epochs: int) -> list[tuple[int, list[dict]]]:
+        """The ``key`` list ("train" or "batch") of every stage: a stage's own list when it has one, else
+        the previous stage's without the names in its ``drop``."""
+        out = [(0, getattr(self, key))]
         timed = [(resolve_stage_start(st["at"], epochs), st) for st in self.stages]
         for start, st in sorted((t for t in timed if 0 <= t[0] < epochs), key=lambda t: t[0]):
             prev = out[-1][1]
-            tl = st["train"] if "train" in st else [t for t in prev if t["name"] not in set(st["drop"])]
+            dropped = set(st.get("drop", ()))
+            tl = st[key] if key in st else [t for t in prev if t["name"] not in dropped]
             if start == out[-1][0]:
                 out[-1] = (start, tl)
             else:
@@ -137,22 +152,25 @@ def load_pipeline_spec(spec: str | Path | dict | list | PipelineSpec | None, def
         return PipelineSpec(name="<list>", train=_check_list(spec, "pipeline"))
     if not isinstance(spec, dict):
         raise PipelineConfigError(f"a pipeline spec must be a name, a YAML path, a dict or a list; got {spec!r}")
-    unknown = set(spec) - {"name", "train", "val", "stages", "load_size"}
+    unknown = set(spec) - {"name", "train", "val", "stages", "load_size", "batch"}
     if unknown:
         raise PipelineConfigError(f"pipeline {name}: unknown key(s) {sorted(unknown)} "
-                                  f"(allowed: train, stages, val, load_size)")
+                                  f"(allowed: train, batch, stages, val, load_size)")
     if "train" not in spec:
         raise PipelineConfigError(f"pipeline {name}: missing key 'train' (the list of training transforms)")
     stages = []
     for k, st in enumerate(spec.get("stages") or []):
-        if not isinstance(st, dict) or "at" not in st or ("train" in st) == ("drop" in st):
+        if (not isinstance(st, dict) or "at" not in st or ("train" in st and "drop" in st)
+                or not {"train", "drop", "batch"} & set(st)):
             raise PipelineConfigError(f"pipeline {name}: stages[{k}] must be {{at: ..., train: [...]}} or "
-                                      f"{{at: ..., drop: [names]}}, got {st!r}")
+                                      f"{{at: ..., drop: [names]}}, optionally with batch: [...], got {st!r}")
         resolve_stage_start(st["at"], 100)  # validates the value
         st = dict(st)
         if "train" in st:
             st["train"] = _check_list(st["train"], f"pipeline {name}: stages[{k}].train")
-        elif not isinstance(st["drop"], list):
+        if "batch" in st:
+            st["batch"] = _check_list(st["batch"], f"pipeline {name}: stages[{k}].batch")
+        if "drop" in st and not isinstance(st["drop"], list):
             raise PipelineConfigError(f"pipeline {name}: stages[{k}].drop must be a list of transform names")
         stages.append(st)
     return PipelineSpec(
@@ -161,12 +179,19 @@ def load_pipeline_spec(spec: str | Path | dict | list | PipelineSpec | None, def
         val=_check_list(spec["val"], f"pipeline {name}: val") if spec.get("val") else copy.deepcopy(DEFAULT_VAL),
         stages=stages,
         load_size=bool(spec.get("load_size", False)),
+        batch=_check_list(spec["batch"], f"pipeline {name}: batch") if spec.get("batch") else [],
     )
 
 
 def build_pipeline(transforms: list[dict], imgsz: int) -> Compose:
     """Build a Compose from transform dicts (``imgsz`` fills each transform's size argument)."""
     return Compose([build_transform(t, imgsz) for t in transforms])
+
+
+def build_batch_schedule(spec: PipelineSpec, epochs: int, seed: int = 0) -> BatchSchedule:
+    """The batch transforms of each training stage of ``spec`` for a run of ``epochs`` epochs."""
+    stages = spec.batch_stages(max(int(epochs), 1))
+    return BatchSchedule([(start, [build_batch_transform(t) for t in tl]) for start, tl in stages], seed)
 
 
 class PipelineSchedule:

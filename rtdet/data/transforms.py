@@ -42,6 +42,7 @@ __all__ = [
     "RandomHSV",
     "RandomResize",
     "Resize",
+    "SKIP_KEY",
     "Transform",
     "YOLOXHSVRandomAug",
     "ZoomOut",
@@ -52,6 +53,9 @@ __all__ = [
 ]
 
 TRANSFORMS: dict[str, type] = {}
+# Sample key holding the names of transforms a Compose skips for that sample (set by DEIMMosaic; the dataset
+# removes it before the sample leaves the pipeline).
+SKIP_KEY = "skip_transforms"
 _INTERP = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "nearest": cv2.INTER_NEAREST,
            "cubic": cv2.INTER_CUBIC}
 
@@ -274,6 +278,10 @@ class Compose(Transform):
 
     def __call__(self, sample: dict) -> dict:
         for t in self.transforms:
+            # a transform may name later ones this sample must skip (DEIMMosaic: no ZoomOut / IoUCrop after a
+            # mosaic); samples without the key run every transform, as before
+            if type(t).__name__ in sample.get(SKIP_KEY, ()):
+                continue
             sample = t(sample)
         return sample
 
