@@ -45,6 +45,7 @@ from rtdet.utils.yaml_file import read_yaml
 
 __all__ = [
     "CFG_DIR",
+    "settings_file",
     "plain_settings",
     "yaml_number",
     "apply_cfg",
@@ -423,6 +424,16 @@ def check_half(args: dict, device) -> None:
                             f"(or use device=0 on a machine with a GPU)")
 
 
+def settings_file(name: str | Path) -> Path:
+    """``cfg=``'s file: a path, or the name of a settings file rtdet ships (``cfg=deim`` is
+    ``rtdet/cfg/recipes/deim.yaml``: recipes a family's default does not pick, such as DEIM's for D-FINE)."""
+    path = Path(str(name))
+    shipped = CFG_DIR / "recipes" / f"{path.name}.yaml"
+    if not path.exists() and not path.suffix and path.name == str(name) and shipped.is_file():
+        return shipped
+    return path
+
+
 def apply_cfg(overrides: dict, verb: str | None = None) -> dict:
     """``cfg=settings.yaml`` (Ultralytics' convention): the file's settings under the given ones, every key
     and value of the file checked against the schema (errors name the file). Returns the merged settings,
@@ -431,6 +442,7 @@ def apply_cfg(overrides: dict, verb: str | None = None) -> dict:
     path = overrides.pop("cfg", None)
     if not path:
         return overrides
+    path = settings_file(path)
     values = {k: yaml_number(v) for k, v in load_yaml(path).items()}
     if "cfg" in values:
         raise SettingsError(f"{path}: a settings file may not name another (cfg: {values['cfg']})")

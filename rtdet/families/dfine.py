@@ -3,7 +3,7 @@ distributions over edge offsets refined layer by layer, trained with matching, d
 self-distillation (DEIM: the matchability-aware loss, ``loss=mal``, and its dense one-to-one data schedule).
 A DEIM model is a D-FINE model trained with DEIM's settings, so both are this one family."""
 
-from rtdet.families.record import Family, register_family
+from rtdet.families.record import CFG, Family, register_family
 from rtdet.losses.dfine import DFineCriterion
 from rtdet.nn.heads.dfine import DFINEDecoder
 
@@ -11,4 +11,6 @@ DFINE = register_family(Family(
     name="dfine",
     heads=(DFINEDecoder,),
     criterion=DFineCriterion,
+    recipe=CFG / "recipes" / "dfine.yaml",  # D-FINE-S's official values; DEIM's: cfg=<rtdet>/cfg/recipes/deim.yaml
+    pipelines=(CFG / "pipelines" / "dfine.yaml", CFG / "pipelines" / "deim.yaml"),
 ))

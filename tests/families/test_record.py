@@ -182,3 +182,18 @@ def test_a_head_without_a_record_cannot_train():
 
     with pytest.raises(FamilyError, match="declares family 'orphan', which no family record names"):
         criterion_for(Orphan())
+
+
+def test_dfine_trains_with_its_recipe_or_deims_by_name():
+    from rtdet.engine.settings import apply_cfg
+    from rtdet.families import DFINE
+
+    official = resolve_settings({}, family="dfine")
+    assert DFINE.recipe.name == "dfine.yaml" and official["train_pipeline"] == "dfine" and official["loss"] == "vfl"
+    deim = resolve_settings(apply_cfg({"cfg": "deim", "lr0": 1e-4}, "train"), family="dfine")
+    assert deim["loss"] == "mal" and deim["mal_gamma"] == 1.5 and deim["train_pipeline"] == "deim"
+    assert deim["scheduler"] == "flat-cosine" and deim["lr0"] == 1e-4  # the command line over the file
+    rtdetr = resolve_settings({"loss": "mal", "train_pipeline": "deim"}, family="rtdetr")  # DEIM's swaps on RT-DETR
+    assert rtdetr["loss"] == "mal" and rtdetr["train_pipeline"] == "deim"
+    with pytest.raises(SettingsError, match="loss_fgl"):
+        resolve_settings({"loss_fgl": 0.15}, family="rtdetr")  # FGL needs D-FINE's distributions
