@@ -6,6 +6,7 @@ from rtdet.nn.modules import (  # noqa: F401
     cspnext,
     dysample,
     hgnet,
+    hgnetv2,
     preprocess,
     resnet,
     shvit,
