@@ -4,6 +4,7 @@ from rtdet.nn.modules import (  # noqa: F401
     common,
     convnextv2,
     cspnext,
+    dfine_encoder,
     dysample,
     hgnet,
     hgnetv2,
