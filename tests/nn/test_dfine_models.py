@@ -1,4 +1,4 @@
-"""The built-in D-FINE model YAMLs up to the decoder: backbone and encoder parameter counts to the digit
+"""The built-in D-FINE model YAMLs: backbone, encoder, decoder and whole-model parameter counts to the digit
 against the official code (D-FINE-L/X with frozen backbone BN, DEIM-L/X trained), output shapes and
 strides at 640, BatchNorm settings, state-dict layout against the official one, and fuse parity."""
 
@@ -13,15 +13,16 @@ from rtdet import build_model
 from rtdet.nn.builder import load_model_yaml, resolve_model_path
 from rtdet.nn.modules.hgnetv2 import FrozenBatchNorm2d, LearnableAffineBlock
 
-# /work/shared/research/dfine_deim.md section 1 (official code, measured): backbone, encoder.
+# Measured from the official code (nc=80): backbone, encoder, decoder, whole model.
 REFERENCE = {
-    "n": (1_850_396, 703_824),
-    "s": (1_850_396, 4_021_504),
-    "m": (6_026_626, 7_799_040),
-    "l": (13_507_680, 9_343_232),
-    "x": (33_231_840, 20_700_032),
+    "n": (1_850_396, 703_824, 1_228_473, 3_782_693),
+    "s": (1_850_396, 4_021_504, 4_449_977, 10_321_877),
+    "m": (6_026_626, 7_799_040, 5_764_398, 19_590_064),
+    "l": (13_507_680, 9_343_232, 8_393_240, 31_244_152),
+    "x": (33_231_840, 20_700_032, 8_689_688, 62_621_560),
 }
 DEIM_BACKBONE = {"l": 13_553_376, "x": 33_325_760}  # DEIM-D-FINE-L/X train the backbone BatchNorms
+DEIM_TOTAL = {"l": 31_289_848, "x": 62_715_480}
 BACKBONE_ROWS = 5  # stem + four stages
 # (decoder input rows, their strides, channels, backbone output channels per stage)
 OUTPUTS = {
@@ -45,14 +46,15 @@ def on_meta(cfg, **kw):
 
 
 @pytest.mark.parametrize("size", list(REFERENCE))
-def test_backbone_and_encoder_counts_to_the_digit(size):
-    backbone, encoder = REFERENCE[size]
+def test_backbone_encoder_and_decoder_counts_to_the_digit(size):
+    backbone, encoder, decoder, total = REFERENCE[size]
     model = on_meta(f"dfine-{size}.yaml")
     layers = list(model.model)
-    assert len(model.yaml["backbone"]) == BACKBONE_ROWS
+    assert len(model.yaml["backbone"]) == BACKBONE_ROWS and model.head_index == len(layers) - 1
     assert params(layers[:BACKBONE_ROWS]) == backbone
-    assert params(layers[BACKBONE_ROWS:]) == encoder
-    assert model.head_index is None  # no decoder row yet: a bare backbone + encoder
+    assert params(layers[BACKBONE_ROWS:-1]) == encoder
+    assert params(layers[-1:]) == decoder
+    assert params(layers) == total
 
 
 @pytest.mark.parametrize("size", list(DEIM_BACKBONE))
@@ -63,14 +65,15 @@ def test_deim_trains_the_backbone_batchnorms(size):
     model = on_meta(d)
     layers = list(model.model)
     assert params(layers[:BACKBONE_ROWS]) == DEIM_BACKBONE[size]
-    assert params(layers[BACKBONE_ROWS:]) == REFERENCE[size][1]
+    assert params(layers[BACKBONE_ROWS:-1]) == REFERENCE[size][1]
+    assert params(layers) == DEIM_TOTAL[size]
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
 
 
 @pytest.mark.parametrize("size", list(REFERENCE))
 def test_norms_and_affine_blocks_per_size(size):
     model = on_meta(f"dfine-{size}.yaml")
-    backbone, encoder = model.model[:BACKBONE_ROWS], model.model[BACKBONE_ROWS:]
+    backbone, encoder = model.model[:BACKBONE_ROWS], model.model[BACKBONE_ROWS:-1]
     frozen = size in ("l", "x")  # D-FINE-L/X: freeze_norm; N/S/M: learnable affine blocks (B0, B2)
     assert any(isinstance(m, FrozenBatchNorm2d) for m in backbone.modules()) == frozen
     assert any(isinstance(m, nn.BatchNorm2d) for m in backbone.modules()) == (not frozen)
@@ -89,20 +92,20 @@ def test_output_shapes_and_strides_at_640(size):
     for k, m in enumerate(model.model):
         m.register_forward_hook(lambda mod, args, out, k=k: outs.__setitem__(k, out))
     with torch.no_grad():
-        model(torch.empty(1, 3, 640, 640, device="meta"))  # shapes only
+        model.head_inputs(torch.empty(1, 3, 640, 640, device="meta"))  # shapes only, up to the decoder
     assert outs[0].shape == (1, STEM[size], 160, 160)  # stem: stride 4
     for stage, channels in enumerate(stage_channels):  # stage strides 4, 8, 16, 32
         side = 640 // (4 * 2 ** stage)
         assert outs[1 + stage].shape == (1, channels, side, side)
     assert [tuple(outs[r].shape) for r in rows] == [(1, hidden, 640 // s, 640 // s) for s in strides]
-    assert rows[-1] == len(model.model) - 1  # the YAML ends with the encoder's outputs
+    assert rows[-1] == len(model.model) - 2 and model.model[-1].f == rows  # the decoder reads the last maps
 
 
 @pytest.mark.parametrize("size", list(OUTPUTS))
 def test_final_comment_names_the_decoder_inputs(size):
-    """The comment that tells the decoder's author which rows to read says what the model builds."""
+    """The comment above the decoder row says which rows it reads, as the model builds them."""
     text = Path(resolve_model_path(f"dfine-{size}.yaml")[0]).read_text()
-    match = re.search(r"The decoder reads rows ([\d, ]+): strides ([\d, ]+), (\d+) channels each", text)
+    match = re.search(r"reading rows ([\d, ]+): strides ([\d, ]+), (\d+) channels each", text)
     assert match, "dfine YAMLs end with a comment naming the decoder's input rows"
     rows, strides, hidden, _ = OUTPUTS[size]
     assert [int(r) for r in match.group(1).split(",")] == rows
@@ -117,10 +120,11 @@ def test_final_comment_names_the_decoder_inputs(size):
     ("l", 400, None, ["conv.weight", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"]),
 ])
 def test_state_dict_layout_matches_the_official_one(size, backbone_keys, encoder_keys, last_backbone):
-    keys = list(on_meta(f"dfine-{size}.yaml").state_dict())
+    model = on_meta(f"dfine-{size}.yaml")
+    keys = list(model.state_dict())
     row = [int(k.split(".")[1]) for k in keys]
     backbone = [k.split(".", 2)[2] for k, r in zip(keys, row) if r < BACKBONE_ROWS]
-    encoder = [k.split(".", 2)[2] for k, r in zip(keys, row) if r >= BACKBONE_ROWS]
+    encoder = [k.split(".", 2)[2] for k, r in zip(keys, row) if BACKBONE_ROWS <= r < model.head_index]
     assert len(backbone) == backbone_keys
     assert encoder_keys is None or len(encoder) == encoder_keys
     assert backbone[:5] == ["stem1.conv.weight", "stem1.bn.weight", "stem1.bn.bias", "stem1.bn.running_mean",
@@ -142,9 +146,10 @@ def test_forward_and_fuse_parity(single_thread):
                 m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
     x = torch.rand(1, 3, 128, 192)
     with torch.no_grad():
-        before = model(x)
+        before = model.head_inputs(x)  # the encoder's maps (the decoder's own fuse parity: tests/nn/heads)
         model.fuse()
-        after = model(x)
-    assert before.shape == (1, 128, 4, 6)
+        after = model.head_inputs(x)
+        assert model(x).shape == (1, 300, 6)
+    assert [tuple(t.shape) for t in before] == [(1, 128, 8, 12), (1, 128, 4, 6)]
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    assert torch.allclose(before, after, rtol=1e-3, atol=1e-4)
+    assert all(torch.allclose(b, a, rtol=1e-3, atol=1e-4) for b, a in zip(before, after, strict=True))
