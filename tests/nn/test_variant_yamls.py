@@ -27,6 +27,7 @@ VARIANTS = [
     "rtdetr-convnextv2-atto.yaml",
     "rtdetr-convnextv2-tiny.yaml",
     "rtdetr-shvit-s4.yaml",
+    "rtdetr-l-dfine.yaml",
 ]
 
 
@@ -111,6 +112,23 @@ def test_shvit_variant(models):
     with torch.no_grad():
         feats = model.eval().head_inputs(x)
     assert [tuple(f.shape[-2:]) for f in feats] == [(12, 20), (6, 10), (3, 5), (2, 3)]
+
+
+def test_dfine_decoder_replaces_rtdetrs(models):
+    """D-FINE's decoder row in an RT-DETR YAML: rtdetr-l's rows keep their counts, the head brings its loss."""
+    from rtdet.families import criterion_for
+    from rtdet.losses.dfine import DFineCriterion
+    from rtdet.nn.heads.dfine import DFineTrainOutput
+
+    model, reference = models["rtdetr-l-dfine.yaml"], build_model("rtdetr-l.yaml")
+    trunk = [count_parameters(m) for m in list(model.model)[:-1]]
+    assert trunk == [count_parameters(m) for m in list(reference.model)[:-1]]
+    assert count_parameters(model.head) == 8_393_240 and count_parameters(model) == 33_897_464  # D-FINE-L's decoder
+    assert model.head.family == "dfine" and isinstance(criterion_for(model.head), DFineCriterion)
+    batch = {"cls": torch.tensor([[0.0], [1.0]]), "bboxes": torch.tensor([[0.5, 0.5, 0.2, 0.3], [0.3, 0.4, 0.2, 0.2]]),
+             "batch_idx": torch.tensor([0.0, 1.0])}
+    out = copy.deepcopy(model).train()(torch.rand(2, 3, 128, 128), batch)
+    assert isinstance(out, DFineTrainOutput) and out.dec_scores.shape[-1] == 80
 
 
 def test_fused_model_gives_the_same_features(models):
