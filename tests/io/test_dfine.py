@@ -14,10 +14,12 @@ import collections
 import copy
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
+from rtdet import Detector
 from rtdet.cli import main
 from rtdet.io import WeightLoadError, convert_file, load_model
 from rtdet.io.dfine import convert_dfine, is_dfine_checkpoint
@@ -288,9 +290,13 @@ def test_entry_points_take_official_files(tmp_path, capsys):
     ckpt = torch.load(out, weights_only=True)
     assert ckpt["converted_from"]["format"] == "dfine" and ckpt["args"] == {"imgsz": 640}
     assert ckpt["converted_from"]["weights"] == "ema"
+    assert ckpt["converted_from"]["train_args"] == {"imgsz": 640, "last_epoch": 7, "date": "2024-10-18T12:00:00",
+                                                    "ema_updates": 3}
     again = load_model(out)
     assert again.format == "rtdet" and same_outputs(outputs(source), outputs(again.model))
     assert main(["convert", f"source={path}", f"to={tmp_path / 'again.pt'}", "format=dfine"]) == 0
     n = len(source.state_dict())
     printed = capsys.readouterr().out
     assert f"official D-FINE layout: loaded {n}/{n} tensors; missing 0; unexpected 0; dropped 4" in printed
+    results = Detector(str(path)).predict(np.full((48, 64, 3), 90, np.uint8), conf=0.0, max_det=5)
+    assert results[0].boxes.shape == (5, 4)  # the 640 x 640 input the file was validated at, letterboxed
