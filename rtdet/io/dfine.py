@@ -74,9 +74,13 @@ class DFineArch:
 
 
 def _shape(sd: Mapping[str, torch.Tensor], key: str, where: str) -> torch.Size:
+    """The shape of a tensor the size inference reads (at least one dimension, as every such tensor has)."""
     if key not in sd:
         raise CheckpointError(f"{where}: no {key} in the state dict; not a D-FINE (HGNetv2 + hybrid encoder + "
                               f"D-FINE decoder) checkpoint")
+    if sd[key].dim() == 0:
+        raise CheckpointError(f"{where}: {key} is a scalar; a D-FINE checkpoint holds a tensor of shape "
+                              f"[out, ...] there (a damaged file)")
     return sd[key].shape
 
 
@@ -102,7 +106,9 @@ def arch_from_tensors(sd: Mapping[str, torch.Tensor], where: str) -> DFineArch:
     hidden = _shape(sd, "encoder.input_proj.0.conv.weight", where)[0]
     layers = _count(sd, "decoder.dec_bbox_head.")
     nc = _shape(sd, "decoder.enc_score_head.weight", where)[0]
-    _shape(sd, "decoder.reg_scale", where)
+    if _shape(sd, "decoder.reg_scale", where).numel() != 1:
+        raise CheckpointError(f"{where}: decoder.reg_scale has shape {tuple(sd['decoder.reg_scale'].shape)}; "
+                              f"D-FINE stores one number there ([1]: 4, or 8 for X)")
     reg_scale = float(sd["decoder.reg_scale"].reshape(-1)[0])
     return DFineArch(signature=(*stem, stages, levels, hidden, layers), nc=int(nc), reg_scale=reg_scale,
                      use_lab=f"{_STEM}stem1.lab.scale" in sd,

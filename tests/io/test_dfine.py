@@ -271,6 +271,10 @@ def test_damaged_and_unknown_files_are_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match=r"a D-FINE of no official size: .*\(\(16, 64, 1, 3\), \(32, 256, 1, 3\), "
                                               r"\(64, 512, 1, 3\)"):
         load(other)
+    empty = collections.OrderedDict(good)
+    empty["decoder.reg_scale"] = empty["decoder.decoder.reg_scale"] = torch.zeros(0, dtype=torch.int64)
+    with pytest.raises(CheckpointError, match=r"decoder\.reg_scale has shape \(0,\); D-FINE stores one number"):
+        load(empty)
     text = collections.OrderedDict(good)
     text["decoder.up"] = "0.5"
     with pytest.raises(CheckpointError, match=r"model\['decoder\.up'\] is a str, expected a tensor"):
