@@ -8,7 +8,8 @@
 * :mod:`rtdet.io.foreign` extracts a pickled module tree's tensors and plain metadata;
 * :mod:`rtdet.io.rules` holds the key tables and the load report;
 * :mod:`rtdet.io.formats` registers one converter per source (:mod:`rtdet.io.ultralytics`,
-  :mod:`rtdet.io.yolov9`, :mod:`rtdet.io.mmdet`, :mod:`rtdet.io.backbones`);
+  :mod:`rtdet.io.yolov9`, :mod:`rtdet.io.mmdet`, :mod:`rtdet.io.dfine`,
+  :mod:`rtdet.io.backbones`);
 * :mod:`rtdet.io.load` is the loader every entry point calls; :mod:`rtdet.io.rows` loads the weights a
   YAML backbone row names; :mod:`rtdet.io.transplant` moves weights between two models by structure.
 """
