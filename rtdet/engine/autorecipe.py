@@ -198,15 +198,16 @@ def _augmentation_rule(args, user_keys, images, batch, world, changes, reasons) 
         mixes, zooms = large_set_transforms(args.get("train_pipeline"))
         if mixes or zooms:
             changes["train_pipeline"] = SMALL_SET_PIPELINE
-            what.append(" and ".join(([f"composes several images ({', '.join(mixes)})"] if mixes else []) +
-                                     ([f"zooms and crops ({', '.join(zooms)})"] if zooms else [])))
+            what.append("its pipeline " + " and ".join(
+                ([f"composes several images ({', '.join(mixes)})"] if mixes else []) +
+                ([f"zooms and crops ({', '.join(zooms)})"] if zooms else [])))
     if "multi_scale" not in user_keys and parse_multi_scale(args.get("multi_scale")) is not None:
         changes["multi_scale"] = False
         what.append("multi-scale rescales every batch")
     if what:
         reasons.append(f"from scratch on {images} images, {total} steps: the recipe's augmentation "
-                       f"({'; '.join(what)}) is made for large sets; letterbox, HSV and flip let the model fit "
-                       f"them first")
+                       f"({'; '.join(what)}) is made for large sets; a model that starts from nothing must first "
+                       f"fit the images as they are")
 
 
 def _show(value) -> str:
