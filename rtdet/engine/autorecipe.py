@@ -21,9 +21,12 @@ family's name:
 * **from scratch on a small run** (no checkpoint or ``pretrained=``, fewer than :data:`SMALL_RUN_STEPS`
   optimizer steps): a recipe made for a pretrained backbone does not apply. A lower backbone lr
   (``backbone_lr_ratio`` < 1) protects pretrained features there are none of: 1. A constant schedule is a
-  fine-tuning schedule: cosine to ``lrf`` :data:`SCRATCH_LRF`. An adaptive optimizer (Adam / AdamW) below
-  :data:`SCRATCH_ADAM_LR` (Adam's own default, Kingma & Ba 2015, the rate ``torch.optim.AdamW`` starts
-  from) is raised to it, and ``lr_batch`` linear scaling, made for large batches, is then off.
+  fine-tuning schedule: cosine to ``lrf`` :data:`SCRATCH_LRF`. An adaptive optimizer (Adam / AdamW) whose
+  rate for this batch is below :data:`SCRATCH_ADAM_LR` (Adam's own default, Kingma & Ba 2015, the rate
+  ``torch.optim.AdamW`` starts from) gets the larger of that and the recipe's own ``lr0``, and ``lr_batch``
+  linear scaling, made for large batches, is then off: scaled from a reference batch of 256 to a batch of 8,
+  a rate is 1/32 of itself, too slow for a few hundred steps from nothing (rtmdet-tiny on 32 coco128
+  images, 100 epochs: mAP50 0.07 at 1e-3, 0.11 at 2e-3, 0.19 at its recipe's 4e-3; docs/benchmarks.md).
 * **augmentation for a small set** (from scratch, fewer than :data:`SMALL_SET_IMAGES` training images and
   fewer than :data:`SMALL_RUN_STEPS` steps): a training pipeline that composes several images (the
   transforms of :mod:`rtdet.data.mixing`: Mosaic, MixUp, CachedMosaic, CachedMixUp) or zooms and crops by
@@ -166,7 +169,8 @@ def _scratch_rule(args, user_keys, images, batch, world, changes, reasons) -> No
     accumulate, _ = nominal_batch(batch, int(args.get("accumulate") or 1), int(args.get("nbs") or 0), 0.0)
     lr = scaled_lr(float(args["lr0"]), per_rank * world * accumulate, int(args.get("lr_batch") or 0))
     if adaptive and lr < SCRATCH_ADAM_LR and not user_keys.intersection(("lr0", "lr_batch")):
-        changes["lr0"] = SCRATCH_ADAM_LR
+        if float(args["lr0"]) < SCRATCH_ADAM_LR:  # else the recipe's own rate, no longer scaled down
+            changes["lr0"] = SCRATCH_ADAM_LR
         if int(args.get("lr_batch") or 0):
             changes["lr_batch"] = 0
     if len(changes) > before:

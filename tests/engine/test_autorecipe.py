@@ -50,7 +50,10 @@ def test_rtdetr_from_scratch_gets_a_decaying_lr_for_every_row():
 def test_rtmdet_small_run_shortens_warmup_and_leaves_linear_scaling_for_adam_default():
     changes, _ = auto_recipe(_official("rtmdet"), {"epochs", "batch"}, **SMALL)
     assert changes["warmup_max_fraction"] == 0.1  # 1000 warmup steps capped at 30% = 120 of 400 -> 40
-    assert (changes["lr0"], changes["lr_batch"]) == (1e-3, 0)  # 0.004 * 8 / 256 = 1.25e-4 is below Adam's 1e-3
+    # 0.004 * 8 / 256 = 1.25e-4 is below Adam's 1e-3: the recipe's own 0.004, no longer scaled down
+    assert changes["lr_batch"] == 0 and "lr0" not in changes
+    small_rate, _ = auto_recipe(_official("rtmdet", lr0=5e-4), {"epochs", "batch"}, **SMALL)
+    assert (small_rate["lr0"], small_rate["lr_batch"]) == (1e-3, 0)  # a recipe rate below Adam's default: 1e-3
     assert changes["ema_decay"] == 0.975 and changes["ema_tau"] == 16.0
 
 
