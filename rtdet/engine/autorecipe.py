@@ -26,7 +26,7 @@ family's name:
   ``torch.optim.AdamW`` starts from) gets the larger of that and the recipe's own ``lr0``, and ``lr_batch``
   linear scaling, made for large batches, is then off: scaled from a reference batch of 256 to a batch of 8,
   a rate is 1/32 of itself, too slow for a few hundred steps from nothing (rtmdet-tiny on 32 coco128
-  images, 100 epochs: mAP50 0.07 at 1e-3, 0.11 at 2e-3, 0.19 at its recipe's 4e-3; docs/benchmarks.md).
+  images, 100 epochs: mAP50 0.07 at 1e-3, 0.11 at 2e-3, 0.22 at its recipe's 4e-3; docs/benchmarks.md).
 * **augmentation for a small set** (from scratch, fewer than :data:`SMALL_SET_IMAGES` training images and
   fewer than :data:`SMALL_RUN_STEPS` steps): a training pipeline that composes several images (the
   transforms of :mod:`rtdet.data.mixing`: Mosaic, MixUp, CachedMosaic, CachedMixUp) or zooms and crops by
@@ -60,8 +60,9 @@ SCRATCH_LRF = 0.05  # cosine to 5% of lr0 for a from-scratch run whose recipe ha
 SCRATCH_ADAM_LR = 1e-3  # Adam's default rate (Kingma & Ba 2015; torch.optim.Adam / AdamW)
 ADAPTIVE_OPTIMIZERS = ("adam", "adamw")
 # Mosaic / MixUp / zoom-out / IoU crop are made for COCO's 118k images. From scratch on the first 32
-# coco128-train images (100 epochs, 400 steps) the recipes' pipelines reached mAP50 0.01-0.07 where the plain
-# one reached 0.3-0.7 (docs/benchmarks.md); a set of thousands of images is left to its recipe.
+# coco128-train images (batch 8, 400 steps) the recipes' pipelines gave mAP50 0.065 (yolov9t, epoch 88) and
+# 0.009 (rtdetr-demo, epoch 88), the plain one 0.62 and 0.75 after 100 epochs (docs/benchmarks.md); a set of
+# thousands of images is left to its recipe.
 SMALL_SET_IMAGES = 1000
 SMALL_SET_PIPELINE = "plain"  # cfg/pipelines/plain.yaml: letterbox, HSV, flip (the short-run files' pipeline)
 # Transforms that change the objects' scale and framing by large factors (zoom-out up to 4x, IoU crop,
