@@ -42,7 +42,7 @@ from rtdet.io.load import build_model  # noqa: E402
 COCO128 = REPO.parent / "shared" / "data" / "coco128-train"
 # The settings a run's table names (what recipe=auto may choose).
 CHOSEN = ("recipe", "lr_batch", "backbone_lr_ratio", "scheduler", "lrf", "nbs", "warmup_max_fraction", "ema_decay",
-          "ema_tau", "ema_schedule", "clip_grad")
+          "ema_tau", "ema_schedule", "clip_grad", "multi_scale")
 
 
 def subset_yaml(root: Path, n: int, out_dir: Path) -> Path:
@@ -67,6 +67,16 @@ def _history(rows: list[dict]) -> dict[int, tuple[float, float, float]]:
     return out
 
 
+def _value(text: str):
+    """A --set value: an int or float where it reads as one (YAML reads 2e-3 as a string), else YAML."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="rtdetr-demo.yaml")
@@ -86,6 +96,8 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None,
                     help="keep the data list and the run here (default: a temporary folder), so --resume can continue")
     ap.add_argument("--resume", action="store_true", help="continue the run kept in --dir (its own settings)")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="further settings, as on the command line of `rtdet train` (e.g. lr0=2e-3 lr_batch=0)")
     args = ap.parse_args()
     if args.quick:
         args.images, args.epochs, args.imgsz = 8, 2, 128
@@ -101,6 +113,11 @@ def main() -> None:
                 "epochs": args.epochs, "workers": 0, "device": "cpu", "verbose": False, "plots": False}
     if args.lr0 is not None:
         settings["lr0"] = args.lr0
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            sys.exit(f"--set {item}: expected KEY=VALUE")
+        settings[key] = _value(value)
     if args.resume and args.dir is None:
         sys.exit("--resume needs --dir (the folder of the run to continue)")
     with contextlib.ExitStack() as stack:
@@ -124,7 +141,7 @@ def main() -> None:
         chosen = ", ".join(f"{k} {trainer.args[k]}" for k in CHOSEN if k in trainer.args)
         warmup = trainer.schedule.warmup
     source = ("recipe=official" if args.recipe else "defaults, recipe=auto" if args.defaults
-              else f"+ cfg/demo/{family}.yaml")
+              else f"+ cfg/demo/{family}.yaml") + "".join(f", {item}" for item in args.set)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     rows = [f"| {Path(args.model).stem} | {args.images} | {args.imgsz} | {e} | {history[e][0]:.4f} | "
             f"{history[e][1]:.4f} | {history[e][2] / 60:.1f} min |" for e in report if e in history]

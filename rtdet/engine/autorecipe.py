@@ -21,9 +21,20 @@ family's name:
 * **from scratch on a small run** (no checkpoint or ``pretrained=``, fewer than :data:`SMALL_RUN_STEPS`
   optimizer steps): a recipe made for a pretrained backbone does not apply. A lower backbone lr
   (``backbone_lr_ratio`` < 1) protects pretrained features there are none of: 1. A constant schedule is a
-  fine-tuning schedule: cosine to ``lrf`` :data:`SCRATCH_LRF`. An adaptive optimizer (Adam / AdamW) below
-  :data:`SCRATCH_ADAM_LR` (Adam's own default, Kingma & Ba 2015, the rate ``torch.optim.AdamW`` starts
-  from) is raised to it, and ``lr_batch`` linear scaling, made for large batches, is then off.
+  fine-tuning schedule: cosine to ``lrf`` :data:`SCRATCH_LRF`. An adaptive optimizer (Adam / AdamW) whose
+  rate for this batch is below :data:`SCRATCH_ADAM_LR` (Adam's own default, Kingma & Ba 2015, the rate
+  ``torch.optim.AdamW`` starts from) gets the larger of that and the recipe's own ``lr0``, and ``lr_batch``
+  linear scaling, made for large batches, is then off: scaled from a reference batch of 256 to a batch of 8,
+  a rate is 1/32 of itself, too slow for a few hundred steps from nothing (rtmdet-tiny on 32 coco128
+  images, 100 epochs: mAP50 0.07 at 1e-3, 0.11 at 2e-3, 0.22 at its recipe's 4e-3; docs/benchmarks.md).
+* **augmentation for a small set** (from scratch, fewer than :data:`SMALL_SET_IMAGES` training images and
+  fewer than :data:`SMALL_RUN_STEPS` steps): a training pipeline that composes several images (the
+  transforms of :mod:`rtdet.data.mixing`: Mosaic, MixUp, CachedMosaic, CachedMixUp) or zooms and crops by
+  large factors (:data:`ZOOM_TRANSFORMS`), in any of its stages, is made for sets of 10^4-10^5 images; a
+  model that starts from nothing on a few hundred must first fit the images as they are. It becomes
+  :data:`SMALL_SET_PIPELINE` (letterbox, HSV, flip), and batch-level multi-scale (``multi_scale``) is off. The
+  pipeline is read from its spec's contents (:func:`rtdet.data.pipelines.load_pipeline_spec`), whatever its
+  name; each key the user set (``train_pipeline``, ``multi_scale``) is kept.
 
 A key the user set is never changed, and a rule is skipped when the user set any key of its part (their
 warmup, their EMA). The functions are pure: settings and run sizes in, changes and reasons out.
@@ -33,9 +44,13 @@ from __future__ import annotations
 
 import math
 
+import rtdet.data.mixing as mixing
+from rtdet.data.pipelines import load_pipeline_spec
+from rtdet.data.transforms import TRANSFORMS, PipelineConfigError
+from rtdet.engine.multiscale import parse_multi_scale
 from rtdet.engine.optim import nominal_batch, scaled_lr, warmup_steps
 
-__all__ = ["MIN_STEPS_PER_EPOCH", "auto_recipe", "run_steps", "summary"]
+__all__ = ["MIN_STEPS_PER_EPOCH", "auto_recipe", "large_set_transforms", "run_steps", "summary"]
 
 MIN_STEPS_PER_EPOCH = 10  # fewer optimizer steps per epoch than this: no nominal-batch accumulation
 MAX_WARMUP_FRACTION = 0.1  # the recipes warm up for < 1% of their runs; a short run for at most 10%
@@ -44,6 +59,15 @@ SMALL_RUN_STEPS = 10_000  # the recipes' warmups and EMA ramps (1000-2000 steps)
 SCRATCH_LRF = 0.05  # cosine to 5% of lr0 for a from-scratch run whose recipe has a constant lr
 SCRATCH_ADAM_LR = 1e-3  # Adam's default rate (Kingma & Ba 2015; torch.optim.Adam / AdamW)
 ADAPTIVE_OPTIMIZERS = ("adam", "adamw")
+# Mosaic / MixUp / zoom-out / IoU crop are made for COCO's 118k images. From scratch on the first 32
+# coco128-train images (batch 8, 400 steps) the recipes' pipelines gave mAP50 0.065 (yolov9t, epoch 88) and
+# 0.009 (rtdetr-demo, epoch 88), the plain one 0.62 and 0.75 after 100 epochs (docs/benchmarks.md); a set of
+# thousands of images is left to its recipe.
+SMALL_SET_IMAGES = 1000
+SMALL_SET_PIPELINE = "plain"  # cfg/pipelines/plain.yaml: letterbox, HSV, flip (the short-run files' pipeline)
+# Transforms that change the objects' scale and framing by large factors (zoom-out up to 4x, IoU crop,
+# random resize up to 2x with a crop): with the mixing transforms, what marks a pipeline made for a large set.
+ZOOM_TRANSFORMS = ("ZoomOut", "IoUCrop", "RandomResize")
 
 # The settings of each part; a user who set any of them keeps that whole part as set.
 PARTS = {
@@ -83,6 +107,7 @@ def auto_recipe(args: dict, user_keys: set[str] | frozenset[str], images: int, b
         rule({**args, **changes}, set(user_keys), images, batch, world, changes, reasons)
     if not weights_loaded:
         _scratch_rule({**args, **changes}, set(user_keys), images, batch, world, changes, reasons)
+        _augmentation_rule({**args, **changes}, set(user_keys), images, batch, world, changes, reasons)
     return changes, reasons
 
 
@@ -145,12 +170,49 @@ def _scratch_rule(args, user_keys, images, batch, world, changes, reasons) -> No
     accumulate, _ = nominal_batch(batch, int(args.get("accumulate") or 1), int(args.get("nbs") or 0), 0.0)
     lr = scaled_lr(float(args["lr0"]), per_rank * world * accumulate, int(args.get("lr_batch") or 0))
     if adaptive and lr < SCRATCH_ADAM_LR and not user_keys.intersection(("lr0", "lr_batch")):
-        changes["lr0"] = SCRATCH_ADAM_LR
+        if float(args["lr0"]) < SCRATCH_ADAM_LR:  # else the recipe's own rate, no longer scaled down
+            changes["lr0"] = SCRATCH_ADAM_LR
         if int(args.get("lr_batch") or 0):
             changes["lr_batch"] = 0
     if len(changes) > before:
         reasons.append(f"from scratch on a {total}-step run, not the pretrained start the recipe assumes "
                        f"(lr {lr:.3g} for this batch)")
+
+
+def large_set_transforms(pipeline) -> tuple[list[str], list[str]]:
+    """(transforms that compose several images, transforms that zoom / crop by large factors) named in any
+    training stage of ``pipeline`` (a spec: name, YAML path, dict or list; empty = the default), each in
+    order of first appearance; ([], []) for a spec that cannot be read (the data loader reports it)."""
+    try:
+        spec = load_pipeline_spec(pipeline or None)
+    except (PipelineConfigError, OSError):
+        return [], []
+    names: list[str] = []
+    for transforms in [spec.train] + [st["train"] for st in spec.stages if "train" in st]:
+        names += [str(t["name"]) for t in transforms if str(t["name"]) not in names]
+    mixes = [n for n in names if getattr(TRANSFORMS.get(n), "__module__", None) == mixing.__name__]
+    return mixes, [n for n in names if n in ZOOM_TRANSFORMS]
+
+
+def _augmentation_rule(args, user_keys, images, batch, world, changes, reasons) -> None:
+    _, total = run_steps(args, images, batch, world)
+    if images >= SMALL_SET_IMAGES or total >= SMALL_RUN_STEPS:
+        return
+    what = []
+    if "train_pipeline" not in user_keys:
+        mixes, zooms = large_set_transforms(args.get("train_pipeline"))
+        if mixes or zooms:
+            changes["train_pipeline"] = SMALL_SET_PIPELINE
+            what.append("its pipeline " + " and ".join(
+                ([f"composes several images ({', '.join(mixes)})"] if mixes else []) +
+                ([f"zooms and crops ({', '.join(zooms)})"] if zooms else [])))
+    if "multi_scale" not in user_keys and parse_multi_scale(args.get("multi_scale")) is not None:
+        changes["multi_scale"] = False
+        what.append("multi-scale rescales every batch")
+    if what:
+        reasons.append(f"from scratch on {images} images, {total} steps: the recipe's augmentation "
+                       f"({'; '.join(what)}) is made for large sets; a model that starts from nothing must first "
+                       f"fit the images as they are")
 
 
 def _show(value) -> str:

@@ -347,7 +347,7 @@ class Trainer:
         return self.folder.path
 
     def _auto_recipe(self, args: dict, user_keys: set[str], weights_loaded: bool) -> None:
-        """``recipe=auto``: adapt the recipe's nominal batch, warmup, EMA and lr to this run's size and start
+        """``recipe=auto``: adapt the recipe's nominal batch, warmup, EMA, lr and pipeline to this run's size and start
         (rtdet.engine.autorecipe), in ``args``; one line says what changed and why."""
         changes, reasons = auto_recipe(args, user_keys, len(self.train_loader.dataset), int(args["batch"]),
                                        self.world, weights_loaded)
@@ -355,6 +355,8 @@ class Trainer:
         if line and self.rank == 0:
             LOGGER.info(line)
         args.update(changes)
+        if "train_pipeline" in changes:  # the loaders, built first to count the images, hold the recipe's pipeline
+            self._make_loaders(args)
 
     def _wrap_ddp(self, model: nn.Module) -> nn.Module:
         """DDP over ``model``'s trainable parameters (again after unfreezing: DDP fixes them when it wraps)."""
