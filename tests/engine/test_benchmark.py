@@ -123,3 +123,17 @@ def test_benchmark_rounds_imgsz_up_to_the_stride_and_refuses_half_on_a_cpu(tiny_
     with pytest.raises(SettingsError, match="half=true: fp16 inference needs a CUDA GPU"):
         Benchmark({"model": str(tiny_yaml), "half": True, "device": "cpu", "project": str(tmp_path / "h")})()
     assert not (tmp_path / "h").exists()
+
+
+@pytest.mark.parametrize("family", ["dfine-tiny", "rtmdet-micro", "yolov9-tiny"])
+def test_benchmark_takes_every_family_beside_rt_detr(family, tiny_yaml, tmp_path):
+    """The verb reads no family: a tiny model of each family beside the tiny RT-DETR, PyTorch and ONNX rows."""
+    from tests.contract_models import TINY_YAMLS
+
+    other = tmp_path / f"{family}.yaml"
+    other.write_text(TINY_YAMLS[family])
+    rows = Benchmark({"model": f"{tiny_yaml},{other}", "formats": "pytorch,onnx", "imgsz": 64, "runs": 2,
+                      "warmup": 1, "project": str(tmp_path), "verbose": False, "device": "cpu", "threads": 1},
+                     memory=False)()
+    assert [(r.model, r.format) for r in rows][2:] == [(other.name, "pytorch"), (other.name, "onnx")]
+    assert rows[2].params == count_parameters(build_model(other)) and all(r.latency_ms > 0 for r in rows)

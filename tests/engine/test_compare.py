@@ -262,3 +262,19 @@ def test_a_val_split_without_labels_gives_n_a_everywhere_and_caches_nothing(vari
     again = Compare(settings)
     again()  # the rerun validates again instead of failing the same way
     assert again.trained == []
+
+
+def test_compare_runs_a_dfine_beside_an_rt_detr(tiny_yaml, tiny_data, tmp_path):
+    """A fourth family in the same verb: each variant trains with its own family's loss and recipe keys."""
+    from tests.contract_models import TINY_DFINE_YAML
+
+    dfine = tmp_path / "dfine-tiny.yaml"
+    dfine.write_text(TINY_DFINE_YAML.replace("nc: 3", "nc: 2"))
+    settings = {**_settings([tiny_yaml, dfine], tiny_data, tmp_path), "seeds": 1}
+    compare = Compare(settings)
+    compare()
+    assert compare.trained == ["rtdetr-tiny-s0", "dfine-tiny-s0"]
+    with (tmp_path / "runs" / "compare" / "compare" / "compare.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["variant"] for r in rows] == ["rtdetr-tiny", "dfine-tiny"] and all(r["mAP50-95"] != "" for r in rows)
+    assert int(rows[1]["params"]) > int(rows[0]["params"]) > 0
