@@ -30,13 +30,11 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from rtdet.nn.heads.base import Decoded, DetectionHead
 from rtdet.nn.heads.denoising import build_denoising_queries
+from rtdet.nn.heads.query import QueryHead
 from rtdet.nn.modules.dfine_decoder import DFineDecoderLayer, DFineHeads, DFineTransformerDecoder
-from rtdet.nn.modules.transformer import MLP, is_tracing
+from rtdet.nn.modules.transformer import MLP
 from rtdet.nn.registry import register, resolve_activation
-from rtdet.ops.anchors import query_anchors
-from rtdet.ops.boxes import cxcywh_to_xyxy
 from rtdet.ops.fdr import weighting_function
 
 __all__ = ["DFINEDecoder", "DFineTrainOutput"]
@@ -84,7 +82,7 @@ def _input_proj(c: int, hidden_dim: int) -> nn.Module:
 
 
 @register(channels="head")
-class DFINEDecoder(DetectionHead):
+class DFINEDecoder(QueryHead):
     """D-FINE head: input projection, encoder query selection, FDR decoder with LQE, denoising.
 
     YAML ``[[p3, p4, p5], 1, DFINEDecoder, [nc, 256, 300, [3, 6, 3], 3, 1024, 8, 32, 4, -1, 100]]`` builds
@@ -97,7 +95,7 @@ class DFINEDecoder(DetectionHead):
     """
 
     family = "dfine"
-    needs_nms = False  # one query per object: the top-k is final
+    clip_boxes = False  # the reference post-processor does not clip
     # The criterion decides which outputs feed the loss; DDP must tolerate one that leaves some unused.
     ddp_find_unused_parameters = True
     dynamic = False  # True (set by the exporter for dynamic=True): anchors follow the traced input size
@@ -160,35 +158,12 @@ class DFINEDecoder(DetectionHead):
                 nn.init.xavier_uniform_(proj.conv.weight)
 
     # ------------------------------------------------------------------ pieces
-    def anchors(self, shapes: Sequence[tuple[int, int]], device: torch.device,
-                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """Anchors [1, L, 4] (logits, +inf where invalid) and valid mask [1, L, 1], cached per shapes."""
-        if self.dynamic or is_tracing():
-            return query_anchors(shapes, device=device, dtype=dtype)
-        key = (tuple(tuple(s) for s in shapes), device, dtype)
-        if self._anchor_cache is None or self._anchor_cache[0] != key:
-            anchors, valid = query_anchors(key[0], device=device, dtype=dtype)
-            self._anchor_cache = (key, anchors, valid)
-        return self._anchor_cache[1], self._anchor_cache[2]
-
     def weights(self) -> torch.Tensor:
         """W(n), [reg_max + 1]: the cached constant after :meth:`fuse_`, else computed from ``up`` and
         ``reg_scale`` (detached: they are constants, even if something switches their gradient on)."""
         if self.project is not None:
             return self.project
         return weighting_function(self.reg_max, self.up.detach(), self.reg_scale.detach())
-
-    def _flatten_levels(self, feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        """Maps [B, c_l, H_l, W_l] -> memory [B, sum H_l W_l, hidden_dim] and the per-level (H, W)."""
-        if len(feats) != self.nl:
-            raise ValueError(f"DFINEDecoder was built for {self.nl} input maps, got {len(feats)}")
-        tokens, shapes = [], []
-        traced = self.dynamic and is_tracing()  # sizes stay graph values in a dynamic-shape export
-        for proj, f in zip(self.input_proj, feats):
-            f = proj(f)
-            shapes.append(tuple(f.shape[2:4]) if traced else (int(f.shape[2]), int(f.shape[3])))
-            tokens.append(f.flatten(2).transpose(1, 2))
-        return torch.cat(tokens, 1), shapes
 
     def _select_queries(self, memory: torch.Tensor, shapes: list[tuple[int, int]]
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -209,15 +184,6 @@ class DFINEDecoder(DetectionHead):
     def _heads(self) -> DFineHeads:
         return DFineHeads(self.query_pos_head, self.pre_bbox_head, self.dec_bbox_head, self.dec_score_head)
 
-    def _topk(self, boxes: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """[B, Q, 4] boxes and [B, Q, nc] logits -> [B, k, 6] top-k over queries x classes (k = num_queries)."""
-        scores = logits.sigmoid().flatten(1)
-        k = min(self.num_queries, scores.shape[1])
-        top, index = scores.topk(k, dim=1)
-        query = torch.div(index, self.nc, rounding_mode="floor")
-        picked = boxes.gather(1, query.unsqueeze(-1).expand(-1, -1, 4))
-        return torch.cat([picked, top.unsqueeze(-1), (index % self.nc).unsqueeze(-1).to(picked.dtype)], -1)
-
     # ------------------------------------------------------------------ forward
     def forward(self, feats: list[torch.Tensor], targets: dict | None = None):
         """feats: maps [B, ch_l, H_l, W_l]; targets: the batch dict (read in training for denoising).
@@ -225,12 +191,12 @@ class DFINEDecoder(DetectionHead):
         if self.training and self.deployed:
             raise RuntimeError("DFINEDecoder was fused for inference (fuse_ dropped training-only layers); "
                                "train an unfused copy")
-        memory, shapes = self._flatten_levels(feats)
+        memory, shapes = self.flatten_levels(feats)
         content, box_logits, enc_bboxes, enc_scores = self._select_queries(memory, shapes)
         project = self.weights()
         if not self.training:
             out = self.decoder(content, box_logits, memory, shapes, self._heads(), project, self.reg_scale)
-            return self._topk(out.boxes[-1], out.logits[-1])
+            return self.top_queries(out.boxes[-1], out.logits[-1])
         # Queries start from detached proposals: the encoder learns through enc_bboxes / enc_scores only.
         content, box_logits = content.detach(), box_logits.detach()
         attn_mask, dn_meta = None, None
@@ -257,21 +223,6 @@ class DFINEDecoder(DetectionHead):
                                        self.box_noise_scale, flavour="reference")
 
     # ------------------------------------------------------------------ interface
-    def decode(self, outputs: torch.Tensor, img_shape: tuple[int, int]) -> Decoded:
-        """Eval output [B, k, 6] -> final Decoded: xyxy boxes in input pixels (not clipped, as the reference
-        post-processor), sigmoid scores and class labels. No NMS follows (``needs_nms = False``)."""
-        if not (isinstance(outputs, torch.Tensor) and outputs.ndim == 3 and outputs.shape[-1] == 6):
-            got = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
-            raise TypeError(f"DFINEDecoder.decode expects the eval output [B, k, 6], got {got}; "
-                            f"run the model in eval mode")
-        h, w = img_shape
-        if isinstance(h, torch.Tensor):  # traced sizes (dynamic-shape export): keep them in the graph
-            scale = torch.stack([w, h, w, h]).to(outputs.dtype)
-        else:
-            scale = outputs.new_tensor([w, h, w, h])
-        return Decoded(cxcywh_to_xyxy(outputs[..., :4]) * scale, outputs[..., 4], outputs[..., 5].round().long())
-
-    @torch.no_grad()
     def fuse_(self) -> None:
         """The reference deploy form, in place: drop the decoder layers (and their box / score heads) after
         ``eval_idx`` and the score heads and LQEs before it (identities keep the indices), and cache W(n).

@@ -21,18 +21,15 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from rtdet.nn.heads.base import Decoded, DetectionHead
 from rtdet.nn.heads.denoising import build_denoising_queries
+from rtdet.nn.heads.query import QueryHead
 from rtdet.nn.modules.common import fuse_conv_bn
 from rtdet.nn.modules.transformer import (
     MLP,
     DeformableTransformerDecoder,
     DeformableTransformerDecoderLayer,
-    is_tracing,
 )
 from rtdet.nn.registry import register
-from rtdet.ops.anchors import query_anchors
-from rtdet.ops.boxes import cxcywh_to_xyxy
 
 __all__ = ["RTDETRDecoder", "RTDETRTrainOutput"]
 
@@ -51,7 +48,7 @@ class RTDETRTrainOutput(NamedTuple):
 
 
 @register(channels="head")
-class RTDETRDecoder(DetectionHead):
+class RTDETRDecoder(QueryHead):
     """RT-DETR head: input projection, encoder query selection, deformable decoder, denoising.
 
     Args: nc classes, ch input channels per level, hd hidden dim, nq queries, ndp sampling points,
@@ -61,7 +58,6 @@ class RTDETRDecoder(DetectionHead):
     """
 
     family = "rtdetr"
-    needs_nms = False  # one query per object: the top-k is final
     dynamic = False  # True (set by the exporter for dynamic=True): anchors follow the traced input size
 
     def __init__(
@@ -139,29 +135,6 @@ class RTDETRDecoder(DetectionHead):
             nn.init.xavier_uniform_(proj[0].weight)
 
     # ------------------------------------------------------------------ pieces
-    def anchors(self, shapes: Sequence[tuple[int, int]], device: torch.device,
-                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """Anchors [1, L, 4] (logits, +inf where invalid) and valid mask [1, L, 1], cached per shapes."""
-        if self.dynamic or is_tracing():
-            return query_anchors(shapes, device=device, dtype=dtype)
-        key = (tuple(tuple(s) for s in shapes), device, dtype)
-        if self._anchor_cache is None or self._anchor_cache[0] != key:
-            anchors, valid = query_anchors(key[0], device=device, dtype=dtype)
-            self._anchor_cache = (key, anchors, valid)
-        return self._anchor_cache[1], self._anchor_cache[2]
-
-    def _flatten_levels(self, feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        if len(feats) != self.nl:
-            raise ValueError(f"RTDETRDecoder was built for {self.nl} input maps, got {len(feats)}")
-        tokens, shapes = [], []
-        for proj, f in zip(self.input_proj, feats):
-            f = proj(f)
-            # sizes stay graph values in a dynamic-shape export; plain ints (constants) otherwise
-            traced = self.dynamic and is_tracing()
-            shapes.append(tuple(f.shape[2:4]) if traced else (int(f.shape[2]), int(f.shape[3])))
-            tokens.append(f.flatten(2).transpose(1, 2))
-        return torch.cat(tokens, 1), shapes
-
     def _select_queries(self, memory: torch.Tensor, shapes: list[tuple[int, int]]):
         """Encoder query selection: the k tokens with the highest class logit and their boxes."""
         b, n_tokens, hd = memory.shape
@@ -180,25 +153,16 @@ class RTDETRDecoder(DetectionHead):
             embed = top_features
         return embed, refer_bbox, refer_bbox.sigmoid(), enc_scores
 
-    def _topk(self, boxes: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """[B, Q, 4] boxes and [B, Q, nc] logits -> [B, k, 6] top-k over queries x classes."""
-        scores = logits.sigmoid().flatten(1)
-        k = min(self.num_queries, scores.shape[1])
-        top, index = scores.topk(k, dim=1)
-        query = torch.div(index, self.nc, rounding_mode="floor")
-        picked = boxes.gather(1, query.unsqueeze(-1).expand(-1, -1, 4))
-        return torch.cat([picked, top.unsqueeze(-1), (index % self.nc).unsqueeze(-1).to(picked.dtype)], -1)
-
     # ------------------------------------------------------------------ forward
     def forward(self, feats: list[torch.Tensor], targets: dict | None = None):
         """feats: maps [B, ch_i, H_i, W_i]; targets: the batch dict (read in training for denoising)."""
-        memory, shapes = self._flatten_levels(feats)
+        memory, shapes = self.flatten_levels(feats)
         b = memory.shape[0]
         embed, refer_bbox, enc_bboxes, enc_scores = self._select_queries(memory, shapes)
         if not self.training:
             dec_bboxes, dec_scores = self.decoder(embed, refer_bbox, memory, shapes, self.dec_bbox_head,
                                                   self.dec_score_head, self.query_pos_head)
-            return self._topk(dec_bboxes[-1], dec_scores[-1])
+            return self.top_queries(dec_bboxes[-1], dec_scores[-1])
 
         # Training: queries start from detached encoder proposals (gradients reach the encoder
         # through enc_bboxes / enc_scores only).
@@ -222,22 +186,6 @@ class RTDETRDecoder(DetectionHead):
         return RTDETRTrainOutput(dec_bboxes, dec_scores, enc_bboxes, enc_scores, dn_meta)
 
     # ------------------------------------------------------------------ interface
-    def decode(self, outputs: torch.Tensor, img_shape: tuple[int, int]) -> Decoded:
-        """Eval output [B, k, 6] -> final Decoded: xyxy boxes in input pixels (clipped to the image),
-        sigmoid scores and class labels. No NMS follows (``needs_nms = False``)."""
-        if not (isinstance(outputs, torch.Tensor) and outputs.ndim == 3 and outputs.shape[-1] == 6):
-            got = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
-            raise TypeError(f"RTDETRDecoder.decode expects the eval output [B, k, 6], got {got}; "
-                            f"run the model in eval mode")
-        h, w = img_shape
-        if isinstance(h, torch.Tensor):  # traced sizes (dynamic-shape export): keep them in the graph
-            scale = torch.stack([w, h, w, h]).to(outputs.dtype)
-        else:
-            scale = outputs.new_tensor([w, h, w, h])
-        boxes = torch.minimum(cxcywh_to_xyxy(outputs[..., :4]).clamp(min=0) * scale, scale)
-        return Decoded(boxes, outputs[..., 4], outputs[..., 5].round().long())
-
-    @torch.no_grad()
     def fuse_(self) -> None:
         """Fold each input projection's BatchNorm into its convolution (inference only)."""
         for i, proj in enumerate(self.input_proj):
