@@ -63,6 +63,55 @@ def _ranks(batch_idx: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     return torch.arange(batch_idx.numel(), device=batch_idx.device) - starts[batch_idx]
 
 
+@dataclass
+class _Kept:
+    """The GTs that get denoising copies, grouped by image: their batch indices ``keep`` [T], images ``b``
+    [T], rank within the image ``rank`` [T], per-image counts, slots per copy ``m`` and ``num_group``."""
+
+    keep: torch.Tensor
+    b: torch.Tensor
+    rank: torch.Tensor
+    counts: list[int]
+    m: int
+    num_group: int
+
+
+def _kept_targets(batch_idx: torch.Tensor, counts: torch.Tensor, num_dn: int) -> _Kept:
+    """At most ``num_dn`` GTs per image (a fresh random subset of a crowded image's), grouped by image in
+    batch order; ``m`` slots per copy, ``num_dn // m`` groups."""
+    n, device = batch_idx.numel(), batch_idx.device
+    counts_list = counts.tolist()  # one host sync: the counts decide the query shapes
+    max_gt = max(counts_list)
+    m = min(max_gt, num_dn)
+    keep = torch.arange(n, device=device)
+    if max_gt > m:
+        order = torch.sort(batch_idx + torch.rand(n, device=device) * 0.5).indices
+        keep = order[_ranks(batch_idx[order], counts) < m].sort().values
+    kept_counts = [min(c, m) for c in counts_list]
+    keep = keep[torch.sort(batch_idx[keep], stable=True).indices]  # by image, batch order within one
+    b = batch_idx[keep]
+    rank = _ranks(b, torch.as_tensor(kept_counts, device=device))
+    return _Kept(keep, b, rank, kept_counts, m, num_dn // m)
+
+
+def _noised(cls: torch.Tensor, boxes: torch.Tensor, negative: torch.Tensor, nc: int, label_noise_ratio: float,
+            box_noise_scale: float, reference: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copies' labels [C] flipped with probability ``label_noise_ratio / 2``; boxes [C, 4] (cx cy w h) with
+    corners moved by u * half size (u in [0, 1) for positives, [1, 2) for ``negative``), clipped to [0, 1]."""
+    if label_noise_ratio > 0:
+        flip = torch.rand(cls.shape, device=cls.device) < label_noise_ratio * 0.5
+        cls = torch.where(flip, torch.randint_like(cls, 0, nc), cls)
+    if box_noise_scale > 0:
+        xyxy = cxcywh_to_xyxy(boxes)
+        half_wh = (boxes[:, 2:] * 0.5).repeat(1, 2) * box_noise_scale
+        sign = torch.randint_like(boxes, 0, 2) * 2.0 - 1.0
+        magnitude = torch.rand_like(boxes) + negative.to(boxes.dtype)[:, None]
+        boxes = xyxy_to_cxcywh((xyxy + sign * magnitude * half_wh).clamp(0.0, 1.0))
+        if reference:  # crossed corners keep their size (the reference); Ultralytics' clamp makes it 0
+            boxes = boxes.abs()
+    return cls, boxes
+
+
 def build_denoising_queries(
     targets: dict,
     class_embed: torch.Tensor,
@@ -89,65 +138,35 @@ def build_denoising_queries(
     eps = 1e-5 if reference else 1e-6
     if num_dn <= 0:
         return None
-    nc = class_embed.shape[0]
+    nc, device = class_embed.shape[0], class_embed.device
     padded = batch_targets(targets, batch_size, nc)  # checked once per step, shared with the criterion
-    device = class_embed.device
     bboxes = targets["bboxes"].reshape(-1, 4).to(device=device, dtype=torch.float32)
-    n = bboxes.shape[0]
-    if n == 0:
+    if bboxes.shape[0] == 0:
         return None
     batch_idx = targets["batch_idx"].reshape(-1).to(device=device, dtype=torch.long)
     cls = targets["cls"].reshape(-1).to(device=device, dtype=torch.long)
-    counts = padded.counts.to(device)
-    counts_list = counts.tolist()  # one host sync: the counts decide the query shapes
-    max_gt = max(counts_list)
-    m = min(max_gt, num_dn)  # slots per copy
-    num_group = num_dn // m
-
-    keep = torch.arange(n, device=device)
-    if max_gt > m:  # a random subset of m GTs for the crowded images, fresh every call
-        order = torch.sort(batch_idx + torch.rand(n, device=device) * 0.5).indices
-        chosen = order[_ranks(batch_idx[order], counts) < m]
-        keep = chosen.sort().values
-    kept_counts = [min(c, m) for c in counts_list]
-    # group the kept GTs by image, keeping their batch order within an image
-    keep = keep[torch.sort(batch_idx[keep], stable=True).indices]
-    b = batch_idx[keep]
-    rank = _ranks(b, torch.as_tensor(kept_counts, device=device))
-    total = keep.numel()
+    kept = _kept_targets(batch_idx, padded.counts.to(device), num_dn)
+    m, num_group, total = kept.m, kept.num_group, kept.keep.numel()
 
     copies = 2 * num_group
     copy_id = torch.arange(copies, device=device).repeat_interleave(total)
     negative = copy_id % 2 == 1 if reference else copy_id >= num_group
-    dn_b = b.repeat(copies)
-    dn_slot = rank.repeat(copies) + m * copy_id
-    dn_cls = cls[keep].repeat(copies)
-    dn_box = bboxes[keep].repeat(copies, 1)
-
-    if label_noise_ratio > 0:
-        flip = torch.rand(dn_cls.shape, device=device) < label_noise_ratio * 0.5
-        dn_cls = torch.where(flip, torch.randint_like(dn_cls, 0, nc), dn_cls)
-    if box_noise_scale > 0:
-        xyxy = cxcywh_to_xyxy(dn_box)
-        half_wh = (dn_box[:, 2:] * 0.5).repeat(1, 2) * box_noise_scale
-        sign = torch.randint_like(dn_box, 0, 2) * 2.0 - 1.0
-        magnitude = torch.rand_like(dn_box) + negative.to(dn_box.dtype)[:, None]
-        dn_box = xyxy_to_cxcywh((xyxy + sign * magnitude * half_wh).clamp(0.0, 1.0))
-        if reference:
-            dn_box = dn_box.abs()
-    dn_logit = torch.logit(dn_box, eps=eps)
+    dn_b = kept.b.repeat(copies)
+    dn_slot = kept.rank.repeat(copies) + m * copy_id
+    dn_cls, dn_box = _noised(cls[kept.keep].repeat(copies), bboxes[kept.keep].repeat(copies, 1), negative, nc,
+                             label_noise_ratio, box_noise_scale, reference)
 
     num_dn_total = m * copies
     embed = class_embed.new_zeros(batch_size, num_dn_total, class_embed.shape[1])
     embed[dn_b, dn_slot] = class_embed[dn_cls]
     bbox = bboxes.new_full((batch_size, num_dn_total, 4), math.log(eps) if reference else 0.0)
-    bbox[dn_b, dn_slot] = dn_logit
+    bbox[dn_b, dn_slot] = torch.logit(dn_box, eps=eps)
 
     pos_copy = torch.arange(num_group, device=device) * (2 if reference else 1)  # each group's positive copy
-    pos_idx = (rank[None] + m * pos_copy[:, None]).cpu()  # [num_group, total]
+    pos_idx = (kept.rank[None] + m * pos_copy[:, None]).cpu()  # [num_group, total]
     meta = {
-        "dn_pos_idx": [p.reshape(-1) for p in pos_idx.split(kept_counts, dim=1)],
-        "dn_gt_idx": list(keep.cpu().split(kept_counts)),
+        "dn_pos_idx": [p.reshape(-1) for p in pos_idx.split(kept.counts, dim=1)],
+        "dn_gt_idx": list(kept.keep.cpu().split(kept.counts)),
         "dn_num_group": num_group,
         "dn_num_split": [num_dn_total, num_queries],
     }
