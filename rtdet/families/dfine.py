@@ -13,5 +13,6 @@ DFINE = register_family(Family(
     criterion=DFineCriterion,
     recipe=CFG / "recipes" / "dfine.yaml",  # D-FINE-S's official values; DEIM's: cfg=<rtdet>/cfg/recipes/deim.yaml
     pipelines=(CFG / "pipelines" / "dfine.yaml", CFG / "pipelines" / "deim.yaml"),
+    demo=CFG / "demo" / "dfine.yaml",
     converters=("rtdet.io.dfine",),  # official D-FINE / DEIM-D-FINE checkpoints
 ))
