@@ -7,9 +7,10 @@ matchability-aware loss and dense one-to-one data schedule, everything else equa
     .venv/bin/python benchmarks/deim_convergence.py --table runs/deim-base runs/deim-deim --report 25 50 100
 
 ``baseline``: the family's short-run settings (``rtdet/cfg/demo/rtdetr.yaml``, as benchmarks/overfit.py);
-``deim``: the same plus ``loss=mal`` (DEIM's loss, its gamma 1.5) and ``train_pipeline=deim`` (Mosaic or
-zoom-out / IoU crop with photometric distortion and batch MixUp from epoch 4, the D-FINE augmentations from
-about half the run, none for the last tenth: cfg/pipelines/deim.yaml). Each run writes ``history.json``
+``mal``: the same with DEIM's loss alone (``loss=mal``, its gamma 1.5); ``deim``: the same plus
+``train_pipeline=deim`` (Mosaic or zoom-out / IoU crop with photometric distortion and batch MixUp from
+epoch 4, the D-FINE augmentations from about half the run, none for the last tenth: cfg/pipelines/deim.yaml).
+Each run writes ``history.json``
 (mAP50 / mAP50-95 per epoch) into its folder as it goes; ``--resume`` continues a stopped run.
 """
 
@@ -32,7 +33,7 @@ from overfit import COCO128, subset_yaml  # noqa: E402
 from rtdet.demo import family_demo_settings  # noqa: E402
 from rtdet.engine.trainer import Trainer  # noqa: E402
 
-VARIANTS = {"baseline": {}, "deim": {"loss": "mal", "train_pipeline": "deim"}}
+VARIANTS = {"baseline": {}, "mal": {"loss": "mal"}, "deim": {"loss": "mal", "train_pipeline": "deim"}}
 
 
 def train(variant: str, folder: Path, model: str, epochs: int, threads: int, resume: bool) -> None:

@@ -11,7 +11,7 @@ DFINE = register_family(Family(
     name="dfine",
     heads=(DFINEDecoder,),
     criterion=DFineCriterion,
-    recipe=CFG / "recipes" / "dfine.yaml",  # D-FINE-S's official values; DEIM's: cfg=<rtdet>/cfg/recipes/deim.yaml
+    recipe=CFG / "recipes" / "dfine.yaml",  # D-FINE-S's official values; DEIM's: cfg=deim
     pipelines=(CFG / "pipelines" / "dfine.yaml", CFG / "pipelines" / "deim.yaml"),
     demo=CFG / "demo" / "dfine.yaml",
     converters=("rtdet.io.dfine",),  # official D-FINE / DEIM-D-FINE checkpoints
