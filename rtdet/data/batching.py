@@ -17,15 +17,13 @@ the same whichever worker makes it.
 
 from __future__ import annotations
 
-import difflib
-import inspect
 from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
 import torch
 
-from rtdet.data.transforms import PipelineConfigError
+from rtdet.data.transforms import PipelineConfigError, build_registered
 
 __all__ = ["BATCH_TRANSFORMS", "BatchMixUp", "BatchSchedule", "BatchTransform", "build_batch_transform",
            "register_batch_transform"]
@@ -42,24 +40,8 @@ def register_batch_transform(cls: type) -> type:
 
 def build_batch_transform(spec: dict[str, Any]) -> BatchTransform:
     """Build ``{name: BatchMixUp, **kwargs}`` by registered name (no eval)."""
-    if not isinstance(spec, dict) or "name" not in spec:
-        raise PipelineConfigError(f"a batch transform must be a mapping with a 'name' key, got {spec!r}")
-    kwargs = dict(spec)
-    name = kwargs.pop("name")
-    cls = BATCH_TRANSFORMS.get(name)
-    if cls is None:
-        close = difflib.get_close_matches(str(name), BATCH_TRANSFORMS, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise PipelineConfigError(f"unknown batch transform '{name}'.{hint} Known: "
-                                  f"{', '.join(sorted(BATCH_TRANSFORMS))} (per-sample transforms belong under train:)")
-    params = inspect.signature(cls).parameters
-    unknown = [k for k in kwargs if k not in params]
-    if unknown:
-        raise PipelineConfigError(f"{name}: unknown argument(s) {unknown}; it takes {list(params)}")
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise PipelineConfigError(f"{name}({kwargs}): {e}") from None
+    return build_registered(spec, BATCH_TRANSFORMS, "batch transform",
+                            "(per-sample transforms belong under train:)")
 
 
 class BatchTransform(ABC):

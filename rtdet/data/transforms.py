@@ -70,26 +70,22 @@ def register_transform(cls: type) -> type:
     return cls
 
 
-def build_transform(spec: dict[str, Any], imgsz: int) -> Transform:
-    """Build ``{name: LetterBox, **kwargs}``. ``imgsz`` is passed to transforms that take it and were not
-    given one. No eval: the name must be registered."""
+def build_registered(spec: dict[str, Any], table: dict[str, type], what: str, how: str,
+                     defaults: dict[str, Any] | None = None) -> Any:
+    """Build ``{name: <registered class>, **kwargs}`` from ``table`` (no eval: the name must be registered).
+    ``what`` names the kind in errors ("transform"), ``how`` says how to add one; ``defaults`` fill the
+    arguments a class takes and the spec does not give."""
     if not isinstance(spec, dict) or "name" not in spec:
-        raise PipelineConfigError(f"a transform must be a mapping with a 'name' key, got {spec!r}")
+        raise PipelineConfigError(f"a {what} must be a mapping with a 'name' key, got {spec!r}")
     kwargs = dict(spec)
     name = kwargs.pop("name")
-    cls = TRANSFORMS.get(name)
+    cls = table.get(name)
     if cls is None:
-        close = difflib.get_close_matches(str(name), TRANSFORMS, n=3)
+        close = difflib.get_close_matches(str(name), table, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise PipelineConfigError(
-            f"unknown transform '{name}'.{hint} Known: {', '.join(sorted(TRANSFORMS))}. A new one is a class "
-            f"decorated with rtdet.data.transforms.register_transform."
-        )
+        raise PipelineConfigError(f"unknown {what} '{name}'.{hint} Known: {', '.join(sorted(table))}. {how}")
     params = inspect.signature(cls).parameters
-    if "imgsz" in params and "imgsz" not in kwargs:
-        kwargs["imgsz"] = imgsz
-    elif "imgsz" in kwargs:
-        _check_explicit_size(name, kwargs["imgsz"], imgsz)
+    kwargs = {**{k: v for k, v in (defaults or {}).items() if k in params and k not in kwargs}, **kwargs}
     unknown = [k for k in kwargs if k not in params]
     if unknown:
         raise PipelineConfigError(f"{name}: unknown argument(s) {unknown}; it takes {list(params)}")
@@ -97,6 +93,15 @@ def build_transform(spec: dict[str, Any], imgsz: int) -> Transform:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise PipelineConfigError(f"{name}({kwargs}): {e}") from None
+
+
+def build_transform(spec: dict[str, Any], imgsz: int) -> Transform:
+    """Build ``{name: LetterBox, **kwargs}``. ``imgsz`` is passed to transforms that take it and were not
+    given one. No eval: the name must be registered."""
+    if isinstance(spec, dict) and "imgsz" in spec:
+        _check_explicit_size(spec.get("name"), spec["imgsz"], imgsz)
+    return build_registered(spec, TRANSFORMS, "transform", "A new one is a class decorated with "
+                            "rtdet.data.transforms.register_transform.", {"imgsz": imgsz})
 
 
 def _check_explicit_size(name: str, size: Any, imgsz: int) -> None:
