@@ -21,6 +21,8 @@ from rtdet.nn.modules.transformer import multi_scale_deformable_attn
 from rtdet.nn.registry import RowContext, lookup
 from rtdet.ops.boxes import cxcywh_to_xyxy
 from rtdet.ops.fdr import weighting_function
+from tests.nn.heads import detr_inputs
+from tests.nn.heads.detr_inputs import targets
 
 CH = (8, 16, 16)
 SHAPES = [(8, 8), (4, 4), (2, 2)]
@@ -37,6 +39,10 @@ OFFICIAL = {
 }
 
 
+def maps(shapes=SHAPES, b=2, ch=CH) -> list[torch.Tensor]:
+    return detr_inputs.maps(shapes, ch, b)
+
+
 def count(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
@@ -46,20 +52,6 @@ def small_head(nc=5, nq=20, nd=12, layers=3, **kw) -> DFINEDecoder:
     kw.setdefault("num_points", [2, 3, 2])
     return DFINEDecoder(nc, CH, hidden_dim=32, num_queries=nq, num_layers=layers, dim_feedforward=64, nhead=4,
                         reg_max=16, num_denoising=nd, **kw)
-
-
-def maps(shapes=SHAPES, b=2, ch=CH) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    return [torch.randn(b, c, h, w, generator=g) for c, (h, w) in zip(ch, shapes)]
-
-
-def targets(counts, nc=5, seed=0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    n = sum(counts)
-    centre = torch.rand(n, 2, generator=g) * 0.4 + 0.3
-    size = torch.rand(n, 2, generator=g) * 0.2 + 0.1
-    return {"batch_idx": torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)),
-            "cls": torch.randint(0, nc, (n,), generator=g), "bboxes": torch.cat([centre, size], 1)}
 
 
 def trained_like(head: DFINEDecoder) -> DFINEDecoder:

@@ -14,30 +14,19 @@ from rtdet.nn.heads.denoising import build_denoising_queries, denoising_attn_mas
 from rtdet.nn.heads.rtdetr import RTDETRDecoder
 from rtdet.nn.registry import RowContext, lookup
 from rtdet.ops.anchors import query_anchors
+from tests.nn.heads import detr_inputs
+from tests.nn.heads.detr_inputs import targets
 
 CH = (8, 12, 16)
+
+
+def maps(shapes, b=2, ch=CH) -> list[torch.Tensor]:
+    return detr_inputs.maps(shapes, ch, b)
 
 
 def small_head(nc=5, nq=30, nd=20, **kw) -> RTDETRDecoder:
     torch.manual_seed(0)
     return RTDETRDecoder(nc=nc, ch=CH, hd=32, nq=nq, nh=4, ndl=3, d_ffn=64, nd=nd, **kw)
-
-
-def maps(shapes, b=2, ch=CH) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    return [torch.randn(b, c, h, w, generator=g) for c, (h, w) in zip(ch, shapes)]
-
-
-def targets(counts, nc=5, seed=0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    n = sum(counts)
-    centre = torch.rand(n, 2, generator=g) * 0.4 + 0.3
-    size = torch.rand(n, 2, generator=g) * 0.2 + 0.1
-    return {
-        "batch_idx": torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)),
-        "cls": torch.randint(0, nc, (n,), generator=g),
-        "bboxes": torch.cat([centre, size], 1),
-    }
 
 
 def xyxy(b: torch.Tensor) -> torch.Tensor:

@@ -13,20 +13,7 @@ from rtdet.nn.modules.dfine_encoder import ConvNormLayer, DFineCSPLayer, DFineEL
 from rtdet.nn.modules.transformer import AIFI
 from rtdet.nn.modules.yolov9 import RepNCSPELAN4
 from rtdet.nn.registry import lookup
-
-
-def randomise_bn(module: nn.Module) -> nn.Module:
-    """Non-trivial BN statistics and affine terms, so that folding them is really tested."""
-    g = torch.Generator().manual_seed(0)
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-    return module
+from tests.nn.modules.batchnorm import randomise_bn
 
 
 def count(module: nn.Module) -> int:

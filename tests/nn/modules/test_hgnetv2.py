@@ -20,6 +20,7 @@ from rtdet.nn.modules.hgnetv2 import (
     LearnableAffineBlock,
     LightConvBNAct,
 )
+from tests.nn.modules.batchnorm import randomise_bn
 
 # The official HGNetv2.arch_configs (D-FINE src/nn/backbone/hgnetv2.py): stem [in, mid, out] and stage rows
 # [in, mid, out, blocks, downsample, light_block, kernel_size, layer_num].
@@ -60,20 +61,6 @@ def backbone(variant: str, use_lab: bool = False, freeze_norm: bool = False) -> 
     stem, stages = VARIANTS[variant]
     return nn.Sequential(HGNetv2Stem(*stem, use_lab, freeze_norm),
                          *(HGNetv2Stage(*row, use_lab, freeze_norm) for row in stages))
-
-
-def randomise_bn(module: nn.Module) -> nn.Module:
-    """Non-trivial BN statistics and affine terms, so that folding them is really tested."""
-    g = torch.Generator().manual_seed(0)
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d | FrozenBatchNorm2d):
-            n = m.num_features
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-    return module
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
