@@ -442,7 +442,11 @@ def apply_cfg(overrides: dict, verb: str | None = None) -> dict:
     path = overrides.pop("cfg", None)
     if not path:
         return overrides
-    path = settings_file(path)
+    name, path = path, settings_file(path)
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.stem for p in (CFG_DIR / "recipes").glob("*.yaml")))
+        raise SettingsError(f"cfg={name}: no such settings file, and not the name of one rtdet ships ({shipped}); "
+                            f"give the path of a settings YAML, e.g. cfg=best.yaml")
     values = {k: yaml_number(v) for k, v in load_yaml(path).items()}
     if "cfg" in values:
         raise SettingsError(f"{path}: a settings file may not name another (cfg: {values['cfg']})")
