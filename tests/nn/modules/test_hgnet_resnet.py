@@ -53,3 +53,15 @@ def test_resnet_layer_shapes():
 def test_shifted_max_equals_max_pool_2x2_stride_1():
     x = torch.randn(2, 3, 9, 14)
     assert torch.equal(max_pool_2x2_stride1(x), F.max_pool2d(x, 2, 1))
+
+
+def test_shifted_max_gradient_is_max_pool_2x2_stride_1s_even_on_ties():
+    # Small integers after a ReLU: many windows hold tied maxima, where torch.maximum alone would split the
+    # gradient and max_pool2d gives all of it to the first maximum in scan order.
+    x = torch.randint(-2, 3, (2, 3, 9, 14)).float().relu()
+    grad = torch.randint(-9, 10, (2, 3, 8, 13)).float()  # integers: sums exact in any order
+    ours, ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    max_pool_2x2_stride1(ours).backward(grad)
+    F.max_pool2d(ref, 2, 1).backward(grad)
+    assert torch.equal(max_pool_2x2_stride1(ours), F.max_pool2d(ref, 2, 1))
+    assert torch.equal(ours.grad, ref.grad)
