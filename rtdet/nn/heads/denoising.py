@@ -17,8 +17,9 @@ random subset of ``num_dn`` of them on each call.
 training_group``) where it differs from Ultralytics: copy ``2g`` is group g's positive and copy ``2g + 1``
 its negative (so every attention block pairs a positive with a negative copy), a noised box whose
 corners crossed keeps its size as |w|, |h| (Ultralytics clamps it to zero), logits are floored at 1e-5
-(not 1e-6) and empty slots hold the logit of an all-zero box (not 0). The random subset of crowded
-images stays (the reference keeps every GT there, one group larger than ``num_dn``).
+(not 1e-6), empty slots hold the logit of an all-zero box (not 0), and an image with more than ``num_dn``
+GTs keeps every one of them in a single group (``num_dn // max_gt`` floored at 1, as the reference) rather
+than a random subset: the queries then outnumber ``num_dn``, which the reference accepts.
 """
 
 from __future__ import annotations
@@ -76,13 +77,13 @@ class _Kept:
     num_group: int
 
 
-def _kept_targets(batch_idx: torch.Tensor, counts: torch.Tensor, num_dn: int) -> _Kept:
-    """At most ``num_dn`` GTs per image (a fresh random subset of a crowded image's), grouped by image in
-    batch order; ``m`` slots per copy, ``num_dn // m`` groups."""
+def _kept_targets(batch_idx: torch.Tensor, counts: torch.Tensor, num_dn: int, keep_all: bool = False) -> _Kept:
+    """At most ``num_dn`` GTs per image (a fresh random subset of a crowded image's; every GT with
+    ``keep_all``), grouped by image in batch order; ``m`` slots per copy, ``num_dn // m`` groups (at least 1)."""
     n, device = batch_idx.numel(), batch_idx.device
     counts_list = counts.tolist()  # one host sync: the counts decide the query shapes
     max_gt = max(counts_list)
-    m = min(max_gt, num_dn)
+    m = max_gt if keep_all else min(max_gt, num_dn)
     keep = torch.arange(n, device=device)
     if max_gt > m:
         order = torch.sort(batch_idx + torch.rand(n, device=device) * 0.5).indices
@@ -91,7 +92,7 @@ def _kept_targets(batch_idx: torch.Tensor, counts: torch.Tensor, num_dn: int) ->
     keep = keep[torch.sort(batch_idx[keep], stable=True).indices]  # by image, batch order within one
     b = batch_idx[keep]
     rank = _ranks(b, torch.as_tensor(kept_counts, device=device))
-    return _Kept(keep, b, rank, kept_counts, m, num_dn // m)
+    return _Kept(keep, b, rank, kept_counts, m, max(num_dn // m, 1))
 
 
 def _noised(cls: torch.Tensor, boxes: torch.Tensor, negative: torch.Tensor, nc: int, label_noise_ratio: float,
@@ -145,7 +146,7 @@ def build_denoising_queries(
         return None
     batch_idx = targets["batch_idx"].reshape(-1).to(device=device, dtype=torch.long)
     cls = targets["cls"].reshape(-1).to(device=device, dtype=torch.long)
-    kept = _kept_targets(batch_idx, padded.counts.to(device), num_dn)
+    kept = _kept_targets(batch_idx, padded.counts.to(device), num_dn, keep_all=reference)
     m, num_group, total = kept.m, kept.num_group, kept.keep.numel()
 
     copies = 2 * num_group

@@ -328,3 +328,15 @@ def test_maps_with_fewer_tokens_than_queries():
     assert out[2].shape == (2, 6, 4) and out[4]["dn_num_split"] == [40, 6]
     with torch.no_grad():
         assert head.eval()(feats).shape == (2, 30, 6)  # top 30 of 6 queries x 5 classes
+
+
+def test_reference_denoising_keeps_every_gt_of_a_crowded_image_in_one_group():
+    # RT-DETR / D-FINE's get_contrastive_denoising_training_group: num_group = num_dn // max_gt, at least 1,
+    # and every GT gets its positive and negative copy, so 7 GTs with num_dn = 3 give 14 queries.
+    t = targets([7, 2], seed=5)
+    dn = build_denoising_queries(t, torch.randn(5, 8), num_queries=4, batch_size=2, num_dn=3,
+                                 label_noise_ratio=0.0, box_noise_scale=0.0, flavour="reference")
+    assert dn.meta["dn_num_group"] == 1 and dn.meta["dn_num_split"] == [14, 4]
+    first, second = dn.meta["dn_gt_idx"]
+    assert first.tolist() == list(range(7)) and second.tolist() == [7, 8]
+    torch.testing.assert_close(dn.bbox[0, :7].sigmoid(), t["bboxes"][first], atol=1e-5, rtol=0)
