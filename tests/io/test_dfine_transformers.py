@@ -27,6 +27,7 @@ import pytest
 import torch
 import torch.nn as nn
 from PIL import Image
+from scipy.optimize import linear_sum_assignment
 
 from rtdet.io.dfine import convert_deim, convert_dfine
 from rtdet.io.formats import ConvertContext, Converted
@@ -77,24 +78,26 @@ def hf_config(size: str, nc: int = 80):
 
 # ------------------------------------------------------------------------------------------ weights
 CONSTANTS = re.compile(r"(^model\.decoder\.(up|reg_scale)$)|(num_points_scale$)")
-# The last layers of the box heads get a larger gain: peaked edge distributions and boxes that move away
-# from their references, so that the bins, the edge order and the LQE's top-k statistics matter.
-BOX_GAIN = 4.0
-BOX_OUT = re.compile(r"(bbox_embed\.\d+|pre_bbox_head|enc_bbox_head)\.layers\.2\.weight$")
+# The last layer of each corner head gets a larger gain: peaked edge distributions and boxes that move away
+# from their references, so that the bins, the edge order and the LQE's top-k statistics matter (with a
+# near-uniform distribution every edge's distance is about 0 and most of that would go unseen).
+CORNER_GAIN = 4.0
+CORNER_OUT = re.compile(r"bbox_embed\.\d+\.layers\.2\.weight$")
 
 
 @torch.no_grad()
 def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
     """Every floating tensor of the state dict random (seeded) except the constants up, reg_scale and
-    num_points_scale: matrices / kernels N(0, 1 / fan_in), norm scales and affine-block scales 1 + N(0, 0.1^2),
-    biases and running means N(0, 0.1^2), running variances U(0.5, 1.5)."""
+    num_points_scale: matrices / kernels N(0, 1 / fan_in) (the corner heads' last layers 4 times that), norm
+    and affine-block scales 1 + N(0, 0.1^2), biases and running means N(0, 0.1^2), running variances
+    U(0.5, 1.5)."""
     g = torch.Generator().manual_seed(seed)
     for key, t in model.state_dict(keep_vars=True).items():
         if not t.is_floating_point() or CONSTANTS.search(key):
             continue
         noise = torch.randn(t.shape, generator=g)
         if t.dim() >= 2:
-            t.copy_(noise * (BOX_GAIN if BOX_OUT.search(key) else 1.0) / (t[0].numel() ** 0.5))
+            t.copy_(noise * (CORNER_GAIN if CORNER_OUT.search(key) else 1.0) / (t[0].numel() ** 0.5))
         elif key.endswith("running_var"):
             t.copy_(torch.rand(t.shape, generator=g) + 0.5)
         elif key.endswith((".weight", ".scale")):
@@ -212,6 +215,7 @@ class Pair(NamedTuple):
     ours_boxes: torch.Tensor
     hf_final: tuple
     ours_final: tuple
+    hf_ref_init: torch.Tensor  # [B, 300, 4] HF's first-layer boxes, the references of the last layer's edges
 
 
 @torch.no_grad()
@@ -230,16 +234,20 @@ def run_both(hf_model: nn.Module, ours: nn.Module, image: torch.Tensor) -> Pair:
     hf_final = tuple(torch.stack([r[k] for r in results]) for k in ("scores", "labels", "boxes"))
     decoded = ours.head.decode(final, (h, w))
     return Pair(hf_out.logits, hf_out.pred_boxes, seen["out"].logits[-1], seen["out"].boxes[-1], hf_final,
-                (decoded.scores, decoded.labels, decoded.boxes))
+                (decoded.scores, decoded.labels, decoded.boxes), hf_out.initial_reference_points[:, -1])
 
 
 _BUILT: dict[str, tuple] = {}
+# With some draws the invalid-anchor tokens (memory zeroed by the valid mask, so all alike) outscore the
+# others and fill most of the top 300 with copies of one query (D-FINE-X with seeds 1 and 3: 221 and 238);
+# the seeds below select 300 distinct tokens (the outputs test checks that).
+SEEDS = {"n": 1, "s": 1, "m": 1, "l": 1, "x": 2}
 
 
 def built(size: str) -> tuple[nn.Module, Converted, Mapped]:
     if size not in _BUILT:
         torch.manual_seed(0)  # HF's own initialisation draws from the global generator
-        hf_model = randomise(transformers.DFineForObjectDetection(hf_config(size)), seed=1)
+        hf_model = randomise(transformers.DFineForObjectDetection(hf_config(size)), seed=SEEDS[size])
         _BUILT[size] = (hf_model, *convert(hf_model, size))
     return _BUILT[size]
 
@@ -250,13 +258,11 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def query_order(hf_rows: torch.Tensor, our_rows: torch.Tensor) -> torch.Tensor:
-    """[B, Q] index of our query that is HF's query q (the nearest row of [B, Q, D] features; it must be a
-    permutation). The top-k query selection may order two tokens whose scores tie to ~1e-7 either way (the
-    thread count alone changes that), so rows are compared as a set."""
+    """[B, Q] index of our query that is HF's query q: the one-to-one match of [B, Q, D] rows with the least
+    total largest difference. The top-k query selection may order two tokens whose scores tie to ~1e-7
+    either way (the thread count alone changes that), so queries are compared as a set."""
     dist = (hf_rows[:, :, None] - our_rows[:, None]).abs().amax(-1)  # [B, Q_hf, Q_ours]
-    order = dist.argmin(-1)
-    assert all(len(set(o.tolist())) == o.numel() for o in order), "not a one-to-one match of queries"
-    return order
+    return torch.stack([torch.as_tensor(linear_sum_assignment(d.numpy())[1]) for d in dist])
 
 
 def take(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
@@ -299,9 +305,12 @@ def test_the_same_outputs_as_transformers(size):
     """Last decoder layer and the final top 300 on a real 640 x 640 image."""
     hf_model, converted, _ = built(size)
     p = run_both(hf_model, converted.model, coco_image())
-    assert p.hf_logits.abs().max() > 1.0 and p.hf_boxes[..., 2:].std() > 0.05  # not a degenerate comparison
+    # not a degenerate comparison: logits of some size, queries spread over the image, edges that moved
+    # (on average by over 5 % of the reference box's larger side)
+    assert p.hf_logits.abs().max() > 1.0 and p.hf_boxes[..., :2].std(1).min() > 0.05
+    assert ((p.hf_boxes - p.hf_ref_init).abs().amax(-1) / p.hf_ref_init[..., 2:].amax(-1)).mean() > 0.05
+    assert len(torch.cat([p.hf_logits, p.hf_boxes], -1)[0].unique(dim=0)) == p.hf_logits.shape[1]  # distinct queries
     order = query_order(torch.cat([p.hf_logits, p.hf_boxes], -1), torch.cat([p.ours_logits, p.ours_boxes], -1))
-    assert (order != torch.arange(order.shape[1])).sum() <= 4  # at most a swap or two of tied queries
     assert max_diff(p.hf_logits, take(p.ours_logits, order)) < 1e-4
     assert max_diff(p.hf_boxes, take(p.ours_boxes, order)) < 1e-5
     assert max_diff(p.hf_final[0], p.ours_final[0]) < 1e-5  # the sorted scores
