@@ -35,7 +35,7 @@ from rtdet.io.formats import ConvertContext, Converted
 transformers = pytest.importorskip("transformers")
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-IMAGE = Path("/work/shared/data/coco128-train/images/000000000009.jpg")
+IMAGE = "images/000000000009.jpg"  # in the coco128 fixture's folder (a 640 x 480 photo)
 
 # Backbone rows per HGNetv2 variant (research notes, section 3): stem (in, mid, out) and per stage
 # in, mid, out, blocks, layers; downsample F,T,T,T, light blocks F,F,T,T and kernels 3,3,5,5 in every variant.
@@ -198,9 +198,9 @@ def convert(hf_model: nn.Module, size: str) -> tuple[Converted, Mapped]:
 
 
 # ------------------------------------------------------------------------------------------ forward
-def coco_image(size: int = 640) -> torch.Tensor:
+def coco_image(coco128: Path, size: int = 640) -> torch.Tensor:
     """A coco128 image resized to size x size (bilinear, aspect not kept), float [1, 3, H, W] in [0, 1]."""
-    with Image.open(IMAGE) as im:
+    with Image.open(coco128 / IMAGE) as im:
         array = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
 
@@ -301,10 +301,10 @@ def test_every_hf_tensor_maps_once_and_loads(size):
 
 @pytest.mark.parametrize("size", ["n", "s", pytest.param("m", marks=pytest.mark.slow),
                                   pytest.param("l", marks=pytest.mark.slow), pytest.param("x", marks=pytest.mark.slow)])
-def test_the_same_outputs_as_transformers(size):
+def test_the_same_outputs_as_transformers(size, coco128):
     """Last decoder layer and the final top 300 on a real 640 x 640 image."""
     hf_model, converted, _ = built(size)
-    p = run_both(hf_model, converted.model, coco_image())
+    p = run_both(hf_model, converted.model, coco_image(coco128))
     # not a degenerate comparison: logits of some size, queries spread over the image, edges that moved
     # (on average by over 5 % of the reference box's larger side)
     assert p.hf_logits.abs().max() > 1.0 and p.hf_boxes[..., :2].std(1).min() > 0.05
@@ -317,12 +317,12 @@ def test_the_same_outputs_as_transformers(size):
     assert matched_box_diff(p.hf_final, p.ours_final) < 1e-2  # pixels of 640 x 640; no clipping on either side
 
 
-def test_a_batch_of_non_square_images():
+def test_a_batch_of_non_square_images(coco128):
     """Two 480 x 640 images in one batch: the encoder's sin-cos embedding on a 15 x 20 map and per-image
     query selection. (rtdet and transformers both pair a token with its (row, column); the official D-FINE
     only ever feeds square maps, see rtdet.nn.modules.dfine_encoder.)"""
     hf_model, converted, _ = built("n")
-    image = torch.nn.functional.interpolate(coco_image(), size=(480, 640), mode="bilinear", align_corners=False)
+    image = torch.nn.functional.interpolate(coco_image(coco128), size=(480, 640), mode="bilinear", align_corners=False)
     p = run_both(hf_model, converted.model, torch.cat([image, image.flip(-1)]))
     order = query_order(torch.cat([p.hf_logits, p.hf_boxes], -1), torch.cat([p.ours_logits, p.ours_boxes], -1))
     assert max_diff(p.hf_logits, take(p.ours_logits, order)) < 1e-4
@@ -330,21 +330,21 @@ def test_a_batch_of_non_square_images():
     assert max_diff(p.hf_final[0], p.ours_final[0]) < 1e-5 and matched_box_diff(p.hf_final, p.ours_final) < 1e-2
 
 
-def test_the_fused_model_gives_the_same_detections():
+def test_the_fused_model_gives_the_same_detections(coco128):
     hf_model, converted, _ = built("n")
     fused = copy.deepcopy(converted.model).fuse()
-    p = run_both(hf_model, fused, coco_image())
+    p = run_both(hf_model, fused, coco_image(coco128))
     assert max_diff(p.hf_final[0], p.ours_final[0]) < 1e-5
     assert matched_box_diff(p.hf_final, p.ours_final) < 1e-2
 
 
 @torch.no_grad()
-def test_training_mode_outputs_of_every_layer():
+def test_training_mode_outputs_of_every_layer(coco128):
     """Train mode without targets (no denoising queries): BatchNorms on batch statistics, every decoder
     layer's logits / boxes / corner logits, the first layer's pre box and logits, the encoder's top k."""
     hf_model, converted, _ = built("n")
-    hf = copy.deepcopy(hf_model).train()(pixel_values=coco_image())
-    ours = copy.deepcopy(converted.model).train()(coco_image())
+    hf = copy.deepcopy(hf_model).train()(pixel_values=coco_image(coco128))
+    ours = copy.deepcopy(converted.model).train()(coco_image(coco128))
     order = query_order(torch.cat([hf.enc_topk_logits, hf.enc_topk_bboxes], -1),
                         torch.cat([ours.enc_scores, ours.enc_bboxes], -1))
     per_layer = [(hf.intermediate_logits[:, 1:], ours.dec_scores, 1e-3),
@@ -359,9 +359,9 @@ def test_training_mode_outputs_of_every_layer():
         assert max_diff(theirs, take(mine, order)) < tol
 
 
-def test_the_comparison_can_fail():
+def test_the_comparison_can_fail(coco128):
     """The same tensors read as DEIM (SiLU in the decoder's FFNs, LQEs and MLPs) give other outputs."""
     hf_model, _, mapped = built("n")
     deim = convert_deim({"model": mapped.state_dict}, ConvertContext(source="hf-dfine-n"))
-    p = run_both(hf_model, deim.model, coco_image())
+    p = run_both(hf_model, deim.model, coco_image(coco128))
     assert max_diff(p.hf_final[0], p.ours_final[0]) > 1e-3 and matched_box_diff(p.hf_final, p.ours_final) > 1.0
