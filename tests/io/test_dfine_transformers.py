@@ -297,6 +297,9 @@ def test_every_hf_tensor_maps_once_and_loads(size):
     assert report.ok and report.loaded == report.total == len(mapped.state_dict) and not report.dropped
     assert ours.name == f"dfine-{size}" and "ReLU decoder" in converted.description
     assert sum(v.numel() for v in ours.state_dict().values()) == sum(v.numel() for v in mapped.state_dict.values())
+    # parameters as the official code counts them (research notes, section 1; L / X with frozen backbone BN)
+    count = {"n": 3_782_693, "s": 10_321_877, "m": 19_590_064, "l": 31_244_152, "x": 62_621_560}[size]
+    assert sum(p.numel() for p in hf_model.parameters()) == count == sum(p.numel() for p in ours.parameters())
 
 
 @pytest.mark.parametrize("size", ["n", "s", pytest.param("m", marks=pytest.mark.slow),
