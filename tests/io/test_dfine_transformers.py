@@ -46,7 +46,10 @@ HGNET = {
     "B5": ([3, 32, 64], [64, 128, 512, 1024], [64, 128, 256, 512], [128, 512, 1024, 2048], [1, 2, 5, 2], 6),
 }
 # Per size (research notes, section 2): backbone, learnable affine blocks, frozen backbone BN, returned
-# stages, encoder hidden / FFN, expansion, depth_mult, decoder layers, reg_scale.
+# stages, encoder hidden / FFN, expansion, depth_mult, decoder layers, reg_scale. HF freezes the backbone BN
+# by default (its conversion script keeps that for every size); the official N / S / M train them, so their
+# files hold BN counters, which is how rtdet's converter tells. L / X's frozen stem (freeze_at 0) is a
+# training setting HF's config cannot express; it changes no output.
 SIZES = {
     "n": ("B0", True, False, [3, 4], 128, 512, 0.34, 0.5, 3, 4.0),
     "s": ("B0", True, False, [2, 3, 4], 256, 1024, 0.5, 0.34, 3, 4.0),
