@@ -3,10 +3,11 @@
 from rtdet.families.record import CFG, Family, register_family
 from rtdet.losses.rtdetr import RTDETRCriterion
 from rtdet.nn.heads.rtdetr import RTDETRDecoder
+from rtdet.nn.heads.rtdetrv2 import RTDETRv2Decoder
 
 RTDETR = register_family(Family(
     name="rtdetr",
-    heads=(RTDETRDecoder,),
+    heads=(RTDETRDecoder, RTDETRv2Decoder),  # RT-DETRv2 / DEIM-RTv2: the same criterion (DEIM: loss=mal)
     criterion=RTDETRCriterion,
     recipe=CFG / "recipes" / "rtdetr.yaml",
     demo=CFG / "demo" / "rtdetr.yaml",
