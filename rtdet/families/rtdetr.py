@@ -1,4 +1,6 @@
-"""RT-DETR (Zhao et al. 2024): the hybrid-encoder DETR decoder, Hungarian matching with denoising queries."""
+"""RT-DETR (Zhao et al. 2024): the hybrid-encoder DETR decoder, Hungarian matching with denoising queries.
+RT-DETRv2 (Lv et al. 2024) and DEIM's RT-DETRv2 models (deim-rtv2-*.yaml, trained with cfg=deim-rtv2) are the
+same family: their decoder gives RT-DETR's training output, so one criterion trains both heads."""
 
 from rtdet.families.record import CFG, Family, register_family
 from rtdet.losses.rtdetr import RTDETRCriterion
