@@ -14,5 +14,5 @@ RTDETR = register_family(Family(
     recipe=CFG / "recipes" / "rtdetr.yaml",
     demo=CFG / "demo" / "rtdetr.yaml",
     pipelines=(CFG / "pipelines" / "rtdetr.yaml",),
-    converters=("rtdet.io.ultralytics",),  # Ultralytics RT-DETR checkpoints
+    converters=("rtdet.io.ultralytics", "rtdet.io.rtdetrv2"),  # Ultralytics RT-DETR; official RT-DETRv2 / DEIM-RTv2
 ))
