@@ -174,7 +174,7 @@ def test_r18_trains_predicts_and_fuses(single_thread):
 def test_gflops_at_640_against_the_official_built_model(name, ours, official):
     """docs/modules.md: the official encoder box head, MLP(256, 256, 4), also runs on the 8,400 - 300 tokens query
     selection drops; that is the whole difference from the official count (research notes section 1)."""
-    flops = on_meta(f"{name}.yaml").flops(640)
+    flops = on_meta(f"{name}.yaml").flops(640)  # on meta attention is counted as matmuls, as officially
     assert flops == pytest.approx(ours, abs=0.005)
     unselected = (80 * 80 + 40 * 40 + 20 * 20 - 300) * (256 * 256 * 2 + 256 * 4) * 2 / 1e9
     assert flops + unselected == pytest.approx(official, abs=0.01)
