@@ -15,7 +15,7 @@ DEIM's variant is three constructor arguments, named as in its config (``DEIM:co
 Outputs follow RT-DETR's contract, so :class:`~rtdet.losses.rtdetr.RTDETRCriterion` trains it unchanged
 (``loss=mal`` for DEIM's matchability-aware loss):
 - eval: [B, k, 6] = (cx, cy, w, h normalised, score, class), the top k = num_queries over queries x classes of
-  the ``eval_idx`` layer (sigmoid scores, no NMS);
+  the ``eval_idx`` layer (sigmoid scores, no NMS), decoded without clipping as the reference post-processor;
 - train: :class:`~rtdet.nn.heads.rtdetr.RTDETRTrainOutput`, every layer stacked, denoising queries first.
 
 Parameter names, shapes and creation order follow the official module, so an official state dict maps key
@@ -67,6 +67,7 @@ class RTDETRv2Decoder(QueryHead):
     """
 
     family = "rtdetr"
+    clip_boxes = False  # the reference post-processor (RTDETRPostProcessor) does not clip, as D-FINE's
     dynamic = False  # True (set by the exporter for dynamic=True): anchors follow the traced input size
 
     def __init__(self, nc: int = 80, ch: Sequence[int] = (256, 256, 256), hidden_dim: int = 256,

@@ -264,11 +264,12 @@ def test_fuse_keeps_eval_outputs_and_drops_what_eval_never_reads(eval_idx):
         head.train()(feats)
 
 
-def test_decode_clips_to_the_image():
+def test_decode_by_hand_without_clipping():
+    """As the official RTDETRPostProcessor: cxcywh -> xyxy times the image size, no clipping."""
     head = small_head()
     out = torch.tensor([[[0.5, 0.5, 0.2, 0.4, 0.9, 3.0], [0.05, 0.2, 0.4, 0.2, 0.6, 1.0]]])
     dec = head.decode(out, (480, 640))
-    torch.testing.assert_close(dec.boxes[0], torch.tensor([[256.0, 144.0, 384.0, 336.0], [0.0, 48.0, 160.0, 144.0]]))
+    torch.testing.assert_close(dec.boxes[0], torch.tensor([[256.0, 144.0, 384.0, 336.0], [-96.0, 48.0, 160.0, 144.0]]))
     assert dec.labels.tolist() == [[3, 1]] and dec.labels.dtype == torch.long
     assert [len(d) for d in head.postprocess(out, (480, 640), conf=0.7)] == [1]
 
