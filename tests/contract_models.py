@@ -50,9 +50,16 @@ head:
   - [[1, 2, 3], 1, DFINEDecoder, [nc, 32, 20, [2, 3, 2], 3, 64, 4, 16, 4, -1, 10, silu]]
 """
 
+# RT-DETRv2 in miniature, DEIM's variant: the same strided Convs feeding RTDETRv2Decoder on /4, /8, /16 (hidden 32,
+# points [2, 3, 2], 3 layers, 4 heads, 10 denoising queries, SiLU FFNs and MLPs, as_reg query positions).
+TINY_RTV2_YAML = TINY_DFINE_YAML.split("head:")[0] + """head:
+  - [[1, 2, 3], 1, RTDETRv2Decoder, [nc, 32, 20, [2, 3, 2], 3, 64, 4, -1, 10, silu, silu, as_reg]]
+"""
+
 TINY_YAMLS = {"rtdetr-tiny": tiny_rtdetr_yaml(nc=3, queries=20, denoising=20), "yolov9-tiny": TINY_YOLO_YAML,
               "gelan-tiny": _yolo_single_head("DDetect"), "yolov9u-tiny": _yolo_single_head("Detect"),
-              "rtmdet-micro": RTMDET_TINY_YAML, "dfine-tiny": TINY_DFINE_YAML}
+              "rtmdet-micro": RTMDET_TINY_YAML, "dfine-tiny": TINY_DFINE_YAML,
+              "rtv2-tiny": TINY_RTV2_YAML}
 
 # Width/depth letters of the built-in file names, smallest first: a model's size is guessed from its
 # name (yolov9-demo < yolov9-t < yolov9-s ...) because building every YAML to count parameters would

@@ -195,7 +195,7 @@ def test_dfine_trains_with_its_recipe_or_deims_by_name():
     assert deim["scheduler"] == "flat-cosine" and deim["lr0"] == 1e-4  # the command line over the file
     rtdetr = resolve_settings({"loss": "mal", "train_pipeline": "deim"}, family="rtdetr")  # DEIM's swaps on RT-DETR
     assert rtdetr["loss"] == "mal" and rtdetr["train_pipeline"] == "deim"
-    with pytest.raises(SettingsError, match=r"cfg=deimm: no such settings file, .*\(deim, dfine, rtdetr"):
+    with pytest.raises(SettingsError, match=r"cfg=deimm: no such settings file, .*\(deim, deim-rtv2, dfine, rtdetr"):
         apply_cfg({"cfg": "deimm"}, "train")
     with pytest.raises(SettingsError, match="loss_fgl"):
         resolve_settings({"loss_fgl": 0.15}, family="rtdetr")  # FGL needs D-FINE's distributions

@@ -1,3 +1,3 @@
 """Detection heads (one per family). Importing this package registers them."""
 
-from rtdet.nn.heads import dfine, rtdetr, rtmdet, yolo  # noqa: F401
+from rtdet.nn.heads import dfine, rtdetr, rtdetrv2, rtmdet, yolo  # noqa: F401
