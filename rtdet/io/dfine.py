@@ -43,6 +43,7 @@ import torch
 
 from rtdet.io.foreign import plain, to_float32
 from rtdet.io.formats import ConvertContext, Converted, ForeignFormat, register_format
+from rtdet.io.lineage import any_index, count_children, indexed_rows, pick_weights, validation_size
 from rtdet.io.rules import ConversionReport, KeyTable, WeightLoadError, drop, load_into, rename
 from rtdet.nn.builder import load_model_yaml
 from rtdet.nn.model import DetectionModel
@@ -84,27 +85,23 @@ def _shape(sd: Mapping[str, torch.Tensor], key: str, where: str) -> torch.Size:
     return sd[key].shape
 
 
-def _count(sd: Mapping[str, torch.Tensor], prefix: str) -> int:
-    """How many numbered children ``<prefix><i>.`` the keys hold."""
-    return len({k[len(prefix):].split(".", 1)[0] for k in sd if k.startswith(prefix)})
-
 
 def _stage(sd: Mapping[str, torch.Tensor], i: int, where: str) -> tuple[int, int, int, int]:
     """(mid, out, blocks, layers per block) of backbone stage i; a light block's first layer is conv1 + conv2."""
     p = f"{_STAGE}{i}."
     first = f"{p}blocks.0.layers.0."
     mid_key = f"{first}conv.weight" if f"{first}conv.weight" in sd else f"{first}conv2.conv.weight"
-    return (_shape(sd, mid_key, where)[0], _shape(sd, p + _AGG, where)[0], _count(sd, f"{p}blocks."),
-            _count(sd, f"{p}blocks.0.layers."))
+    return (_shape(sd, mid_key, where)[0], _shape(sd, p + _AGG, where)[0], count_children(sd, f"{p}blocks."),
+            count_children(sd, f"{p}blocks.0.layers."))
 
 
 def arch_from_tensors(sd: Mapping[str, torch.Tensor], where: str) -> DFineArch:
     """The size signature, class count, ``reg_scale`` and backbone switches of an official state dict."""
     stem = (_shape(sd, f"{_STEM}stem1.conv.weight", where)[0], _shape(sd, f"{_STEM}stem4.conv.weight", where)[0])
-    stages = tuple(_stage(sd, i, where) for i in range(_count(sd, _STAGE)))
-    levels = _count(sd, "encoder.input_proj.")
+    stages = tuple(_stage(sd, i, where) for i in range(count_children(sd, _STAGE)))
+    levels = count_children(sd, "encoder.input_proj.")
     hidden = _shape(sd, "encoder.input_proj.0.conv.weight", where)[0]
-    layers = _count(sd, "decoder.dec_bbox_head.")
+    layers = count_children(sd, "decoder.dec_bbox_head.")
     nc = _shape(sd, "decoder.enc_score_head.weight", where)[0]
     if _shape(sd, "decoder.reg_scale", where).numel() != 1:
         raise CheckpointError(f"{where}: decoder.reg_scale has shape {tuple(sd['decoder.reg_scale'].shape)}; "
@@ -179,26 +176,19 @@ def official_rows(model: DetectionModel) -> dict[str, list[int]]:
     return rows
 
 
-def _indexed(rows: list[int]):
-    """A rename to ``model.<rows[i]>.`` for the index i the pattern's group captured."""
-    return lambda m: f"model.{rows[int(m[1])]}."
-
-
-def _any(rows: list[int]) -> str:
-    return "(" + "|".join(str(i) for i in range(len(rows))) + ")"
 
 
 def dfine_key_table(rows: Mapping[str, list[int]]) -> KeyTable:
     """Official key -> rtdet key for a model whose official module lists sit at ``rows``."""
     aifi = f"model.{rows['aifi'][0]}."
     layer = r"^encoder\.encoder\.0\.layers\.0\."
-    lists = [rename(rf"^encoder\.{name}\.{_any(rows[name])}\.{'0.' if name == 'downsample_convs' else ''}",
-                    _indexed(rows[name]), f"encoder.{name}.<i> is row {', '.join(map(str, rows[name]))}")
+    lists = [rename(rf"^encoder\.{name}\.{any_index(rows[name])}\.{'0.' if name == 'downsample_convs' else ''}",
+                    indexed_rows(rows[name]), f"encoder.{name}.<i> is row {', '.join(map(str, rows[name]))}")
              for name in ("input_proj", "lateral_convs", "fpn_blocks", "downsample_convs", "pan_blocks")]
     return KeyTable(LAYOUT, [
         *DROPPED,
         rename(r"^backbone\.stem\.", f"model.{rows['stem'][0]}.", "HGNetv2's stem (stem1-stem4)"),
-        rename(rf"^backbone\.stages\.{_any(rows['stages'])}\.", _indexed(rows["stages"]), "HGNetv2's stages"),
+        rename(rf"^backbone\.stages\.{any_index(rows['stages'])}\.", indexed_rows(rows["stages"]), "HGNetv2's stages"),
         rename(layer + r"self_attn\.", aifi + "ma.", "AIFI's attention is 'ma' in rtdet"),
         rename(layer + r"linear1\.", aifi + "fc1.", "AIFI's FFN linear1 / linear2 are fc1 / fc2 in rtdet"),
         rename(layer + r"linear2\.", aifi + "fc2.", "AIFI's FFN linear1 / linear2 are fc1 / fc2 in rtdet"),
@@ -227,25 +217,6 @@ def _candidates(obj: Any) -> list[dict]:
     return [sd for sd in [*found, obj.get("model")] if isinstance(sd, dict)]
 
 
-def _tensors(sd: Any, entry: str, where: str) -> dict[str, torch.Tensor]:
-    if not isinstance(sd, dict):
-        raise CheckpointError(f"{where}: '{entry}' is a {type(sd).__name__}, expected a dict of tensors")
-    for key, value in sd.items():
-        if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"{where}: {entry}[{key!r}] is a {type(value).__name__}, expected a tensor")
-    return {str(k): v for k, v in sd.items()}
-
-
-def _pick_weights(obj: dict, ctx: ConvertContext) -> tuple[dict[str, torch.Tensor], str, bool]:
-    """(tensors, which entry, are they the EMA): ema['module'] before 'model' when ``prefer_ema``."""
-    ema = obj.get("ema")
-    has_ema = isinstance(ema, dict) and "module" in ema
-    has_model = obj.get("model") is not None
-    if has_ema and (ctx.prefer_ema or not has_model):
-        return _tensors(ema["module"], "ema['module']", ctx.source), "ema", True
-    if not has_model:
-        raise CheckpointError(f"{ctx.source}: holds neither 'model' nor 'ema'['module']")
-    return _tensors(obj["model"], "model", ctx.source), "model", False
 
 
 def _check_aliases(sd: Mapping[str, torch.Tensor], where: str) -> None:
@@ -271,16 +242,6 @@ def decoder_activation(fmt: str, source: str, arch: DFineArch) -> tuple[str, boo
     return "relu", False, "D-FINE: ReLU decoder (a DEIM file needs 'deim' in its name or format=deim)"
 
 
-def _validation_size(sd: Mapping[str, torch.Tensor], strides: list[int]) -> int | None:
-    """The square size whose anchor grid has as many points as ``decoder.anchors`` (640 in every config)."""
-    anchors = sd.get("decoder.anchors")
-    if anchors is None or anchors.dim() != 3:
-        return None
-    for size in range(32, 4097, 32):
-        if sum((size // s) ** 2 for s in strides) == anchors.shape[1]:
-            return size
-    return None
-
 
 def _load(model: DetectionModel, sd: dict[str, torch.Tensor], table: KeyTable, ctx: ConvertContext) -> ConversionReport:
     """Load the renamed tensors; a misfit (strict) names the official key as well as rtdet's."""
@@ -299,7 +260,7 @@ def _load(model: DetectionModel, sd: dict[str, torch.Tensor], table: KeyTable, c
 
 
 def _convert(obj: Any, ctx: ConvertContext, fmt: str) -> Converted:
-    sd, weights, ema = _pick_weights(obj, ctx)
+    sd, weights, ema = pick_weights(obj, ctx)
     sd, cast = to_float32(sd)
     _check_aliases(sd, ctx.source)
     arch = arch_from_tensors(sd, ctx.source)
@@ -308,7 +269,7 @@ def _convert(obj: Any, ctx: ConvertContext, fmt: str) -> Converted:
     report = _load(model, sd, dfine_key_table(official_rows(model)), ctx)
     report.cast = cast
     args: dict = {}
-    size = _validation_size(sd, model.head.strides)
+    size = validation_size(sd, model.head.strides)
     if size is not None:
         args["imgsz"] = size
     for key in ("last_epoch", "date"):

@@ -37,9 +37,9 @@ from typing import Any
 
 import torch
 
-from rtdet.io.dfine import _any, _count, _indexed, _pick_weights, _validation_size
 from rtdet.io.foreign import plain, to_float32
 from rtdet.io.formats import ConvertContext, Converted, ForeignFormat, register_format
+from rtdet.io.lineage import any_index, count_children, indexed_rows, pick_weights, validation_size
 from rtdet.io.rules import ConversionReport, KeyTable, WeightLoadError, drop, load_into, rename
 from rtdet.nn.builder import load_model_yaml
 from rtdet.nn.model import DetectionModel
@@ -95,15 +95,15 @@ def points_per_level(scale: torch.Tensor, where: str) -> tuple[int, ...]:
 
 def arch_from_tensors(sd: Mapping[str, torch.Tensor], where: str) -> RTv2Arch:
     """The size signature, class count, points per level and backbone switch of an official state dict."""
-    stages = _count(sd, _STAGES)
-    counts = tuple(_count(sd, f"{_STAGES}{i}.blocks.") for i in range(stages))
+    stages = count_children(sd, _STAGES)
+    counts = tuple(count_children(sd, f"{_STAGES}{i}.blocks.") for i in range(stages))
     block = "bottleneck" if f"{_STAGES}0.blocks.0.branch2c.conv.weight" in sd else "basic"
     _shape(sd, "backbone.conv1.conv1_1.conv.weight", where)
     hidden = _shape(sd, "encoder.input_proj.0.conv.weight", where)[0]
     ffn = _shape(sd, "encoder.encoder.0.layers.0.linear1.weight", where)[0]
     csp = _shape(sd, "encoder.fpn_blocks.0.conv1.conv.weight", where)[0]
-    layers = _count(sd, "decoder.dec_bbox_head.")
-    as_reg = _count(sd, "decoder.query_pos_head.layers.") == 3
+    layers = count_children(sd, "decoder.dec_bbox_head.")
+    as_reg = count_children(sd, "decoder.query_pos_head.layers.") == 3
     nc = _shape(sd, "decoder.enc_score_head.weight", where)[0]
     _shape(sd, _SCALE, where)
     stem_norm = "backbone.conv1.conv1_1.norm."
@@ -178,13 +178,14 @@ def rtdetrv2_key_table(rows: Mapping[str, list[int]]) -> KeyTable:
     """Official key -> rtdet key for a model whose official module lists sit at ``rows``."""
     aifi = f"model.{rows['aifi'][0]}."
     layer = r"^encoder\.encoder\.0\.layers\.0\."
-    lists = [rename(rf"^encoder\.{name}\.{_any(rows[name])}\.", _indexed(rows[name]),
+    lists = [rename(rf"^encoder\.{name}\.{any_index(rows[name])}\.", indexed_rows(rows[name]),
                     f"encoder.{name}.<i> is row {', '.join(map(str, rows[name]))}")
              for name in ("input_proj", "lateral_convs", "fpn_blocks", "downsample_convs", "pan_blocks")]
     return KeyTable(LAYOUT, [
         *DROPPED,
         rename(r"^backbone\.conv1\.", f"model.{rows['stem'][0]}.", "PResNet's stem (conv1_1-conv1_3)"),
-        rename(rf"^backbone\.res_layers\.{_any(rows['stages'])}\.", _indexed(rows["stages"]), "PResNet's stages"),
+        rename(rf"^backbone\.res_layers\.{any_index(rows['stages'])}\.", indexed_rows(rows["stages"]),
+               "PResNet's stages"),
         rename(layer + r"self_attn\.", aifi + "ma.", "AIFI's attention is 'ma' in rtdet"),
         rename(layer + r"linear1\.", aifi + "fc1.", "AIFI's FFN linear1 / linear2 are fc1 / fc2 in rtdet"),
         rename(layer + r"linear2\.", aifi + "fc2.", "AIFI's FFN linear1 / linear2 are fc1 / fc2 in rtdet"),
@@ -226,14 +227,14 @@ def _load(model: DetectionModel, sd: dict[str, torch.Tensor], table: KeyTable, c
 
 def convert_rtdetrv2(obj: Any, ctx: ConvertContext) -> Converted:
     """An official RT-DETRv2 / DEIM-RTv2 checkpoint, which of the two decided as the module docstring says."""
-    sd, weights, ema = _pick_weights(obj, ctx)
+    sd, weights, ema = pick_weights(obj, ctx)
     sd, cast = to_float32(sd)
     arch = arch_from_tensors(sd, ctx.source)
     model = DetectionModel(rtdetrv2_model_yaml(arch, ctx.source))
     report = _load(model, sd, rtdetrv2_key_table(official_rows(model)), ctx)
     report.cast = cast
     args: dict = {}
-    size = _validation_size(sd, model.head.strides)
+    size = validation_size(sd, model.head.strides)
     if size is not None:
         args["imgsz"] = size
     for key in ("last_epoch", "date"):
