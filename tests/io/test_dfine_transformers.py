@@ -10,8 +10,8 @@ official-checkpoint converter (:mod:`rtdet.io.dfine`). Both models then see the 
 640 x 640 (float in [0, 1], no normalisation, as D-FINE's pipeline): the last decoder layer's logits and
 boxes and the post-processed top 300 must agree.
 
-Skipped without ``transformers`` (not an rtdet dependency). N and S run by default; M, L and X are
-``slow``. Run with ``pytest tests/io/test_dfine_transformers.py`` in an environment that has it.
+``transformers`` is a development dependency (``pip install -e .[dev]``, ``make setup``), not a runtime one:
+the test skips without it. N and S run by default; M, L and X are ``slow``.
 """
 
 from __future__ import annotations
