@@ -330,7 +330,9 @@ class Trainer:
         self.schedule = LRSchedule(self.optimizer, self.lr0, total_steps, scheduler=args["scheduler"],
                                    lrf=float(args["lrf"]), warmup=warmup, flat_fraction=float(args["flat_fraction"]),
                                    warmup_bias_lr=float(args["warmup_bias_lr"]), momentum=float(args["momentum"]),
-                                   warmup_momentum=float(args["warmup_momentum"]))
+                                   warmup_momentum=float(args["warmup_momentum"]),
+                                   warmup_shape=str(args.get("warmup_shape") or "linear"),
+                                   cosine_end=float(args.get("cosine_end") or 1.0))
 
     def _claim_run_folder(self, ckpt: dict | None, args: dict) -> Path:
         """A resumed run continues in its own folder (see rtdet.engine.resume); any other run claims a new one."""
