@@ -55,10 +55,12 @@ from rtdet.engine.rundir import RunFolder, latest_run
 from rtdet.engine.settings import (
     SettingsError,
     apply_cfg,
+    cfg_path,
     check_imgsz,
     check_settings,
     criterion_hyperparameters,
     plain_settings,
+    recipe_path,
     resolve_settings,
 )
 from rtdet.engine.signals import StopSignals
@@ -202,7 +204,7 @@ class Trainer:
         self._set_run_folder(ckpt, args)
         self._make_loaders(args)
         if ckpt is None:  # recipe=auto adapts the recipe to this run once; a resumed run keeps what it chose
-            self._auto_recipe(args, set(user), self.weights_loaded or bool(args.get("pretrained")))
+            self._auto_recipe(args, set(self.given), self.weights_loaded or bool(args.get("pretrained")))
         self._place_model(model, args, frozen)
         self._make_optimizer(args)
         self.ema = ModelEMA(de_parallel(self.model), float(args["ema_decay"]), float(args["ema_tau"]),
@@ -225,13 +227,14 @@ class Trainer:
     def _first_settings(self, user: dict) -> tuple[dict | None, dict]:
         """(checkpoint, settings) of a resumed run, or (None, the settings before the family is known)."""
         resume = user.get("resume")
+        self.given, self.recipe_files = apply_cfg(user, "train", ""), ""  # cfg= as it reads before the model is known
         if resume:
             ckpt_path = latest_run(user.get("project") or "runs") if resume is True else Path(str(resume))
-            ckpt, args = resume_settings(ckpt_path, user)
+            ckpt, args = resume_settings(ckpt_path, self.given)
             self.resume_path = Path(ckpt_path)
         else:
             ckpt = None
-            args = resolve_settings({k: v for k, v in user.items() if k != "model"}, verb="train")
+            args = resolve_settings({k: v for k, v in self.given.items() if k != "model"}, verb="train")
             args["model"] = user.get("model")
             self.resume_path = None
         set_verbosity(bool(args.get("verbose", True)))
@@ -258,11 +261,31 @@ class Trainer:
                 raise SettingsError(f"pretrained={args['pretrained']}: expected a checkpoint file (.pt)")
             self.transplant_report = transplant_pretrained(args["pretrained"], model)
             self.transplanted_rows = self.transplant_report.transplanted_rows
-        resolved = resolve_settings({k: v for k, v in user.items() if k != "model"}, model.head.family, "train")
+        resolved = self._sized_settings(user, model)
         resolved["model"] = args["model"]
-        _model_pipeline(resolved, user, model)
+        _model_pipeline(resolved, self.given, model)
         set_seed(int(resolved["seed"]) + self.rank, bool(resolved["deterministic"]))
         return model, resolved
+
+    def _sized_settings(self, user: dict, model: DetectionModel) -> dict:
+        """default < the family recipe < ``cfg=`` < ``user``, each recipe read in its file for the model's size
+        (``recipe_size=``, else the model YAML's ``recipe_size``: dfine-l.yaml names l, so the family's
+        dfine-l.yaml and ``cfg=deim``'s deim-l.yaml apply). Sets ``self.given`` (the user's and cfg='s keys,
+        which recipe=auto leaves alone) and ``self.recipe_files`` (what the start-of-run line names)."""
+        own = getattr(model, "yaml", None) or {}
+        size = user.get("recipe_size") or own.get("recipe_size")
+        size = None if size in (None, "") else str(size)
+        where = "your recipe_size= setting" if user.get("recipe_size") else str(own.get("yaml_file") or model.name)
+        family = model.head.family
+        self.given = apply_cfg(user, "train", size or "", where)
+        files = [p.name for p in [recipe_path(family, size, where)] if p is not None]
+        if user.get("cfg"):
+            files.append(f"cfg={cfg_path(user['cfg'], size, where).name}")
+        self.recipe_files = " + ".join(files)
+        resolved = resolve_settings({k: v for k, v in self.given.items() if k != "model"}, family, "train", size, where)
+        if size:
+            resolved["recipe_size"] = size  # args.yaml records the size whose recipes this run read
+        return resolved
 
     def _select_device(self, args: dict) -> None:
         """The device, the DDP process group, and the training precision and memory layout."""
@@ -456,9 +479,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def _fit(self) -> dict:
-        LOGGER.info(f"Training {de_parallel(self.model).name} ({self.family}) on {self.device} for {self.epochs} "
-                    f"epochs, {len(self.train_loader.dataset)} images, batch {self.batch_size * self.world}; "
-                    f"results -> {self.save_dir}")
+        recipe = f", recipe {self.recipe_files}" if getattr(self, "recipe_files", "") else ""
+        LOGGER.info(f"Training {de_parallel(self.model).name} ({self.family}{recipe}) on {self.device} for "
+                    f"{self.epochs} epochs, {len(self.train_loader.dataset)} images, batch "
+                    f"{self.batch_size * self.world}; results -> {self.save_dir}")
         for epoch in range(self.start_epoch, self.epochs):
             self.epoch = epoch
             if self._unfreeze_due(epoch):
