@@ -122,6 +122,8 @@ class Trainer:
         self.save_dir: Path | None = None
         self.metrics: dict = {}
         self._epoch_rng: dict | None = None
+        self._meter: LossMeter | None = None  # this epoch's loss sums (saved inside a mid-epoch checkpoint)
+        self._resumed_losses: dict | None = None
         self.batch_index = 0
         self.best_epoch = -1
         self.best_fitness: float | None = None
@@ -462,6 +464,7 @@ class Trainer:
         if step:  # interrupted mid-epoch: replay that epoch's data order and skip what was trained
             self.start_epoch, self.skip_batches = int(ckpt["epoch"]), step
             self.resume_rng = ckpt["rng"]
+            self._resumed_losses = ckpt.get("epoch_losses")
             set_rng_state(ckpt["epoch_rng"])
         else:
             self.start_epoch = int(ckpt["epoch"]) + 1
@@ -546,7 +549,10 @@ class Trainer:
             self.resume_rng = None
         self.skip_batches, self._epoch_rng = 0, epoch_rng
         n = len(loader)
-        meter = LossMeter(int(self.args.get("log_every") or 10))  # loss terms summed on the device
+        meter = self._meter = LossMeter(int(self.args.get("log_every") or 10))  # loss terms summed on the device
+        if start and self._resumed_losses:  # the batches trained before the interruption count too
+            meter.load_state_dict(self._resumed_losses, self.device)
+        self._resumed_losses = None
         pbar = tqdm(batches, total=n, initial=start, desc=f"{epoch + 1}/{self.epochs}", leave=True,
                     disable=not self.args.get("verbose", True) or self.rank != 0, dynamic_ncols=True)
         t0, images = time.time(), 0
@@ -690,6 +696,7 @@ class Trainer:
             "metrics": {k: float(v) for k, v in self.metrics.items() if isinstance(v, int | float)},
             "rng": get_rng_state(),
             "epoch_rng": self._epoch_rng if step_in_epoch else None,
+            "epoch_losses": self._meter.state_dict() if step_in_epoch else None,  # the epoch's loss sums so far
             "args": plain_settings(self.args),
             "transplanted_rows": [int(i) for i in self.transplanted_rows],
             "results": plain_settings(self.rows),  # results.csv up to this checkpoint
