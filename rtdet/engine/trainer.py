@@ -64,6 +64,7 @@ from rtdet.engine.settings import (
     resolve_settings,
 )
 from rtdet.engine.signals import StopSignals
+from rtdet.engine.stageswitch import StageSwitch
 from rtdet.engine.validator import Validator, fitness
 from rtdet.families import criterion_for
 from rtdet.io.load import is_checkpoint, load_model
@@ -202,6 +203,10 @@ class Trainer:
         check_imgsz(args, model)
         self.args = args
         frozen = self._frozen_rows(model, args, ckpt)
+        if args.get("stage_switch") and frozen and 0 < int(args.get("freeze_epochs") or 0) < int(args["epochs"]):
+            raise SettingsError(f"stage_switch=true with freeze_epochs={args['freeze_epochs']}: going back to a best "
+                                f"epoch from before the rows were unfrozen would drop their optimizer state; train "
+                                f"the rows frozen for the whole run (freeze_epochs=0) or set stage_switch=false")
         self._select_device(args)
         self._set_run_folder(ckpt, args)
         self._make_loaders(args)
@@ -214,6 +219,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)  # bf16 needs none
         self.validator = Validator(args={**args, "verbose": False}) if self.val_loader is not None else None
         self.multi_scale = MultiScale.from_settings(args, stride=max(de_parallel(self.model).strides))
+        self.stage_switch = StageSwitch.from_settings(args)
         self.step_log: tuple[int, dict[str, float]] | None = None  # (global batch, values) when a log step is due
         # Resume state.
         self.start_epoch, self.skip_batches, self.resume_rng = 0, 0, None
@@ -460,6 +466,8 @@ class Trainer:
             self.ema.load_state_dict(ckpt.get("ema_state", {"updates": 0}))
         self.best_fitness = ckpt.get("best_fitness")
         self.best_epoch = int(ckpt.get("best_epoch", -1))
+        if self.stage_switch is not None:
+            self.stage_switch.load_state_dict(ckpt.get("stage_switch") or {})
         step = int(ckpt.get("step_in_epoch") or 0)
         if step:  # interrupted mid-epoch: replay that epoch's data order and skip what was trained
             self.start_epoch, self.skip_batches = int(ckpt["epoch"]), step
@@ -490,17 +498,22 @@ class Trainer:
             self.epoch = epoch
             if self._unfreeze_due(epoch):
                 self._unfreeze()
+            if self.stage_switch is not None and self.stage_switch.starts(epoch) and not self.skip_batches:
+                self._switch_stage(epoch)  # (a run resumed inside this epoch switched before its checkpoint)
             self._run_callbacks("on_train_epoch_start")
             t0 = time.time()
             interrupted, losses = self._train_epoch(epoch)
             if interrupted is not None:
                 self._on_interrupt(epoch, interrupted)
             self.metrics = self._validate() if self.val_loader is not None else {}
-            improved, stop = self._decide(epoch, losses)
+            improved, stop, reload = self._decide(epoch, losses)
+            if self.rank == 0:
+                self._add_row(epoch, losses, time.time() - t0)
+            if reload:  # before last.pt is written: it holds the state the next epoch starts from
+                self._reload_stage_one(f"epoch {epoch + 1} did not improve on the best since the last reload")
             if self.rank == 0:
                 # Checkpoints first, then the results row: results.csv never lists an epoch whose weights
                 # were not saved (the rows also travel inside last.pt, so resume restores them exactly).
-                self._add_row(epoch, losses, time.time() - t0)
                 self._save(epoch, best=improved)
                 self._write_csv()
             self._run_callbacks("on_fit_epoch_end")
@@ -517,10 +530,12 @@ class Trainer:
         self._run_callbacks("on_train_end")
         return self.metrics
 
-    def _decide(self, epoch: int, losses: dict[str, float]) -> tuple[bool, bool]:
-        """(improved, stop early) for this epoch, decided by rank 0, which alone validates, and broadcast:
-        ranks that decided from their own numbers could stop at different epochs and deadlock."""
-        decision = [False, False, self.best_fitness, self.best_epoch]
+    def _decide(self, epoch: int, losses: dict[str, float]) -> tuple[bool, bool, bool]:
+        """(improved, stop early, reload stage one's best) for this epoch, decided by rank 0, which alone
+        validates, and broadcast: ranks that decided from their own numbers could stop at different epochs and
+        deadlock."""
+        switch = self.stage_switch
+        decision = [False, False, self.best_fitness, self.best_epoch, False, None]
         if self.rank == 0:
             fit = fitness(self.metrics) if self.metrics else None
             if fit is None:  # no validation, or a val split without labels: the lowest training loss is best
@@ -528,11 +543,40 @@ class Trainer:
             improved = self.best_fitness is None or fit >= self.best_fitness
             best_fitness, best_epoch = (fit, epoch) if improved else (self.best_fitness, self.best_epoch)
             patience = int(self.args["patience"] or 0)
-            decision = [improved, bool(patience and epoch - best_epoch >= patience), best_fitness, best_epoch]
+            reload = switch is not None and switch.after_epoch(epoch, fit, improved)
+            decision = [improved, bool(patience and epoch - best_epoch >= patience), best_fitness, best_epoch,
+                        reload, switch.best if switch is not None else None]
         if self.world > 1:
             dist.broadcast_object_list(decision, src=0)
-        improved, stop, self.best_fitness, self.best_epoch = decision
-        return bool(improved), bool(stop)
+        improved, stop, self.best_fitness, self.best_epoch, reload, switch_best = decision
+        if switch is not None:
+            switch.best = switch_best
+        return bool(improved), bool(stop), bool(reload)
+
+    def _switch_stage(self, epoch: int) -> None:
+        """The first epoch of stage two (``stage_switch``): stage one's best checkpoint becomes
+        ``best_stage1.pt`` (from best.pt, which later epochs may replace) and the run goes back to it."""
+        stage_one = self.wdir / "best_stage1.pt"
+        if self.rank == 0:
+            if not self.best.is_file():
+                raise CheckpointError(f"stage_switch at epoch {epoch + 1}: {self.best}, stage one's best, is missing; "
+                                      f"the run cannot go back to it (stage_switch=false trains on without it)")
+            save_checkpoint(load_checkpoint(self.best), stage_one)
+        self.stage_switch.switched(self.best_fitness)
+        self._reload_stage_one(f"the stage switch at epoch {epoch + 1}")
+
+    def _reload_stage_one(self, why: str) -> None:
+        """Model, EMA (weights and update count) and optimizer from ``best_stage1.pt``, on every rank; the
+        schedule, the scaler, the epoch and the random state go on (the official runs' lr follows the step)."""
+        if self.world > 1:
+            dist.barrier()  # rank 0 has written the file
+        ckpt = load_checkpoint(self.wdir / "best_stage1.pt")
+        de_parallel(self.model).load_state_dict(ckpt["model"]["state_dict"])
+        if self.ema is not None and ckpt.get("ema"):
+            self.ema.model.load_state_dict(ckpt["ema"]["state_dict"])
+            self.ema.load_state_dict(ckpt.get("ema_state") or {"updates": 0})
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        LOGGER.info(f"{why}: back to stage one's best (epoch {int(ckpt['epoch']) + 1}, weights/best_stage1.pt)")
 
     def _train_epoch(self, epoch: int) -> tuple[int | None, dict[str, float]]:
         """One pass over the training data. Returns (batches done if interrupted else None, mean losses)."""
@@ -693,6 +737,7 @@ class Trainer:
             "step_in_epoch": step_in_epoch,
             "best_fitness": self.best_fitness,
             "best_epoch": self.best_epoch,
+            "stage_switch": self.stage_switch.state_dict() if self.stage_switch is not None else None,
             "metrics": {k: float(v) for k, v in self.metrics.items() if isinstance(v, int | float)},
             "rng": get_rng_state(),
             "epoch_rng": self._epoch_rng if step_in_epoch else None,

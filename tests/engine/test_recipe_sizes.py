@@ -66,7 +66,7 @@ def test_the_family_recipe_of_each_dfine_size_is_the_official_one(size):
     assert (args["epochs"], args["batch"], args["lr0"], args["weight_decay"]) == (epochs, batch, lr0, wd)
     assert args["lr0"] * args["backbone_lr_ratio"] == pytest.approx(backbone_lr, rel=1e-12)
     assert args["scheduler"] == "constant" and args["warmup_iters"] == 500 and args["warmup_shape"] == "linear"
-    assert round(args["multi_scale_stop"] * epochs) == stop
+    assert round(args["multi_scale_stop"] * epochs) == stop and args["stage_switch"] is True  # switch at `stop`
     if repeat is None:
         assert args["multi_scale"] is None
     else:
@@ -88,7 +88,7 @@ def test_cfg_deim_reads_the_deim_recipe_of_the_models_size(size):
     assert args["warmup_shape"] == "quadratic" and args["loss"] == "mal"
     assert args["flat_fraction"] == pytest.approx(min(flat / epochs, 1.0), rel=1e-15)
     assert args["cosine_end"] == pytest.approx((epochs - no_aug) / epochs, rel=1e-15)
-    assert round(args["multi_scale_stop"] * epochs) == policy[2]
+    assert round(args["multi_scale_stop"] * epochs) == policy[2] and args["stage_switch"] is True
     assert args["multi_scale_repeat"] == (repeat or 0) and (args["multi_scale"] is None) == (repeat is None)
     spec = load_pipeline_spec(args["train_pipeline"])
     assert [start for start, _ in spec.train_stages(epochs)] == [0, *policy]  # the official policy epochs
