@@ -216,6 +216,8 @@ def _augmentation_rule(args, user_keys, images, batch, world, changes, reasons) 
 
 
 def _show(value) -> str:
+    if isinstance(value, dict):  # a pipeline given inline (the size recipes' own policies): its name
+        return str(value.get("name", "<inline pipeline>"))
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 

@@ -65,6 +65,20 @@ class LossMeter:
         self.window_count = 0
         return dict(zip(["loss", *self.names], means, strict=True))
 
+    def state_dict(self) -> dict:
+        """The epoch's sums so far (a checkpoint inside an epoch carries them: a resumed run's epoch means, and
+        the best epoch chosen by training loss, are those of the whole epoch)."""
+        return {"names": list(self.names), "count": self.count,
+                "sum": None if self.epoch_sum is None else self.epoch_sum.detach().cpu().clone()}
+
+    def load_state_dict(self, state: dict, device: torch.device | str = "cpu") -> None:
+        """Continue the epoch whose sums :meth:`state_dict` saved (the window starts afresh)."""
+        if state.get("sum") is None:
+            return
+        self.names, self.count = list(state["names"]), int(state["count"])
+        self.epoch_sum = torch.as_tensor(state["sum"]).to(device)
+        self.window_sum = torch.zeros(len(self.names) + 1, dtype=self.epoch_sum.dtype, device=device)
+
     def epoch_means(self) -> dict[str, float]:
         """Mean of every term over the batches seen this epoch (one host sync); {} before any batch."""
         if not self.count:

@@ -5,8 +5,10 @@ Parameter groups: {backbone, rest} x {decay, no_decay}. The backbone is the rows
 to normalisation layers, biases, embeddings or any other 1-D parameter (decaying a LayerNorm gain or a
 bias toward zero only hurts).
 
-The schedule is per optimizer step: a linear warmup from 0 (biases: from ``warmup_bias_lr``) into one of
-linear / cosine / flat-cosine / constant decay toward ``lr0 * lrf``.
+The schedule is per optimizer step: a linear (or DEIM's quadratic) warmup from 0 (biases: from
+``warmup_bias_lr``) into one of linear / cosine / flat-cosine / constant decay toward ``lr0 * lrf``. A cosine
+may end before the last step (``cosine_end``, DEIM's flat-cosine ends where its no-augmentation epochs
+begin): the lr stays at ``lr0 * lrf`` after it.
 
 ``lr_batch`` (when > 0) says which batch ``lr0`` was tuned for: the run's learning rate is
 ``lr0 * images per optimizer step / lr_batch``, the linear scaling rule (Goyal et al. 2017) that mmengine's
@@ -26,6 +28,7 @@ __all__ = ["LRSchedule", "add_params", "build_optimizer", "nominal_batch", "para
 _NO_DECAY_MODULES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.Embedding,
                      getattr(nn, "RMSNorm", nn.LayerNorm))
 SCHEDULERS = ("linear", "cosine", "flat-cosine", "constant")
+WARMUP_SHAPES = ("linear", "quadratic")
 OPTIMIZERS = ("AdamW", "Adam", "SGD")
 
 
@@ -131,40 +134,61 @@ def warmup_steps(warmup_iters: int, warmup_epochs: float, steps_per_epoch: int, 
 class LRSchedule:
     """Sets every group's lr (and SGD momentum during warmup) for optimizer step ``step``.
 
-    factor(step) follows the schedule over ``total_steps``; during warmup (step < warmup) the lr ramps
-    linearly from 0 (bias groups: from ``warmup_bias_lr``) to its scheduled value.
+    factor(step) follows the schedule over ``total_steps``; during warmup (step < warmup) the lr ramps from 0
+    (bias groups: from ``warmup_bias_lr``) to its scheduled value, by the fraction :meth:`ramp`. A cosine
+    (``cosine``, ``flat-cosine``) reaches ``lrf`` at ``cosine_end`` of the run and stays there.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, lr0: float, total_steps: int, *, scheduler: str = "linear",
                  lrf: float = 0.01, warmup: int = 0, flat_fraction: float = 0.5, warmup_bias_lr: float = 0.0,
-                 momentum: float = 0.9, warmup_momentum: float = 0.8):
+                 momentum: float = 0.9, warmup_momentum: float = 0.8, warmup_shape: str = "linear",
+                 cosine_end: float = 1.0):
         if scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler={scheduler!r} is not supported; choose one of {', '.join(SCHEDULERS)}")
+        if warmup_shape not in WARMUP_SHAPES:
+            raise ValueError(f"warmup_shape={warmup_shape!r} is not supported; choose one of "
+                             f"{', '.join(WARMUP_SHAPES)}")
+        if not 0.0 < float(cosine_end) <= 1.0:
+            raise ValueError(f"cosine_end={cosine_end!r}: expected a fraction of the run in (0, 1]")
         self.optimizer = optimizer
         self.lr0, self.total, self.kind, self.lrf = float(lr0), max(int(total_steps), 1), scheduler, float(lrf)
         self.warmup, self.flat_fraction = int(warmup), float(flat_fraction)
+        self.warmup_shape, self.cosine_end = warmup_shape, float(cosine_end)
         self.warmup_bias_lr, self.momentum, self.warmup_momentum = float(warmup_bias_lr), momentum, warmup_momentum
         self.step_count = 0
 
     def factor(self, step: int) -> float:
-        """lr / lr0 at ``step`` without warmup."""
+        """lr / lr0 at ``step`` without warmup. DEIM's flat-cosine (``flat_fraction`` f, ``cosine_end`` e):
+        1 up to f, the cosine from 1 to ``lrf`` between f and e, ``lrf`` after e (and right after f when e <= f,
+        as DEIM does when its flat epochs reach its no-augmentation ones)."""
         p = min(max(step / self.total, 0.0), 1.0)
         if self.kind == "constant":
             return 1.0
         if self.kind == "linear":
             return 1.0 - (1.0 - self.lrf) * p
+        start = 0.0
         if self.kind == "flat-cosine":
             if p <= self.flat_fraction:
                 return 1.0
-            p = (p - self.flat_fraction) / max(1.0 - self.flat_fraction, 1e-9)
+            start = self.flat_fraction
+        # (p - 0) / 1.0 and (p - f) / (1 - f) are the schedules before cosine_end existed, bit for bit
+        p = min((p - start) / max(self.cosine_end - start, 1e-9), 1.0) if self.cosine_end > start else 1.0
         return self.lrf + (1.0 - self.lrf) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+    def ramp(self, step: int) -> float:
+        """The warmup's fraction of the scheduled lr at ``step`` < warmup: linear (step + 1) / W, or DEIM's
+        quadratic (step / W)^2 (DEIM engine/optim/lr_scheduler.py; DEIM sets the lr after each iteration for
+        the next one, so its iteration step + 1 trains with what rtdet's step ``step`` does)."""
+        if self.warmup_shape == "quadratic":
+            return (step / self.warmup) ** 2
+        return (step + 1) / self.warmup
 
     def step(self, step: int | None = None) -> None:
         """Set the learning rates for the next optimizer step (call before optimizer.step())."""
         step = self.step_count if step is None else step
         base = self.lr0 * self.factor(step)
         in_warmup = step < self.warmup
-        w = (step + 1) / self.warmup if in_warmup else 1.0
+        w = self.ramp(step) if in_warmup else 1.0
         for g in self.optimizer.param_groups:
             target = base * g.get("lr_scale", 1.0)
             if in_warmup:

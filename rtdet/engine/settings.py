@@ -62,7 +62,12 @@ __all__ = [
     "family_settings",
     "load_yaml",
     "parse_value",
+    "cfg_path",
+    "read_recipe",
+    "recipe_path",
     "recipe_settings",
+    "size_recipes",
+    "sized_recipe",
     "resolve_settings",
     "schema",
     "valid_keys",
@@ -228,17 +233,74 @@ def available_recipes() -> list[str]:
     return sorted(name for name, family in families().items() if family.recipe is not None)
 
 
-def recipe_settings(family: str | None) -> dict:
-    """The family recipe's values (the record's ``recipe`` file), checked against the schema; {} for no
-    family and for a family registered without a recipe (default.yaml and its criterion's defaults apply)."""
+# ---------------------------------------------------------------------------------------- recipe sizes
+# A recipe may come in model sizes: ``dfine.yaml`` declares ``recipe_size: s`` (the size its values are for)
+# and ``dfine-l.yaml`` beside it declares ``recipe_size: l``. In a settings file the key is that declaration,
+# read here and never merged into the settings; on the command line ``recipe_size=`` chooses the size.
+SIZE_ORDER = "nsmlx"
+
+
+def read_recipe(path: str | Path) -> tuple[dict, str | None]:
+    """(settings, declared size or None) of a recipe or settings file: its ``recipe_size:`` is taken out."""
+    values = {k: yaml_number(v) for k, v in load_yaml(path).items()}
+    size = values.pop("recipe_size", None)
+    return values, None if size in (None, "") else str(size)
+
+
+def size_recipes(path: str | Path) -> dict[str, Path]:
+    """{size: file} of the size recipes beside ``path``: each ``<stem>-<size>.yaml`` that declares
+    ``recipe_size: <size>`` (``deim-l.yaml`` beside ``deim.yaml``; ``deim-rtv2.yaml``, which declares none,
+    is another recipe, not a size)."""
+    path = Path(path)
+    out = {}
+    for p in sorted(path.parent.glob(f"{path.stem}-*.yaml")):
+        size = p.stem[len(path.stem) + 1:]
+        if read_recipe(p)[1] == size:
+            out[size] = p
+    return out
+
+
+def _size_key(size: str) -> tuple[int, str]:
+    return (SIZE_ORDER.index(size) if len(size) == 1 and size in SIZE_ORDER else len(SIZE_ORDER), size)
+
+
+def sized_recipe(path: str | Path, size: str | None, where: str = "the model") -> Path:
+    """The file that holds ``path``'s recipe for model size ``size``: ``<stem>-<size>.yaml`` beside it when
+    the recipe comes in sizes, else ``path`` itself (no size, a recipe without size files, or the size that
+    ``path`` declares). A size the recipe does not come in is a SettingsError naming ``where`` (the model
+    YAML), the size and the sizes there are."""
+    path = Path(path)
+    if not size:
+        return path
+    sizes = size_recipes(path)
+    if not sizes or str(size) in sizes:
+        return sizes.get(str(size), path)
+    own = read_recipe(path)[1]
+    if str(size) == own:
+        return path
+    known = sorted({*sizes, *([own] if own else [])}, key=_size_key)
+    raise SettingsError(f"{where}: recipe_size '{size}' has no recipe: {path.name} comes in sizes "
+                        f"{', '.join(known)} ({', '.join(sizes[k].name if k in sizes else path.name for k in known)}); "
+                        f"set recipe_size= to one of them")
+
+
+def recipe_path(family: str | None, size: str | None = None, where: str = "the model") -> Path | None:
+    """The family recipe file for model size ``size`` (:func:`sized_recipe`); None for a family without one."""
     record = get_family(family)
     if record is None:
         raise SettingsError(f"no family '{family}' is registered (known: {', '.join(sorted(families()))}); a head's "
                             f"family needs a record: rtdet.families.register_family (docs/families.md)")
-    if record.recipe is None:
+    return None if record.recipe is None else sized_recipe(record.recipe, size, where)
+
+
+def recipe_settings(family: str | None, size: str | None = None, where: str = "the model") -> dict:
+    """The family recipe's values (the record's ``recipe`` file, or its file for model size ``size``), checked
+    against the schema; {} for no family and for a family registered without a recipe (default.yaml and its
+    criterion's defaults apply)."""
+    path = recipe_path(family, size, where)
+    if path is None:
         return {}
-    path = record.recipe
-    recipe = load_yaml(path)
+    recipe = read_recipe(path)[0]
     table = schema(family)
     stray = sorted(set(recipe) - set(table))
     if stray:
@@ -335,15 +397,18 @@ def with_verb_defaults(args: dict, verb: str | None) -> dict:
     return args
 
 
-def resolve_settings(overrides: dict | None = None, family: str | None = None, verb: str | None = None) -> dict:
-    """default.yaml < the family's loss defaults < its recipe < ``overrides``, every value checked; an empty
-    value then takes ``verb``'s default (:func:`verb_defaults`). Unknown keys (or another family's loss keys)
-    and bad values raise SettingsError."""
-    overrides = check_settings(overrides, verb, family)
+def resolve_settings(overrides: dict | None = None, family: str | None = None, verb: str | None = None,
+                     size: str | None = None, where: str = "the model") -> dict:
+    """default.yaml < the family's loss defaults < its recipe < a ``cfg=`` file still in ``overrides`` <
+    ``overrides``, every value checked; each recipe is read in its file for model size ``size`` (see
+    :func:`sized_recipe`; ``where`` names the model in its error). An empty value then takes ``verb``'s
+    default (:func:`verb_defaults`). Unknown keys (or another family's loss keys) and bad values raise
+    SettingsError."""
+    overrides = check_settings(apply_cfg(dict(overrides or {}), verb, size or "", where), verb, family)
     args = default_settings()
     if family:
         args.update({k: copy.deepcopy(st.default) for k, st in family_settings().get(family, {}).items()})
-        args.update(recipe_settings(family))
+        args.update(recipe_settings(family, size, where))
     args.update(overrides)
     return with_verb_defaults(args, verb)
 
@@ -424,6 +489,14 @@ def check_half(args: dict, device) -> None:
                             f"(or use device=0 on a machine with a GPU)")
 
 
+def shipped_recipes() -> list[str]:
+    """The names ``cfg=`` takes for the recipes rtdet ships (deim, dfine, ...), without their size files
+    (``cfg=deim`` reads deim-l.yaml for an L model)."""
+    files = sorted((CFG_DIR / "recipes").glob("*.yaml"))
+    sized = {p for f in files for p in size_recipes(f).values()}
+    return [f.stem for f in files if f not in sized]
+
+
 def settings_file(name: str | Path) -> Path:
     """``cfg=``'s file: a path, or the name of a settings file rtdet ships (``cfg=deim`` is
     ``rtdet/cfg/recipes/deim.yaml``: recipes a family's default does not pick, such as DEIM's for D-FINE)."""
@@ -434,24 +507,42 @@ def settings_file(name: str | Path) -> Path:
     return path
 
 
-def apply_cfg(overrides: dict, verb: str | None = None) -> dict:
-    """``cfg=settings.yaml`` (Ultralytics' convention): the file's settings under the given ones, every key
-    and value of the file checked against the schema (errors name the file). Returns the merged settings,
-    without ``cfg``; without ``cfg`` the settings as given."""
-    overrides = dict(overrides or {})
-    path = overrides.pop("cfg", None)
-    if not path:
-        return overrides
-    name, path = path, settings_file(path)
+def cfg_path(name: str | Path, size: str | None = None, where: str = "the model") -> Path:
+    """The file ``cfg=name`` reads for model size ``size`` (:func:`settings_file`, then :func:`sized_recipe`:
+    ``cfg=deim`` for an L model is ``deim-l.yaml``); a SettingsError when there is no such file."""
+    path = settings_file(name)
     if not path.is_file():
-        shipped = ", ".join(sorted(p.stem for p in (CFG_DIR / "recipes").glob("*.yaml")))
-        raise SettingsError(f"cfg={name}: no such settings file, and not the name of one rtdet ships ({shipped}); "
+        raise SettingsError(f"cfg={name}: no such settings file, and not the name of one rtdet ships "
+                            f"({', '.join(shipped_recipes())}); "
                             f"give the path of a settings YAML, e.g. cfg=best.yaml")
-    values = {k: yaml_number(v) for k, v in load_yaml(path).items()}
+    return sized_recipe(path, size, where)
+
+
+def _cfg_values(path: Path, verb: str | None) -> dict:
+    """A settings file's values, every key and value checked (errors name the file)."""
+    values = read_recipe(path)[0]
     if "cfg" in values:
         raise SettingsError(f"{path}: a settings file may not name another (cfg: {values['cfg']})")
     try:
-        values = check_settings(values, verb)
+        return check_settings(values, verb)
     except SettingsError as e:
         raise SettingsError("\n".join(f"{path}: {line}" for line in str(e).splitlines())) from None
-    return {**values, **overrides}
+
+
+def apply_cfg(overrides: dict, verb: str | None = None, size: str | None = None, where: str = "the model") -> dict:
+    """``cfg=settings.yaml`` (Ultralytics' convention): the file's settings under the given ones, every key
+    and value of the file checked against the schema (errors name the file). Returns the merged settings,
+    without ``cfg``; without ``cfg`` the settings as given.
+
+    A recipe that comes in model sizes (``cfg=deim``: ``deim-l.yaml`` beside it) is read in its file for
+    ``size`` (``''``: the file itself). Training learns the size from the model, so for ``train`` without a
+    ``size`` the file is checked and ``cfg`` is kept in the result for the trainer to apply."""
+    overrides = dict(overrides or {})
+    name = overrides.pop("cfg", None)
+    if not name:
+        return overrides
+    path = cfg_path(name)
+    if verb == "train" and size is None and size_recipes(path):
+        _cfg_values(path, verb)  # a bad file still stops here, before any work
+        return {**overrides, "cfg": name}
+    return {**_cfg_values(cfg_path(name, size, where), verb), **overrides}

@@ -55,13 +55,16 @@ from rtdet.engine.rundir import RunFolder, latest_run
 from rtdet.engine.settings import (
     SettingsError,
     apply_cfg,
+    cfg_path,
     check_imgsz,
     check_settings,
     criterion_hyperparameters,
     plain_settings,
+    recipe_path,
     resolve_settings,
 )
 from rtdet.engine.signals import StopSignals
+from rtdet.engine.stageswitch import StageSwitch
 from rtdet.engine.validator import Validator, fitness
 from rtdet.families import criterion_for
 from rtdet.io.load import is_checkpoint, load_model
@@ -120,6 +123,8 @@ class Trainer:
         self.save_dir: Path | None = None
         self.metrics: dict = {}
         self._epoch_rng: dict | None = None
+        self._meter: LossMeter | None = None  # this epoch's loss sums (saved inside a mid-epoch checkpoint)
+        self._resumed_losses: dict | None = None
         self.batch_index = 0
         self.best_epoch = -1
         self.best_fitness: float | None = None
@@ -198,11 +203,15 @@ class Trainer:
         check_imgsz(args, model)
         self.args = args
         frozen = self._frozen_rows(model, args, ckpt)
+        if args.get("stage_switch") and frozen and 0 < int(args.get("freeze_epochs") or 0) < int(args["epochs"]):
+            raise SettingsError(f"stage_switch=true with freeze_epochs={args['freeze_epochs']}: going back to a best "
+                                f"epoch from before the rows were unfrozen would drop their optimizer state; train "
+                                f"the rows frozen for the whole run (freeze_epochs=0) or set stage_switch=false")
         self._select_device(args)
         self._set_run_folder(ckpt, args)
         self._make_loaders(args)
         if ckpt is None:  # recipe=auto adapts the recipe to this run once; a resumed run keeps what it chose
-            self._auto_recipe(args, set(user), self.weights_loaded or bool(args.get("pretrained")))
+            self._auto_recipe(args, set(self.given), self.weights_loaded or bool(args.get("pretrained")))
         self._place_model(model, args, frozen)
         self._make_optimizer(args)
         self.ema = ModelEMA(de_parallel(self.model), float(args["ema_decay"]), float(args["ema_tau"]),
@@ -210,6 +219,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)  # bf16 needs none
         self.validator = Validator(args={**args, "verbose": False}) if self.val_loader is not None else None
         self.multi_scale = MultiScale.from_settings(args, stride=max(de_parallel(self.model).strides))
+        self.stage_switch = StageSwitch.from_settings(args)
         self.step_log: tuple[int, dict[str, float]] | None = None  # (global batch, values) when a log step is due
         # Resume state.
         self.start_epoch, self.skip_batches, self.resume_rng = 0, 0, None
@@ -225,13 +235,14 @@ class Trainer:
     def _first_settings(self, user: dict) -> tuple[dict | None, dict]:
         """(checkpoint, settings) of a resumed run, or (None, the settings before the family is known)."""
         resume = user.get("resume")
+        self.given, self.recipe_files = apply_cfg(user, "train", ""), ""  # cfg= as it reads before the model is known
         if resume:
             ckpt_path = latest_run(user.get("project") or "runs") if resume is True else Path(str(resume))
-            ckpt, args = resume_settings(ckpt_path, user)
+            ckpt, args = resume_settings(ckpt_path, self.given)
             self.resume_path = Path(ckpt_path)
         else:
             ckpt = None
-            args = resolve_settings({k: v for k, v in user.items() if k != "model"}, verb="train")
+            args = resolve_settings({k: v for k, v in self.given.items() if k != "model"}, verb="train")
             args["model"] = user.get("model")
             self.resume_path = None
         set_verbosity(bool(args.get("verbose", True)))
@@ -258,11 +269,31 @@ class Trainer:
                 raise SettingsError(f"pretrained={args['pretrained']}: expected a checkpoint file (.pt)")
             self.transplant_report = transplant_pretrained(args["pretrained"], model)
             self.transplanted_rows = self.transplant_report.transplanted_rows
-        resolved = resolve_settings({k: v for k, v in user.items() if k != "model"}, model.head.family, "train")
+        resolved = self._sized_settings(user, model)
         resolved["model"] = args["model"]
-        _model_pipeline(resolved, user, model)
+        _model_pipeline(resolved, self.given, model)
         set_seed(int(resolved["seed"]) + self.rank, bool(resolved["deterministic"]))
         return model, resolved
+
+    def _sized_settings(self, user: dict, model: DetectionModel) -> dict:
+        """default < the family recipe < ``cfg=`` < ``user``, each recipe read in its file for the model's size
+        (``recipe_size=``, else the model YAML's ``recipe_size``: dfine-l.yaml names l, so the family's
+        dfine-l.yaml and ``cfg=deim``'s deim-l.yaml apply). Sets ``self.given`` (the user's and cfg='s keys,
+        which recipe=auto leaves alone) and ``self.recipe_files`` (what the start-of-run line names)."""
+        own = getattr(model, "yaml", None) or {}
+        size = user.get("recipe_size") or own.get("recipe_size")
+        size = None if size in (None, "") else str(size)
+        where = "your recipe_size= setting" if user.get("recipe_size") else str(own.get("yaml_file") or model.name)
+        family = model.head.family
+        self.given = apply_cfg(user, "train", size or "", where)
+        files = [p.name for p in [recipe_path(family, size, where)] if p is not None]
+        if user.get("cfg"):
+            files.append(f"cfg={cfg_path(user['cfg'], size, where).name}")
+        self.recipe_files = " + ".join(files)
+        resolved = resolve_settings({k: v for k, v in self.given.items() if k != "model"}, family, "train", size, where)
+        if size:
+            resolved["recipe_size"] = size  # args.yaml records the size whose recipes this run read
+        return resolved
 
     def _select_device(self, args: dict) -> None:
         """The device, the DDP process group, and the training precision and memory layout."""
@@ -330,7 +361,9 @@ class Trainer:
         self.schedule = LRSchedule(self.optimizer, self.lr0, total_steps, scheduler=args["scheduler"],
                                    lrf=float(args["lrf"]), warmup=warmup, flat_fraction=float(args["flat_fraction"]),
                                    warmup_bias_lr=float(args["warmup_bias_lr"]), momentum=float(args["momentum"]),
-                                   warmup_momentum=float(args["warmup_momentum"]))
+                                   warmup_momentum=float(args["warmup_momentum"]),
+                                   warmup_shape=str(args.get("warmup_shape") or "linear"),
+                                   cosine_end=float(args.get("cosine_end") or 1.0))
 
     def _claim_run_folder(self, ckpt: dict | None, args: dict) -> Path:
         """A resumed run continues in its own folder (see rtdet.engine.resume); any other run claims a new one."""
@@ -433,10 +466,13 @@ class Trainer:
             self.ema.load_state_dict(ckpt.get("ema_state", {"updates": 0}))
         self.best_fitness = ckpt.get("best_fitness")
         self.best_epoch = int(ckpt.get("best_epoch", -1))
+        if self.stage_switch is not None:
+            self.stage_switch.load_state_dict(ckpt.get("stage_switch") or {})
         step = int(ckpt.get("step_in_epoch") or 0)
         if step:  # interrupted mid-epoch: replay that epoch's data order and skip what was trained
             self.start_epoch, self.skip_batches = int(ckpt["epoch"]), step
             self.resume_rng = ckpt["rng"]
+            self._resumed_losses = ckpt.get("epoch_losses")
             set_rng_state(ckpt["epoch_rng"])
         else:
             self.start_epoch = int(ckpt["epoch"]) + 1
@@ -454,24 +490,30 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def _fit(self) -> dict:
-        LOGGER.info(f"Training {de_parallel(self.model).name} ({self.family}) on {self.device} for {self.epochs} "
-                    f"epochs, {len(self.train_loader.dataset)} images, batch {self.batch_size * self.world}; "
-                    f"results -> {self.save_dir}")
+        recipe = f", recipe {self.recipe_files}" if getattr(self, "recipe_files", "") else ""
+        LOGGER.info(f"Training {de_parallel(self.model).name} ({self.family}{recipe}) on {self.device} for "
+                    f"{self.epochs} epochs, {len(self.train_loader.dataset)} images, batch "
+                    f"{self.batch_size * self.world}; results -> {self.save_dir}")
         for epoch in range(self.start_epoch, self.epochs):
             self.epoch = epoch
             if self._unfreeze_due(epoch):
                 self._unfreeze()
+            if self.stage_switch is not None and self.stage_switch.starts(epoch) and not self.skip_batches:
+                self._switch_stage(epoch)  # (a run resumed inside this epoch switched before its checkpoint)
             self._run_callbacks("on_train_epoch_start")
             t0 = time.time()
             interrupted, losses = self._train_epoch(epoch)
             if interrupted is not None:
                 self._on_interrupt(epoch, interrupted)
             self.metrics = self._validate() if self.val_loader is not None else {}
-            improved, stop = self._decide(epoch, losses)
+            improved, stop, reload = self._decide(epoch, losses)
+            if self.rank == 0:
+                self._add_row(epoch, losses, time.time() - t0)
+            if reload:  # before last.pt is written: it holds the state the next epoch starts from
+                self._reload_stage_one(f"epoch {epoch + 1} did not improve on the best since the last reload")
             if self.rank == 0:
                 # Checkpoints first, then the results row: results.csv never lists an epoch whose weights
                 # were not saved (the rows also travel inside last.pt, so resume restores them exactly).
-                self._add_row(epoch, losses, time.time() - t0)
                 self._save(epoch, best=improved)
                 self._write_csv()
             self._run_callbacks("on_fit_epoch_end")
@@ -488,10 +530,12 @@ class Trainer:
         self._run_callbacks("on_train_end")
         return self.metrics
 
-    def _decide(self, epoch: int, losses: dict[str, float]) -> tuple[bool, bool]:
-        """(improved, stop early) for this epoch, decided by rank 0, which alone validates, and broadcast:
-        ranks that decided from their own numbers could stop at different epochs and deadlock."""
-        decision = [False, False, self.best_fitness, self.best_epoch]
+    def _decide(self, epoch: int, losses: dict[str, float]) -> tuple[bool, bool, bool]:
+        """(improved, stop early, reload stage one's best) for this epoch, decided by rank 0, which alone
+        validates, and broadcast: ranks that decided from their own numbers could stop at different epochs and
+        deadlock."""
+        switch = self.stage_switch
+        decision = [False, False, self.best_fitness, self.best_epoch, False, None]
         if self.rank == 0:
             fit = fitness(self.metrics) if self.metrics else None
             if fit is None:  # no validation, or a val split without labels: the lowest training loss is best
@@ -499,11 +543,40 @@ class Trainer:
             improved = self.best_fitness is None or fit >= self.best_fitness
             best_fitness, best_epoch = (fit, epoch) if improved else (self.best_fitness, self.best_epoch)
             patience = int(self.args["patience"] or 0)
-            decision = [improved, bool(patience and epoch - best_epoch >= patience), best_fitness, best_epoch]
+            reload = switch is not None and switch.after_epoch(epoch, fit, improved)
+            decision = [improved, bool(patience and epoch - best_epoch >= patience), best_fitness, best_epoch,
+                        reload, switch.best if switch is not None else None]
         if self.world > 1:
             dist.broadcast_object_list(decision, src=0)
-        improved, stop, self.best_fitness, self.best_epoch = decision
-        return bool(improved), bool(stop)
+        improved, stop, self.best_fitness, self.best_epoch, reload, switch_best = decision
+        if switch is not None:
+            switch.best = switch_best
+        return bool(improved), bool(stop), bool(reload)
+
+    def _switch_stage(self, epoch: int) -> None:
+        """The first epoch of stage two (``stage_switch``): stage one's best checkpoint becomes
+        ``best_stage1.pt`` (from best.pt, which later epochs may replace) and the run goes back to it."""
+        stage_one = self.wdir / "best_stage1.pt"
+        if self.rank == 0:
+            if not self.best.is_file():
+                raise CheckpointError(f"stage_switch at epoch {epoch + 1}: {self.best}, stage one's best, is missing; "
+                                      f"the run cannot go back to it (stage_switch=false trains on without it)")
+            save_checkpoint(load_checkpoint(self.best), stage_one)
+        self.stage_switch.switched(self.best_fitness)
+        self._reload_stage_one(f"the stage switch at epoch {epoch + 1}")
+
+    def _reload_stage_one(self, why: str) -> None:
+        """Model, EMA (weights and update count) and optimizer from ``best_stage1.pt``, on every rank; the
+        schedule, the scaler, the epoch and the random state go on (the official runs' lr follows the step)."""
+        if self.world > 1:
+            dist.barrier()  # rank 0 has written the file
+        ckpt = load_checkpoint(self.wdir / "best_stage1.pt")
+        de_parallel(self.model).load_state_dict(ckpt["model"]["state_dict"])
+        if self.ema is not None and ckpt.get("ema"):
+            self.ema.model.load_state_dict(ckpt["ema"]["state_dict"])
+            self.ema.load_state_dict(ckpt.get("ema_state") or {"updates": 0})
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        LOGGER.info(f"{why}: back to stage one's best (epoch {int(ckpt['epoch']) + 1}, weights/best_stage1.pt)")
 
     def _train_epoch(self, epoch: int) -> tuple[int | None, dict[str, float]]:
         """One pass over the training data. Returns (batches done if interrupted else None, mean losses)."""
@@ -520,7 +593,10 @@ class Trainer:
             self.resume_rng = None
         self.skip_batches, self._epoch_rng = 0, epoch_rng
         n = len(loader)
-        meter = LossMeter(int(self.args.get("log_every") or 10))  # loss terms summed on the device
+        meter = self._meter = LossMeter(int(self.args.get("log_every") or 10))  # loss terms summed on the device
+        if start and self._resumed_losses:  # the batches trained before the interruption count too
+            meter.load_state_dict(self._resumed_losses, self.device)
+        self._resumed_losses = None
         pbar = tqdm(batches, total=n, initial=start, desc=f"{epoch + 1}/{self.epochs}", leave=True,
                     disable=not self.args.get("verbose", True) or self.rank != 0, dynamic_ncols=True)
         t0, images = time.time(), 0
@@ -661,9 +737,11 @@ class Trainer:
             "step_in_epoch": step_in_epoch,
             "best_fitness": self.best_fitness,
             "best_epoch": self.best_epoch,
+            "stage_switch": self.stage_switch.state_dict() if self.stage_switch is not None else None,
             "metrics": {k: float(v) for k, v in self.metrics.items() if isinstance(v, int | float)},
             "rng": get_rng_state(),
             "epoch_rng": self._epoch_rng if step_in_epoch else None,
+            "epoch_losses": self._meter.state_dict() if step_in_epoch else None,  # the epoch's loss sums so far
             "args": plain_settings(self.args),
             "transplanted_rows": [int(i) for i in self.transplanted_rows],
             "results": plain_settings(self.rows),  # results.csv up to this checkpoint

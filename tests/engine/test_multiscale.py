@@ -154,3 +154,44 @@ def test_ddp_ranks_train_each_step_at_the_same_size(tiny_settings, tmp_path):
     # 8 images over 2 ranks, 2 per rank and step: 2 steps per epoch
     assert rank0 == rank1 == [scales.size(e, i) for e in range(2) for i in range(2)]
     assert len(set(rank0)) > 1
+
+
+def _dfine_scales(base_size: int, repeat: int) -> list[int]:
+    """D-FINE's generate_scales (src/data/dataloader.py, as research section 8 states it): the stride-32 sides
+    from 0.75 x base up to base, base listed ``repeat`` times, and down from 1.25 x base."""
+    n = (base_size - int(base_size * 0.75 / 32) * 32) // 32
+    low = [int(base_size * 0.75 / 32) * 32 + k * 32 for k in range(n)]
+    high = [int(base_size * 1.25 / 32) * 32 - k * 32 for k in range(n)]
+    return low + [base_size] * repeat + high
+
+
+def test_repeat_zero_is_the_uniform_draw_of_before():
+    before, now = _scales(), _scales(multi_scale_repeat=0)
+    assert now.sizes == before.sizes == candidate_sizes(640, 0.5, 1.5, 32)
+    steps = [(e, i) for e in range(3) for i in range(40)]
+    assert [now.size(*step) for step in steps] == [before.size(*step) for step in steps]
+
+
+@pytest.mark.parametrize("repeat", [20, 6, 4, 3])
+def test_repeat_draws_imgsz_with_dfines_weight(repeat):
+    """The sizes are D-FINE's list for base_size_repeat R (640 is R of 10 + R entries), and over many seeds,
+    epochs and steps each entry is drawn with probability 1 / (10 + R)."""
+    scales = [_scales(multi_scale=[0.75, 1.25], multi_scale_repeat=repeat, seed=seed) for seed in range(3)]
+    assert sorted(scales[0].sizes) == sorted(_dfine_scales(640, repeat))
+    drawn = [s.size(e, i) for s in scales for e in range(10) for i in range(1000)]
+    n = len(drawn)
+    assert drawn.count(640) / n == pytest.approx(repeat / (10 + repeat), abs=0.012)
+    for side in range(480, 801, 32):
+        if side != 640:
+            assert drawn.count(side) / n == pytest.approx(1 / (10 + repeat), abs=0.006), side
+
+
+def test_nearest_interpolation_is_dfines_and_bilinear_stays_the_default():
+    img = torch.rand(2, 3, 64, 64)
+    near = _scales(multi_scale_interpolation="nearest").resize(img, 96)
+    assert torch.equal(near, torch.nn.functional.interpolate(img, size=[96, 96]))  # F.interpolate's default mode
+    bilinear = _scales().resize(img, 96)
+    assert torch.equal(bilinear, torch.nn.functional.interpolate(img, size=[96, 96], mode="bilinear",
+                                                                 align_corners=False))
+    with pytest.raises(SettingsError, match="multi_scale_interpolation='bicubic'"):
+        check_settings({"multi_scale_interpolation": "bicubic"})

@@ -110,3 +110,75 @@ def test_rtmdet_groups_list_shared_convs_once_and_never_decay_norms_or_biases(rt
     assert id(model.model[3].attention.fc.weight) in decay  # ChannelAttention's 1x1 conv weight decays
     opt = build_optimizer(model, "AdamW", lr0=0.004, weight_decay=0.05)
     assert sum(len(g["params"]) for g in opt.param_groups) == len(listed)
+
+
+def _schedule_before(kind: str, total: int, warmup: int, lrf: float, flat: float, step: int) -> float:
+    """The lr of the weight group (lr_scale 1, lr0 1) as LRSchedule computed it before warmup_shape and
+    cosine_end existed: the reference the defaults must reproduce bit for bit."""
+    p = min(max(step / total, 0.0), 1.0)
+    if kind == "constant":
+        f = 1.0
+    elif kind == "linear":
+        f = 1.0 - (1.0 - lrf) * p
+    else:
+        if kind == "flat-cosine":
+            if p <= flat:
+                return 1.0 * ((step + 1) / warmup if step < warmup else 1.0)
+            p = (p - flat) / max(1.0 - flat, 1e-9)
+        f = lrf + (1.0 - lrf) * 0.5 * (1.0 + math.cos(math.pi * p))
+    return f * ((step + 1) / warmup if step < warmup else 1.0)
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine", "flat-cosine", "constant"])
+def test_default_warmup_shape_and_cosine_end_are_the_schedules_of_before(kind):
+    for flat in (0.0, 0.37, 1.0):
+        s, opt = _schedule(kind, total=97, warmup=11, lrf=0.05, flat_fraction=flat)
+        for step in range(110):
+            s.step()
+            assert opt.param_groups[0]["lr"] == _schedule_before(kind, 97, 11, 0.05, flat, step), (flat, step)
+
+
+def _deim_flat_cosine(it: int, base: float, total: int, warmup: int, flat: int, no_aug: int, gamma: float) -> float:
+    """DEIM's flat_cosine_schedule (engine/optim/lr_scheduler.py, as research section 7.2 states it) at global
+    iteration ``it``: quadratic warmup, flat to flat_iter, cosine to base x gamma at total - no_aug, then flat."""
+    if it <= warmup:
+        return base * (it / warmup) ** 2
+    if it <= flat:
+        return base
+    if it >= total - no_aug:
+        return base * gamma
+    t = (it - flat) / (total - flat - no_aug)
+    return base * gamma + (base - base * gamma) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def test_deim_s_schedule_is_the_official_formula_at_chosen_steps():
+    """deim.yaml's settings at 100 iterations per epoch: 132 epochs, warmup 2000 (quadratic), flat to epoch 64,
+    cosine to lr0 x 0.5 at epoch 120 and flat after; both parameter groups follow their own base lr."""
+    ipe, epochs = 100, 132
+    total = ipe * epochs
+    s, opt = _schedule("flat-cosine", total=total, warmup=2000, lrf=0.5, flat_fraction=64 / 132,
+                       warmup_shape="quadratic", cosine_end=120 / 132)
+    steps = [0, 1, 7, 500, 1000, 1999, 2000, 2001, 5000, 6400, 6401, 8000, 9200, 11999, 12000, 12001, 12500, total - 1]
+    for step in steps:
+        s.step(step)
+        for g in opt.param_groups:
+            official = _deim_flat_cosine(step, g["lr_scale"], total, 2000, 64 * ipe, 12 * ipe, 0.5)
+            assert g["lr"] == pytest.approx(official, rel=1e-12, abs=1e-15), (step, g["lr_scale"])
+    s.step(500)
+    assert opt.param_groups[0]["lr"] == (500 / 2000) ** 2  # exactly lr0 x (it / W)^2
+    s.step(120 * ipe)
+    assert opt.param_groups[0]["lr"] == 0.5  # at epoch 120 of 132: lr0 x lrf (0.537 x lr0 before cosine_end)
+
+
+def test_cosine_end_on_plain_cosine_and_before_the_flat_end():
+    cos, _ = _schedule("cosine", cosine_end=0.5)
+    assert cos.factor(25) == pytest.approx(0.1 + 0.9 * 0.5) and cos.factor(50) == pytest.approx(0.1)
+    assert cos.factor(75) == cos.factor(100) == pytest.approx(0.1)
+    late, _ = _schedule("flat-cosine", flat_fraction=0.6, cosine_end=0.5)  # DEIM: flat epochs past no-aug start
+    assert late.factor(60) == 1.0 and late.factor(61) == pytest.approx(0.1)
+    n, _ = _schedule("flat-cosine", lrf=1.0, flat_fraction=1.0, cosine_end=0.925)  # DEIM-N: constant lr
+    assert {n.factor(k) for k in range(101)} == {1.0}
+    with pytest.raises(ValueError, match="cosine_end=0"):
+        _schedule("cosine", cosine_end=0)
+    with pytest.raises(ValueError, match="warmup_shape='cubic'"):
+        _schedule("cosine", warmup_shape="cubic")

@@ -451,3 +451,21 @@ def _shift_absolute(line: str) -> str:
     f, tail = match.groups()
     fixed = re.sub(r"(?<![-\d])(\d+)", lambda m: str(int(m.group(1)) + 1) if int(m.group(1)) >= 1 else m.group(1), f)
     return f"{head}[{fixed}{tail}"
+
+
+def test_resumed_epoch_means_count_the_batches_before_the_interruption(tiny_settings):
+    """results.csv's losses of an epoch interrupted inside are the whole epoch's (the mid-epoch last.pt carries the
+    sums so far), so a best epoch chosen by training loss is the same as in the uninterrupted run."""
+    settings = {**tiny_settings, "epochs": 2}
+    reference = Trainer({**settings, "name": "reference"})
+    reference.train()
+    interrupted = Trainer({**settings, "name": "interrupted"})
+    interrupted.add_callback("on_train_batch_end", lambda t: (t.epoch, t.batch_index) == (0, 0) and os.kill(
+        os.getpid(), signal.SIGINT))
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.train()
+    last = interrupted.save_dir / "weights" / "last.pt"
+    Trainer({"resume": str(last)}).train()
+    rows = [load_checkpoint(p)["results"] for p in (reference.last, last)]
+    assert [{k: v for k, v in r.items() if k != "time"} for r in rows[0]] == \
+        [{k: v for k, v in r.items() if k != "time"} for r in rows[1]]
