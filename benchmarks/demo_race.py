@@ -3,7 +3,7 @@ all started together, so that they share the machine alike. Reports each run's f
 CPU time (the process's user + sys) and that time as a ratio to the first model's.
 
     .venv/bin/python benchmarks/demo_race.py                                 # rtdetr-demo against dfine-demo
-    .venv/bin/python benchmarks/demo_race.py --models rtdetr-demo.yaml dfine-demo.yaml --set dfine-demo.yaml:loss_fgl=0.5
+    .venv/bin/python benchmarks/demo_race.py --set dfine-demo.yaml:loss_fgl=0.15 dfine-demo.yaml:loss=vfl
     .venv/bin/python benchmarks/demo_race.py --quick                         # 1 epoch each: checks it runs
 
 Each demo uses its family's ``cfg/demo/<family>.yaml`` on top of the recipe (what ``rtdet demo model=...``
