@@ -79,7 +79,8 @@ def test_dfine_demo_runs_one_step(tmp_path, monkeypatch):
                    plots=False, verbose=False)
     args = yaml.safe_load((out["train_dir"] / "args.yaml").read_text())
     assert args["optimizer"] == "AdamW" and args["clip_grad"] == 1.0 and args["lr0"] == 1.0e-3  # recipe + demo
+    assert args["loss"] == "mal" and args["loss_fgl"] == 0.5  # the demo trains with DEIM's loss
     row = (out["train_dir"] / "results.csv").read_text().splitlines()
     losses = dict(zip(row[0].split(","), row[1].split(","), strict=True))
-    assert all(math.isfinite(float(losses[k])) and float(losses[k]) > 0 for k in ("train/vfl", "train/fgl", "train/dn"))
+    assert all(math.isfinite(float(losses[k])) and float(losses[k]) > 0 for k in ("train/mal", "train/fgl", "train/dn"))
     assert (out["train_dir"] / "weights" / "last.pt").is_file() and len(list(out["predict_dir"].glob("*.jpg"))) == 8

@@ -492,7 +492,7 @@ def check_half(args: dict, device) -> None:
 def shipped_recipes() -> list[str]:
     """The names ``cfg=`` takes for the recipes rtdet ships (deim, dfine, ...), without their size files
     (``cfg=deim`` reads deim-l.yaml for an L model)."""
-    files = sorted((CFG_DIR / "recipes").glob("*.yaml"))
+    files = sorted((CFG_DIR / "recipes").glob("*.yaml"), key=lambda f: f.stem)  # deim before deim-rtv2
     sized = {p for f in files for p in size_recipes(f).values()}
     return [f.stem for f in files if f not in sized]
 
