@@ -165,22 +165,6 @@ class DFINEDecoder(QueryHead):
             return self.project
         return weighting_function(self.reg_max, self.up.detach(), self.reg_scale.detach())
 
-    def _select_queries(self, memory: torch.Tensor, shapes: list[tuple[int, int]]
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Encoder query selection -> content [B, k, d], box logits [B, k, 4], their sigmoid boxes and class
-        logits [B, k, nc]: the k tokens with the highest class logit; the box head runs on those only."""
-        b, n_tokens, hd = memory.shape
-        anchors, valid = self.anchors(shapes, memory.device, memory.dtype)
-        features = self.enc_output(valid.to(memory.dtype) * memory)
-        scores = self.enc_score_head(features)  # [B, L, nc]
-        k = min(self.num_queries, n_tokens)
-        idx = scores.max(-1).values.topk(k, dim=1).indices.unsqueeze(-1)  # [B, k, 1]
-        top_features = features.gather(1, idx.expand(-1, -1, hd))
-        top_anchors = anchors.expand(b, -1, -1).gather(1, idx.expand(-1, -1, 4))
-        box_logits = self.enc_bbox_head(top_features) + top_anchors
-        enc_scores = scores.gather(1, idx.expand(-1, -1, scores.shape[-1]))
-        return top_features, box_logits, box_logits.sigmoid(), enc_scores
-
     def _heads(self) -> DFineHeads:
         return DFineHeads(self.query_pos_head, self.pre_bbox_head, self.dec_bbox_head, self.dec_score_head)
 
@@ -192,7 +176,7 @@ class DFINEDecoder(QueryHead):
             raise RuntimeError("DFINEDecoder was fused for inference (fuse_ dropped training-only layers); "
                                "train an unfused copy")
         memory, shapes = self.flatten_levels(feats)
-        content, box_logits, enc_bboxes, enc_scores = self._select_queries(memory, shapes)
+        content, box_logits, enc_bboxes, enc_scores = self.select_queries(memory, shapes)
         project = self.weights()
         if not self.training:
             out = self.decoder(content, box_logits, memory, shapes, self._heads(), project, self.reg_scale)

@@ -1,10 +1,11 @@
 """What every DETR-style head shares: the encoder's maps as tokens, the encoder anchors of query selection,
 the top-k over queries x classes and the decoding of that final output into input pixels.
 
-    class MyDecoder(QueryHead):                  # sets nl, input_proj, nc, num_queries, _anchor_cache = None
-        clip_boxes = False                       # D-FINE: the reference post-processor does not clip
+    class MyDecoder(QueryHead):                  # sets nl, input_proj, nc, num_queries, _anchor_cache = None,
+        clip_boxes = False                       # enc_output, enc_score_head, enc_bbox_head
     memory, shapes = head.flatten_levels(feats)  # [B, sum H_l W_l, d], [(H_l, W_l)]
     anchors, valid = head.anchors(shapes, device, dtype)
+    content, box_logits, boxes, scores = head.select_queries(memory, shapes)   # the encoder's top k
     final = head.top_queries(boxes, logits)      # [B, k, 6]: cx cy w h (normalised), score, class
 """
 
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
+import torch.nn as nn
 
 from rtdet.nn.heads.base import Decoded, DetectionHead
 from rtdet.nn.modules.transformer import is_tracing
@@ -25,7 +27,8 @@ __all__ = ["QueryHead"]
 
 class QueryHead(DetectionHead):
     """A head whose queries are final detections (``needs_nms = False``). Subclasses set ``nl`` (input maps),
-    ``input_proj`` (one module per map), ``nc``, ``num_queries`` and ``_anchor_cache = None``."""
+    ``input_proj`` (one module per map), ``nc``, ``num_queries``, ``_anchor_cache = None`` and, for
+    :meth:`select_queries`, the encoder heads ``enc_output``, ``enc_score_head`` and ``enc_bbox_head``."""
 
     needs_nms = False  # one query per object: the top-k is final
     clip_boxes: ClassVar[bool] = True  # decode clips boxes to the input
@@ -52,6 +55,28 @@ class QueryHead(DetectionHead):
             anchors, valid = query_anchors(key[0], device=device, dtype=dtype)
             self._anchor_cache = (key, anchors, valid)
         return self._anchor_cache[1], self._anchor_cache[2]
+
+    def select_queries(self, memory: torch.Tensor, shapes: list[tuple[int, int]],
+                       learned_content: nn.Embedding | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encoder query selection: memory [B, L, d] -> content [B, k, d], box logits [B, k, 4], their sigmoid
+        boxes and class logits [B, k, nc] of the k = num_queries tokens with the highest class logit.
+
+        The box head runs on the k selected tokens only; RT-DETR(v2)'s code runs it on every token and gathers
+        k, which gives the same numbers. ``learned_content``: the decoder's content comes from this embedding
+        (RT-DETR's learnt_init_query) instead of the selected tokens' features."""
+        b, n_tokens, hd = memory.shape
+        anchors, valid = self.anchors(shapes, memory.device, memory.dtype)
+        features = self.enc_output(valid.to(memory.dtype) * memory)
+        scores = self.enc_score_head(features)  # [B, L, nc]
+        k = min(self.num_queries, n_tokens)
+        idx = scores.max(-1).values.topk(k, dim=1).indices.unsqueeze(-1)  # [B, k, 1]
+        top_features = features.gather(1, idx.expand(-1, -1, hd))
+        top_anchors = anchors.expand(b, -1, -1).gather(1, idx.expand(-1, -1, 4))
+        box_logits = self.enc_bbox_head(top_features) + top_anchors
+        enc_scores = scores.gather(1, idx.expand(-1, -1, scores.shape[-1]))
+        content = top_features if learned_content is None else learned_content.weight[None, :k].expand(b, -1, -1)
+        return content, box_logits, box_logits.sigmoid(), enc_scores
 
     def top_queries(self, boxes: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """[B, Q, 4] boxes and [B, Q, nc] logits -> [B, k, 6] top-k over queries x classes (k = num_queries)."""

@@ -134,31 +134,13 @@ class RTDETRDecoder(QueryHead):
         for proj in self.input_proj:
             nn.init.xavier_uniform_(proj[0].weight)
 
-    # ------------------------------------------------------------------ pieces
-    def _select_queries(self, memory: torch.Tensor, shapes: list[tuple[int, int]]):
-        """Encoder query selection: the k tokens with the highest class logit and their boxes."""
-        b, n_tokens, hd = memory.shape
-        anchors, valid = self.anchors(shapes, memory.device, memory.dtype)
-        features = self.enc_output(valid * memory)
-        scores = self.enc_score_head(features)  # [B, L, nc]
-        k = min(self.num_queries, n_tokens)
-        idx = scores.max(-1).values.topk(k, dim=1).indices.unsqueeze(-1)  # [B, k, 1]
-        top_features = features.gather(1, idx.expand(-1, -1, hd))
-        top_anchors = anchors.expand(b, -1, -1).gather(1, idx.expand(-1, -1, 4))
-        refer_bbox = self.enc_bbox_head(top_features) + top_anchors  # logits
-        enc_scores = scores.gather(1, idx.expand(-1, -1, scores.shape[-1]))
-        if self.learnt_init_query:
-            embed = self.tgt_embed.weight[None, :k].expand(b, -1, -1)
-        else:
-            embed = top_features
-        return embed, refer_bbox, refer_bbox.sigmoid(), enc_scores
-
     # ------------------------------------------------------------------ forward
     def forward(self, feats: list[torch.Tensor], targets: dict | None = None):
         """feats: maps [B, ch_i, H_i, W_i]; targets: the batch dict (read in training for denoising)."""
         memory, shapes = self.flatten_levels(feats)
         b = memory.shape[0]
-        embed, refer_bbox, enc_bboxes, enc_scores = self._select_queries(memory, shapes)
+        learned = self.tgt_embed if self.learnt_init_query else None
+        embed, refer_bbox, enc_bboxes, enc_scores = self.select_queries(memory, shapes, learned)
         if not self.training:
             dec_bboxes, dec_scores = self.decoder(embed, refer_bbox, memory, shapes, self.dec_bbox_head,
                                                   self.dec_score_head, self.query_pos_head)

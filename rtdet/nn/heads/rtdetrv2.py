@@ -130,23 +130,6 @@ class RTDETRv2Decoder(QueryHead):
             nn.init.xavier_uniform_(proj.conv.weight)
 
     # ------------------------------------------------------------------ pieces
-    def _select_queries(self, memory: torch.Tensor, shapes: list[tuple[int, int]]
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Encoder query selection -> content [B, k, d], box logits [B, k, 4], their sigmoid boxes and class
-        logits [B, k, nc]: the k tokens with the highest class logit. The official code runs the box head
-        on every token and gathers k; running it on the k gathered tokens gives the same numbers."""
-        b, n_tokens, hd = memory.shape
-        anchors, valid = self.anchors(shapes, memory.device, memory.dtype)
-        features = self.enc_output(valid.to(memory.dtype) * memory)
-        scores = self.enc_score_head(features)  # [B, L, nc]
-        k = min(self.num_queries, n_tokens)
-        idx = scores.max(-1).values.topk(k, dim=1).indices.unsqueeze(-1)  # [B, k, 1]
-        top_features = features.gather(1, idx.expand(-1, -1, hd))
-        top_anchors = anchors.expand(b, -1, -1).gather(1, idx.expand(-1, -1, 4))
-        box_logits = self.enc_bbox_head(top_features) + top_anchors
-        enc_scores = scores.gather(1, idx.expand(-1, -1, scores.shape[-1]))
-        content = self.tgt_embed.weight[None, :k].expand(b, -1, -1) if self.learn_query_content else top_features
-        return content, box_logits, box_logits.sigmoid(), enc_scores
 
     def _decode(self, content: torch.Tensor, box_logits: torch.Tensor, memory: torch.Tensor,
                 shapes: list[tuple[int, int]], attn_mask: torch.Tensor | None = None
@@ -163,7 +146,8 @@ class RTDETRv2Decoder(QueryHead):
             raise RuntimeError("RTDETRv2Decoder was fused for inference (fuse_ dropped the layers after eval_idx); "
                                "train an unfused copy")
         memory, shapes = self.flatten_levels(feats)
-        content, box_logits, enc_bboxes, enc_scores = self._select_queries(memory, shapes)
+        learned = self.tgt_embed if self.learn_query_content else None
+        content, box_logits, enc_bboxes, enc_scores = self.select_queries(memory, shapes, learned)
         if not self.training:
             boxes, logits = self._decode(content, box_logits, memory, shapes)
             return self.top_queries(boxes[-1], logits[-1])
