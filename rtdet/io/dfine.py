@@ -33,7 +33,6 @@ buffer of rtdet's decoder layers too and is loaded.
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +42,8 @@ import torch
 
 from rtdet.io.foreign import plain, to_float32
 from rtdet.io.formats import ConvertContext, Converted, ForeignFormat, register_format
-from rtdet.io.lineage import any_index, count_children, indexed_rows, pick_weights, validation_size
-from rtdet.io.rules import ConversionReport, KeyTable, WeightLoadError, drop, load_into, rename
+from rtdet.io.lineage import any_index, count_children, indexed_rows, load_official, pick_weights, validation_size
+from rtdet.io.rules import KeyTable, WeightLoadError, drop, rename
 from rtdet.nn.builder import load_model_yaml
 from rtdet.nn.model import DetectionModel
 from rtdet.utils.checkpoint import CheckpointError
@@ -54,6 +53,8 @@ __all__ = ["SIZES", "DROPPED", "DFineArch", "is_dfine_checkpoint", "arch_from_te
 
 SIZES = ("n", "s", "m", "l", "x")
 LAYOUT = "official D-FINE"
+_HINT = ("The file is damaged or a modified D-FINE: rtdet builds the official sizes (size, "
+          "classes, reg_scale and backbone switches read from the tensors).")
 DROPPED = (
     drop(r"^decoder\.(anchors|valid_mask)$", "decoder anchors / valid mask of the validation size (rtdet computes "
                                              "them from the input)"),
@@ -243,21 +244,6 @@ def decoder_activation(fmt: str, source: str, arch: DFineArch) -> tuple[str, boo
 
 
 
-def _load(model: DetectionModel, sd: dict[str, torch.Tensor], table: KeyTable, ctx: ConvertContext) -> ConversionReport:
-    """Load the renamed tensors; a misfit (strict) names the official key as well as rtdet's."""
-    mapped, dropped = table.apply(sd)
-    try:
-        return load_into(model, mapped, LAYOUT, dropped=dropped, dropped_why=[table.why_dropped(k) for k in dropped],
-                         strict=ctx.strict, what=f"{ctx.source}: weights", source=ctx.source,
-                         hint="The file is damaged or a modified D-FINE: rtdet builds the official sizes (size, "
-                              "classes, reg_scale and backbone switches read from the tensors).")
-    except WeightLoadError as e:
-        bad = re.search(r"first bad key (\S+)", str(e))
-        origin = {table.target(k): k for k in sd}
-        if bad is None or origin.get(bad[1], bad[1]) == bad[1]:
-            raise
-        raise WeightLoadError(f"{e}\nThe first bad key is {origin[bad[1]]} in the file.") from None
-
 
 def _convert(obj: Any, ctx: ConvertContext, fmt: str) -> Converted:
     sd, weights, ema = pick_weights(obj, ctx)
@@ -266,7 +252,7 @@ def _convert(obj: Any, ctx: ConvertContext, fmt: str) -> Converted:
     arch = arch_from_tensors(sd, ctx.source)
     act, deim, why = decoder_activation(fmt, ctx.source, arch)
     model = DetectionModel(dfine_model_yaml(arch, act, deim, ctx.source))
-    report = _load(model, sd, dfine_key_table(official_rows(model)), ctx)
+    report = load_official(model, sd, dfine_key_table(official_rows(model)), ctx, _HINT)
     report.cast = cast
     args: dict = {}
     size = validation_size(sd, model.head.strides)

@@ -9,15 +9,18 @@ validated at; numbered module lists (``encoder.fpn_blocks.<i>.``) map onto rtdet
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.nn as nn
 
 from rtdet.io.formats import ConvertContext
+from rtdet.io.rules import ConversionReport, KeyTable, WeightLoadError, load_into
 from rtdet.utils.checkpoint import CheckpointError
 
-__all__ = ["any_index", "count_children", "indexed_rows", "pick_weights", "validation_size"]
+__all__ = ["any_index", "count_children", "indexed_rows", "load_official", "pick_weights", "validation_size"]
 
 
 def count_children(sd: Mapping[str, torch.Tensor], prefix: str) -> int:
@@ -65,3 +68,20 @@ def validation_size(sd: Mapping[str, torch.Tensor], strides: list[int]) -> int |
         if sum((size // s) ** 2 for s in strides) == anchors.shape[1]:
             return size
     return None
+
+
+def load_official(model: nn.Module, sd: dict[str, torch.Tensor], table: KeyTable, ctx: ConvertContext,
+                  hint: str) -> ConversionReport:
+    """Load an official state dict renamed by ``table`` into ``model``; a misfit (strict) names the official key
+    as well as rtdet's, and ``hint`` says what the converter reads from the tensors."""
+    mapped, dropped = table.apply(sd)
+    try:
+        why = [table.why_dropped(k) for k in dropped]
+        return load_into(model, mapped, table.name, dropped=dropped, dropped_why=why, strict=ctx.strict,
+                         what=f"{ctx.source}: weights", source=ctx.source, hint=hint)
+    except WeightLoadError as e:
+        bad = re.search(r"first bad key (\S+)", str(e))
+        origin = {table.target(k): k for k in sd}
+        if bad is None or origin.get(bad[1], bad[1]) == bad[1]:
+            raise
+        raise WeightLoadError(f"{e}\nThe first bad key is {origin[bad[1]]} in the file.") from None

@@ -30,7 +30,6 @@ input size; their length gives the square size the file was validated at, kept a
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,8 +38,8 @@ import torch
 
 from rtdet.io.foreign import plain, to_float32
 from rtdet.io.formats import ConvertContext, Converted, ForeignFormat, register_format
-from rtdet.io.lineage import any_index, count_children, indexed_rows, pick_weights, validation_size
-from rtdet.io.rules import ConversionReport, KeyTable, WeightLoadError, drop, load_into, rename
+from rtdet.io.lineage import any_index, count_children, indexed_rows, load_official, pick_weights, validation_size
+from rtdet.io.rules import KeyTable, drop, rename
 from rtdet.nn.builder import load_model_yaml
 from rtdet.nn.model import DetectionModel
 from rtdet.utils.checkpoint import CheckpointError
@@ -50,6 +49,8 @@ __all__ = ["MODELS", "DROPPED", "RTv2Arch", "is_rtdetrv2_checkpoint", "arch_from
 
 MODELS = tuple(f"{kind}-{size}" for kind in ("rtdetrv2", "deim-rtv2") for size in ("r18", "r34", "r50m", "r50", "r101"))
 LAYOUT = "official RT-DETRv2"
+_HINT = ("The file is damaged or a modified RT-DETRv2: rtdet builds the official sizes (size, "
+          "classes, points per level and frozen BatchNorms read from the tensors).")
 DROPPED = (
     drop(r"^decoder\.(anchors|valid_mask)$", "decoder anchors / valid mask of the validation size (rtdet computes "
                                              "them from the input)"),
@@ -209,21 +210,6 @@ def is_rtdetrv2_checkpoint(obj: Any) -> bool:
     return False
 
 
-def _load(model: DetectionModel, sd: dict[str, torch.Tensor], table: KeyTable, ctx: ConvertContext) -> ConversionReport:
-    """Load the renamed tensors; a misfit (strict) names the official key as well as rtdet's."""
-    mapped, dropped = table.apply(sd)
-    try:
-        return load_into(model, mapped, LAYOUT, dropped=dropped, dropped_why=[table.why_dropped(k) for k in dropped],
-                         strict=ctx.strict, what=f"{ctx.source}: weights", source=ctx.source,
-                         hint="The file is damaged or a modified RT-DETRv2: rtdet builds the official sizes (size, "
-                              "classes, points per level and frozen BatchNorms read from the tensors).")
-    except WeightLoadError as e:
-        bad = re.search(r"first bad key (\S+)", str(e))
-        origin = {table.target(k): k for k in sd}
-        if bad is None or origin.get(bad[1], bad[1]) == bad[1]:
-            raise
-        raise WeightLoadError(f"{e}\nThe first bad key is {origin[bad[1]]} in the file.") from None
-
 
 def convert_rtdetrv2(obj: Any, ctx: ConvertContext) -> Converted:
     """An official RT-DETRv2 / DEIM-RTv2 checkpoint, which of the two decided as the module docstring says."""
@@ -231,7 +217,7 @@ def convert_rtdetrv2(obj: Any, ctx: ConvertContext) -> Converted:
     sd, cast = to_float32(sd)
     arch = arch_from_tensors(sd, ctx.source)
     model = DetectionModel(rtdetrv2_model_yaml(arch, ctx.source))
-    report = _load(model, sd, rtdetrv2_key_table(official_rows(model)), ctx)
+    report = load_official(model, sd, rtdetrv2_key_table(official_rows(model)), ctx, _HINT)
     report.cast = cast
     args: dict = {}
     size = validation_size(sd, model.head.strides)
