@@ -182,3 +182,22 @@ def test_a_bad_size_in_the_model_yaml_stops_training_naming_the_file(dfine_l_tin
     with pytest.raises(SettingsError, match=r"dfine-q\.yaml: recipe_size 'q' has no recipe: .*sizes n, s, m, l, x"):
         Trainer(_settings(bad, tiny_data, tmp_path)).setup()
     assert not (tmp_path / "runs").exists()  # refused before the run folder is claimed
+
+
+def test_a_size_the_family_recipe_does_not_come_in_trains_on_the_family_recipe(tiny_data, tmp_path, single_thread):
+    """A DEIM-RTv2-L model YAML (recipe_size r50; a tiny RT-DETRv2 here) trains on rtdetr.yaml, which comes in no
+    sizes, without cfg= (no error), and cfg=deim-rtv2 reads deim-rtv2-r50.yaml for it."""
+    from tests.contract_models import TINY_RTV2_YAML
+
+    model = tmp_path / "deim-rtv2-r50-tiny.yaml"
+    model.write_text(f"recipe_size: r50\n{TINY_RTV2_YAML}")
+    plain = Trainer(_settings(model, tiny_data, tmp_path, recipe="official", epochs=1, amp=False, multi_scale=None))
+    plain.train()
+    assert plain.recipe_files == "rtdetr.yaml" and plain.args["recipe_size"] == "r50"
+    assert plain.args["lr0"] == resolve_settings({}, "rtdetr", "train")["lr0"] and plain.last.is_file()
+    deim = Trainer(_settings(model, tiny_data, tmp_path, recipe="official", cfg="deim-rtv2"))
+    deim.setup()
+    assert deim.recipe_files == "rtdetr.yaml + cfg=deim-rtv2-r50.yaml"
+    assert deim.args["epochs"] == 60 and deim.args["backbone_lr_ratio"] == 0.1 and deim.args["loss"] == "mal"
+    assert deim.train_loader.dataset.spec.name == "deim-rtv2-r50" and deim.schedule.warmup_shape == "quadratic"
+    assert deim.schedule.cosine_end == pytest.approx(58 / 60) and deim.multi_scale.sizes.count(64) == 3
