@@ -8,7 +8,15 @@ import pytest
 import yaml
 
 from rtdet.data.pipelines import load_pipeline_spec
-from rtdet.engine.settings import CFG_DIR, apply_cfg, cfg_path, read_recipe, resolve_settings, size_recipes
+from rtdet.engine.settings import (
+    CFG_DIR,
+    SettingsError,
+    apply_cfg,
+    cfg_path,
+    read_recipe,
+    resolve_settings,
+    size_recipes,
+)
 from rtdet.families.rtdetr import RTDETR
 from rtdet.nn.builder import load_model_yaml
 from rtdet.nn.heads.rtdetrv2 import RTDETRv2Decoder
@@ -119,3 +127,14 @@ def test_a_tiny_rtv2_model_trains_with_the_recipe(tmp_path, single_thread):
     assert trainer.args["loss"] == "mal" and trainer.args["scheduler"] == "flat-cosine"
     header = (trainer.save_dir / "results.csv").read_text().splitlines()[0]
     assert "mal" in header and trainer.last.is_file()
+
+
+def test_a_model_of_another_familys_size_is_refused_and_a_copy_by_path_serves_it(tmp_path):
+    """deim-rtv2.yaml comes in sizes now, so cfg=deim-rtv2 on a D-FINE-L model (size l) stops naming them; a copy
+    of the file outside rtdet/cfg/recipes (no size files beside it) is read as it is."""
+    with pytest.raises(SettingsError, match=r"recipe_size 'l' has no recipe: deim-rtv2\.yaml comes in sizes "
+                                            r"r101, r18, r34, r50, r50m"):
+        resolve_settings({"cfg": "deim-rtv2"}, "dfine", "train", "l")
+    copy = tmp_path / "deim-rtv2.yaml"
+    copy.write_text(RECIPE.read_text())
+    assert resolve_settings({"cfg": str(copy)}, "dfine", "train", "l")["epochs"] == 120
