@@ -535,14 +535,15 @@ def apply_cfg(overrides: dict, verb: str | None = None, size: str | None = None,
     without ``cfg``; without ``cfg`` the settings as given.
 
     A recipe that comes in model sizes (``cfg=deim``: ``deim-l.yaml`` beside it) is read in its file for
-    ``size`` (``''``: the file itself). Training learns the size from the model, so for ``train`` without a
-    ``size`` the file is checked and ``cfg`` is kept in the result for the trainer to apply."""
+    ``size`` (``''``: the file itself). Training learns the size from the model, so for ``train`` and
+    ``compare`` (whose variants are trained, each with its own size) without a ``size`` the file is checked and
+    ``cfg`` is kept in the result for the trainer to apply."""
     overrides = dict(overrides or {})
     name = overrides.pop("cfg", None)
     if not name:
         return overrides
     path = cfg_path(name)
-    if verb == "train" and size is None and size_recipes(path):
+    if verb in ("train", "compare") and size is None and size_recipes(path):
         _cfg_values(path, verb)  # a bad file still stops here, before any work
         return {**overrides, "cfg": name}
     return {**_cfg_values(cfg_path(name, size, where), verb), **overrides}

@@ -10,6 +10,7 @@ import rtdet.families  # noqa: F401  (registers the built-in families)
 from rtdet.cli import parse_args
 from rtdet.data.pipelines import load_pipeline_spec
 from rtdet.engine.autorecipe import summary
+from rtdet.engine.compare import Compare
 from rtdet.engine.settings import (
     CFG_DIR,
     SettingsError,
@@ -121,6 +122,7 @@ def test_a_size_the_recipe_does_not_come_in_is_a_clear_error():
 
 def test_train_keeps_a_sized_cfg_for_the_trainer_and_other_verbs_read_it_at_once():
     assert parse_args(["cfg=deim", "lr0=1e-3"], "train") == {"cfg": "deim", "lr0": 1e-3}  # the model decides
+    assert parse_args(["cfg=deim", "lr0=1e-3"], "compare") == {"cfg": "deim", "lr0": 1e-3}  # each variant's size
     val = parse_args(["cfg=deim", "lr0=1e-3"], "val")
     assert val["lr0"] == 1e-3 and val["loss"] == "mal" and "cfg" not in val and "recipe_size" not in val
     with pytest.raises(SettingsError, match="epochs"):  # a bad file is still refused before any work
@@ -160,6 +162,21 @@ def test_the_trainer_reads_the_recipes_of_the_models_size(dfine_l_tiny, tiny_dat
     mine = Trainer(_settings(dfine_l_tiny, tiny_data, tmp_path, recipe="official", recipe_size="m"))
     mine.setup()
     assert mine.recipe_files == "dfine-m.yaml" and mine.args["epochs"] == 132  # the user's size over the YAML's
+
+
+def test_compare_trains_each_variant_on_the_cfg_recipe_of_its_size(dfine_l_tiny, tiny_data, tmp_path):
+    # `rtdet compare models=dfine-s.yaml,dfine-l.yaml cfg=deim`: the baseline on deim.yaml, the L on deim-l.yaml
+    args = parse_args([f"models={MODELS_DIR / 'dfine' / 'dfine-demo.yaml'},{dfine_l_tiny}", "cfg=deim",
+                       f"data={tiny_data}", f"project={tmp_path / 'runs'}", "imgsz=64", "batch=4"], "compare")
+    compare = Compare(args)
+    compare._setup()
+    assert compare.train_args["cfg"] == "deim"  # handed to every variant's trainer
+    files = []
+    for model in (MODELS_DIR / "dfine" / "dfine-demo.yaml", dfine_l_tiny):
+        trainer = Trainer({**compare.train_args, **_settings(model, tiny_data, tmp_path, recipe="official")})
+        trainer.setup()
+        files.append((trainer.recipe_files, trainer.args["lr0"]))
+    assert files == [("dfine.yaml + cfg=deim.yaml", 4e-4), ("dfine-l.yaml + cfg=deim-l.yaml", 5e-4)]
 
 
 def test_recipe_auto_leaves_the_cfg_files_keys_alone(dfine_l_tiny, tiny_data, tmp_path):
