@@ -30,7 +30,6 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from rtdet.nn.heads.denoising import build_denoising_queries
 from rtdet.nn.heads.query import QueryHead
 from rtdet.nn.modules.dfine_decoder import DFineDecoderLayer, DFineHeads, DFineTransformerDecoder
 from rtdet.nn.modules.transformer import MLP
@@ -183,28 +182,12 @@ class DFINEDecoder(QueryHead):
             return self.top_queries(out.boxes[-1], out.logits[-1])
         # Queries start from detached proposals: the encoder learns through enc_bboxes / enc_scores only.
         content, box_logits = content.detach(), box_logits.detach()
-        attn_mask, dn_meta = None, None
-        dn = self._denoising(targets, content.shape[1], content.shape[0])
-        if dn is not None:
-            content = torch.cat([dn.embed.to(content.dtype), content], 1)
-            box_logits = torch.cat([dn.bbox.to(box_logits.dtype), box_logits], 1)
-            attn_mask, dn_meta = dn.attn_mask, dn.meta
-        elif self.denoising_class_embed is not None:
-            # Keep the denoising embedding in the graph so DDP finds a gradient for it every step.
-            content = content + 0.0 * self.denoising_class_embed.weight.sum()
+        content, box_logits, attn_mask, dn_meta = self.add_denoising(content, box_logits, targets)
         out = self.decoder(content, box_logits, memory, shapes, self._heads(), project, self.reg_scale,
                            attn_mask=attn_mask)
         return DFineTrainOutput(out.boxes, out.logits, out.corners, out.ref_init, out.pre_boxes, out.pre_logits,
                                 enc_bboxes, enc_scores, project, self.reg_scale.detach().reshape(()), dn_meta)
 
-    def _denoising(self, targets: dict | None, num_queries: int, batch_size: int):
-        """Contrastive denoising queries as D-FINE's code makes them (build_denoising_queries' "reference"
-        flavour: positive and negative copies paired in each group), or None without targets."""
-        if targets is None or self.denoising_class_embed is None:
-            return None
-        return build_denoising_queries(targets, self.denoising_class_embed.weight[:self.nc], num_queries,
-                                       batch_size, self.num_denoising, self.label_noise_ratio,
-                                       self.box_noise_scale, flavour="reference")
 
     # ------------------------------------------------------------------ interface
     def fuse_(self) -> None:

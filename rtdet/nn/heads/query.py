@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from rtdet.nn.heads.base import Decoded, DetectionHead
+from rtdet.nn.heads.denoising import build_denoising_queries
 from rtdet.nn.modules.transformer import is_tracing
 from rtdet.ops.anchors import query_anchors
 from rtdet.ops.boxes import cxcywh_to_xyxy
@@ -32,6 +33,7 @@ class QueryHead(DetectionHead):
 
     needs_nms = False  # one query per object: the top-k is final
     clip_boxes: ClassVar[bool] = True  # decode clips boxes to the input
+    denoising_flavour: ClassVar[str] = "reference"  # build_denoising_queries' flavour (Ultralytics' RT-DETR differs)
 
     def flatten_levels(self, feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Maps [B, c_l, H_l, W_l] -> memory [B, sum H_l W_l, hidden] (after ``input_proj``) and each (H, W)."""
@@ -77,6 +79,25 @@ class QueryHead(DetectionHead):
         enc_scores = scores.gather(1, idx.expand(-1, -1, scores.shape[-1]))
         content = top_features if learned_content is None else learned_content.weight[None, :k].expand(b, -1, -1)
         return content, box_logits, box_logits.sigmoid(), enc_scores
+
+    def add_denoising(self, content: torch.Tensor, box_logits: torch.Tensor, targets: dict | None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict | None]:
+        """Training queries: content [B, Q, d] and box logits [B, Q, 4] with the denoising queries built from
+        ``targets`` in front, their attention mask and meta (None, None without targets or denoising). Uses
+        ``denoising_class_embed`` (None: no denoising), ``num_denoising``, ``label_noise_ratio`` and
+        ``box_noise_scale``."""
+        table = self.denoising_class_embed
+        dn = None
+        if targets is not None and table is not None:
+            dn = build_denoising_queries(targets, table.weight[:self.nc], content.shape[1], content.shape[0],
+                                         self.num_denoising, self.label_noise_ratio, self.box_noise_scale,
+                                         flavour=self.denoising_flavour)
+        if dn is None:
+            if table is not None:  # keep the embedding in the graph so DDP finds a gradient for it every step
+                content = content + 0.0 * table.weight.sum()
+            return content, box_logits, None, None
+        return (torch.cat([dn.embed.to(content.dtype), content], 1),
+                torch.cat([dn.bbox.to(box_logits.dtype), box_logits], 1), dn.attn_mask, dn.meta)
 
     def top_queries(self, boxes: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """[B, Q, 4] boxes and [B, Q, nc] logits -> [B, k, 6] top-k over queries x classes (k = num_queries)."""

@@ -21,7 +21,6 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from rtdet.nn.heads.denoising import build_denoising_queries
 from rtdet.nn.heads.query import QueryHead
 from rtdet.nn.modules.common import fuse_conv_bn
 from rtdet.nn.modules.transformer import (
@@ -58,6 +57,7 @@ class RTDETRDecoder(QueryHead):
     """
 
     family = "rtdetr"
+    denoising_flavour = "ultralytics"  # Ultralytics' get_cdn_group (its checkpoints are what this head loads)
     dynamic = False  # True (set by the exporter for dynamic=True): anchors follow the traced input size
 
     def __init__(
@@ -138,7 +138,6 @@ class RTDETRDecoder(QueryHead):
     def forward(self, feats: list[torch.Tensor], targets: dict | None = None):
         """feats: maps [B, ch_i, H_i, W_i]; targets: the batch dict (read in training for denoising)."""
         memory, shapes = self.flatten_levels(feats)
-        b = memory.shape[0]
         learned = self.tgt_embed if self.learnt_init_query else None
         embed, refer_bbox, enc_bboxes, enc_scores = self.select_queries(memory, shapes, learned)
         if not self.training:
@@ -151,18 +150,7 @@ class RTDETRDecoder(QueryHead):
         refer_bbox = refer_bbox.detach()
         if not self.learnt_init_query:
             embed = embed.detach()
-        dn = None
-        if targets is not None:
-            dn = build_denoising_queries(targets, self.denoising_class_embed.weight, embed.shape[1], b,
-                                         self.num_denoising, self.label_noise_ratio, self.box_noise_scale)
-        attn_mask, dn_meta = None, None
-        if dn is not None:
-            embed = torch.cat([dn.embed.to(embed.dtype), embed], 1)
-            refer_bbox = torch.cat([dn.bbox.to(refer_bbox.dtype), refer_bbox], 1)
-            attn_mask, dn_meta = dn.attn_mask, dn.meta
-        else:
-            # Keep the denoising embedding in the graph so DDP finds a gradient for it every step.
-            embed = embed + 0.0 * self.denoising_class_embed.weight.sum()
+        embed, refer_bbox, attn_mask, dn_meta = self.add_denoising(embed, refer_bbox, targets)
         dec_bboxes, dec_scores = self.decoder(embed, refer_bbox, memory, shapes, self.dec_bbox_head,
                                               self.dec_score_head, self.query_pos_head, attn_mask=attn_mask)
         return RTDETRTrainOutput(dec_bboxes, dec_scores, enc_bboxes, enc_scores, dn_meta)

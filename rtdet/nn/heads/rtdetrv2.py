@@ -31,7 +31,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from rtdet.nn.heads.denoising import build_denoising_queries
 from rtdet.nn.heads.dfine import CLASS_PRIOR, activation_factory
 from rtdet.nn.heads.query import QueryHead
 from rtdet.nn.heads.rtdetr import RTDETRTrainOutput
@@ -155,26 +154,10 @@ class RTDETRv2Decoder(QueryHead):
         box_logits = box_logits.detach()
         if not self.learn_query_content:
             content = content.detach()
-        attn_mask, dn_meta = None, None
-        dn = self._denoising(targets, content.shape[1], content.shape[0])
-        if dn is not None:
-            content = torch.cat([dn.embed.to(content.dtype), content], 1)
-            box_logits = torch.cat([dn.bbox.to(box_logits.dtype), box_logits], 1)
-            attn_mask, dn_meta = dn.attn_mask, dn.meta
-        elif self.denoising_class_embed is not None:
-            # Keep the denoising embedding in the graph so DDP finds a gradient for it every step.
-            content = content + 0.0 * self.denoising_class_embed.weight.sum()
+        content, box_logits, attn_mask, dn_meta = self.add_denoising(content, box_logits, targets)
         boxes, logits = self._decode(content, box_logits, memory, shapes, attn_mask)
         return RTDETRTrainOutput(boxes, logits, enc_bboxes, enc_scores, dn_meta)
 
-    def _denoising(self, targets: dict | None, num_queries: int, batch_size: int):
-        """Contrastive denoising queries as the RT-DETRv2 code makes them (build_denoising_queries' "reference"
-        flavour), or None without targets."""
-        if targets is None or self.denoising_class_embed is None:
-            return None
-        return build_denoising_queries(targets, self.denoising_class_embed.weight[:self.nc], num_queries,
-                                       batch_size, self.num_denoising, self.label_noise_ratio,
-                                       self.box_noise_scale, flavour="reference")
 
     # ------------------------------------------------------------------ interface
     def fuse_(self) -> None:
