@@ -42,7 +42,15 @@ import torch
 
 from rtdet.io.foreign import plain, to_float32
 from rtdet.io.formats import ConvertContext, Converted, ForeignFormat, register_format
-from rtdet.io.lineage import any_index, count_children, indexed_rows, load_official, pick_weights, validation_size
+from rtdet.io.lineage import (
+    any_index,
+    count_children,
+    indexed_rows,
+    load_official,
+    pick_weights,
+    tensor_shape,
+    validation_size,
+)
 from rtdet.io.rules import KeyTable, WeightLoadError, drop, rename
 from rtdet.nn.builder import load_model_yaml
 from rtdet.nn.model import DetectionModel
@@ -76,14 +84,7 @@ class DFineArch:
 
 
 def _shape(sd: Mapping[str, torch.Tensor], key: str, where: str) -> torch.Size:
-    """The shape of a tensor the size inference reads (at least one dimension, as every such tensor has)."""
-    if key not in sd:
-        raise CheckpointError(f"{where}: no {key} in the state dict; not a D-FINE (HGNetv2 + hybrid encoder + "
-                              f"D-FINE decoder) checkpoint")
-    if sd[key].dim() == 0:
-        raise CheckpointError(f"{where}: {key} is a scalar; a D-FINE checkpoint holds a tensor of shape "
-                              f"[out, ...] there (a damaged file)")
-    return sd[key].shape
+    return tensor_shape(sd, key, where, "a D-FINE (HGNetv2 + hybrid encoder + D-FINE decoder)")
 
 
 

@@ -20,7 +20,19 @@ from rtdet.io.formats import ConvertContext
 from rtdet.io.rules import ConversionReport, KeyTable, WeightLoadError, load_into
 from rtdet.utils.checkpoint import CheckpointError
 
-__all__ = ["any_index", "count_children", "indexed_rows", "load_official", "pick_weights", "validation_size"]
+__all__ = ["any_index", "count_children", "indexed_rows", "load_official", "pick_weights", "tensor_shape",
+           "validation_size"]
+
+
+def tensor_shape(sd: Mapping[str, torch.Tensor], key: str, where: str, what: str) -> torch.Size:
+    """The shape of a tensor the size inference reads (at least one dimension, as every such tensor has);
+    ``what`` names the model the file should hold ("a D-FINE (HGNetv2 + hybrid encoder + D-FINE decoder)")."""
+    if key not in sd:
+        raise CheckpointError(f"{where}: no {key} in the state dict; not {what} checkpoint")
+    if sd[key].dim() == 0:
+        raise CheckpointError(f"{where}: {key} is a scalar; {what} checkpoint holds a tensor of shape [out, ...] "
+                              f"there (a damaged file)")
+    return sd[key].shape
 
 
 def count_children(sd: Mapping[str, torch.Tensor], prefix: str) -> int:

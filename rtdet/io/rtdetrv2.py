@@ -38,7 +38,15 @@ import torch
 
 from rtdet.io.foreign import plain, to_float32
 from rtdet.io.formats import ConvertContext, Converted, ForeignFormat, register_format
-from rtdet.io.lineage import any_index, count_children, indexed_rows, load_official, pick_weights, validation_size
+from rtdet.io.lineage import (
+    any_index,
+    count_children,
+    indexed_rows,
+    load_official,
+    pick_weights,
+    tensor_shape,
+    validation_size,
+)
 from rtdet.io.rules import KeyTable, drop, rename
 from rtdet.nn.builder import load_model_yaml
 from rtdet.nn.model import DetectionModel
@@ -70,14 +78,7 @@ class RTv2Arch:
 
 
 def _shape(sd: Mapping[str, torch.Tensor], key: str, where: str) -> torch.Size:
-    """The shape of a tensor the size inference reads (at least one dimension, as every such tensor has)."""
-    if key not in sd:
-        raise CheckpointError(f"{where}: no {key} in the state dict; not an RT-DETRv2 (PResNet + hybrid encoder + "
-                              f"RT-DETRv2 decoder) checkpoint")
-    if sd[key].dim() == 0:
-        raise CheckpointError(f"{where}: {key} is a scalar; an RT-DETRv2 checkpoint holds a tensor of shape "
-                              f"[out, ...] there (a damaged file)")
-    return sd[key].shape
+    return tensor_shape(sd, key, where, "an RT-DETRv2 (PResNet + hybrid encoder + RT-DETRv2 decoder)")
 
 
 def points_per_level(scale: torch.Tensor, where: str) -> tuple[int, ...]:
