@@ -260,8 +260,10 @@ def size_recipes(path: str | Path) -> dict[str, Path]:
     return out
 
 
-def _size_key(size: str) -> tuple[int, str]:
-    return (SIZE_ORDER.index(size) if len(size) == 1 and size in SIZE_ORDER else len(SIZE_ORDER), size)
+def _size_key(size: str) -> tuple[int, list]:
+    """n, s, m, l, x in that order, then other names with their numbers compared as numbers (r18 before r101)."""
+    rank = SIZE_ORDER.index(size) if len(size) == 1 and size in SIZE_ORDER else len(SIZE_ORDER)
+    return rank, [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", size) if part]
 
 
 def sized_recipe(path: str | Path, size: str | None, where: str = "the model") -> Path:
@@ -281,7 +283,8 @@ def sized_recipe(path: str | Path, size: str | None, where: str = "the model") -
     known = sorted({*sizes, *([own] if own else [])}, key=_size_key)
     raise SettingsError(f"{where}: recipe_size '{size}' has no recipe: {path.name} comes in sizes "
                         f"{', '.join(known)} ({', '.join(sizes[k].name if k in sizes else path.name for k in known)}); "
-                        f"set recipe_size= to one of them")
+                        f"set recipe_size= to one of them if the model is that size, or give a cfg= recipe made for "
+                        f"this model")
 
 
 def recipe_path(family: str | None, size: str | None = None, where: str = "the model") -> Path | None:
