@@ -104,9 +104,9 @@ def define_classes(mods: dict[str, types.ModuleType], table: dict[str, tuple[str
     return {rt: made[where] for rt, where in table.items()}
 
 
-def fp16_exact(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random weights and BatchNorm statistics that fp16 stores exactly (so a half-precision file loses
-    nothing and converted outputs can equal the source's to the bit)."""
+def random_weights(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights and BatchNorm statistics, in eval mode: zero-initialised heads and the BN statistics
+    start to matter, so a wrong mapping shows in the outputs (constants that are no tensors stay as built)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -115,6 +115,15 @@ def fp16_exact(model: nn.Module, seed: int = 0) -> nn.Module:
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
                 m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return model.eval()
+
+
+def fp16_exact(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights and BatchNorm statistics that fp16 stores exactly (so a half-precision file loses
+    nothing and converted outputs can equal the source's to the bit)."""
+    was_training = model.training
+    random_weights(model, seed).train(was_training)
+    with torch.no_grad():
         for t in [*model.parameters(), *model.buffers()]:
             if t.is_floating_point():
                 t.copy_(t.half().float())

@@ -25,7 +25,7 @@ from rtdet.io.mmdet import MMDET_RTMDET_KEYS, STANDARD_SCALES, read_config_text,
 from rtdet.io.safe_pickle import ForeignObject, read_torch_file
 from rtdet.nn.builder import load_model_yaml
 from rtdet.utils.checkpoint import CheckpointError
-from tests.io.iohelpers import define_class, same_outputs, throwaway_modules
+from tests.io.iohelpers import define_class, random_weights, same_outputs, throwaway_modules
 from tests.nn.test_rtmdet_models import mmdet_keys
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -251,19 +251,6 @@ def save_mmdet(model: nn.Module, path: Path, config: str | None, *, layout: str 
         torch.save(ckpt, path)
     return path
 
-
-def random_weights(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random weights and BatchNorm statistics (fp32, as mmdetection stores them; the input normalisation's
-    constants, which are no tensors of the file, stay as built)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.02)
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return model.eval()
 
 
 def source_model(scale: str, seed: int = 0, nc: int = 80) -> nn.Module:

@@ -25,7 +25,7 @@ from rtdet.io.rtdetrv2 import MODELS, convert_rtdetrv2, is_rtdetrv2_checkpoint, 
 from rtdet.nn.builder import load_model_yaml
 from rtdet.nn.model import DetectionModel
 from rtdet.utils.checkpoint import CheckpointError
-from tests.io.iohelpers import same_outputs
+from tests.io.iohelpers import random_weights, same_outputs
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 META_COPY = pytest.mark.filterwarnings("ignore:.*copying from a non-meta parameter")
@@ -79,18 +79,6 @@ def model_yaml(name: str, nc: int = 3) -> dict:
     d["nc"] = nc
     return d
 
-
-def random_weights(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random weights (the zero-initialised box heads and attention weights start to matter) and BN statistics."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.02)
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
