@@ -44,12 +44,17 @@ def amp_dtype(setting: bool | str, device: torch.device) -> torch.dtype | None:
 
 def training_precision(args: dict, device: torch.device) -> tuple[torch.dtype | None, bool]:
     """(autocast dtype or None, NHWC layout) of a training run: ``amp=`` through :func:`amp_dtype` (a GPU
-    without bf16 is a SettingsError) and ``channels_last=``, which applies to training on CUDA only."""
+    without bf16 is a SettingsError) and ``channels_last=``, which applies to training on CUDA and on the CPU.
+
+    On CUDA NHWC gives cuDNN's fastest convolutions under AMP (tensor cores). On the CPU oneDNN's NHWC
+    kernels are faster too, above all the depthwise convolutions' backward (3-7x on HGNetv2's shapes): one
+    training step of every family took 5-19% less time (``benchmarks/train_step.py --layouts``,
+    docs/benchmarks.md). Other devices (MPS) keep NCHW."""
     try:
         dtype = amp_dtype(args["amp"], device)
     except ValueError as e:
         raise SettingsError(str(e)) from None
-    return dtype, bool(args["channels_last"]) and torch.device(device).type == "cuda"
+    return dtype, bool(args["channels_last"]) and torch.device(device).type in ("cuda", "cpu")
 
 
 def network_autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

@@ -325,7 +325,7 @@ class Trainer:
         """The model on its device (frozen rows, memory layout, SyncBN, DDP) and its criterion."""
         self.model = model.to(self.device)
         self.freezer = self._make_freezer(self.model, frozen)
-        if self.channels_last:  # NHWC: cuDNN's fastest convolutions under AMP (tensor cores)
+        if self.channels_last:  # NHWC: cuDNN's fastest convolutions under AMP, oneDNN's on the CPU
             self.model = self.model.to(memory_format=torch.channels_last)
         self.criterion = criterion_for(self.model.head, criterion_hyperparameters(args, self.family))
         if hasattr(self.criterion, "to"):

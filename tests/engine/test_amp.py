@@ -56,7 +56,8 @@ def test_amp_and_channels_last_settings_are_checked():
 def test_training_precision_turns_a_missing_bf16_into_a_settings_error(monkeypatch):
     from rtdet.engine.amp import training_precision
 
-    assert training_precision({"amp": "bf16", "channels_last": True}, torch.device("cpu")) == (None, False)
+    assert training_precision({"amp": "bf16", "channels_last": True}, torch.device("cpu")) == (None, True)
+    assert training_precision({"amp": "bf16", "channels_last": True}, torch.device("mps")) == (None, False)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla T4")
     with pytest.raises(SettingsError, match="amp=bf16: Tesla T4"):
@@ -115,9 +116,13 @@ def test_criterion_runs_outside_autocast_on_float32_outputs(family_settings):
 
 
 def test_channels_last_training_feeds_nhwc_batches_and_keeps_the_loss(tiny_settings):
+    nchw = Trainer({**tiny_settings, "channels_last": False})
+    nchw.setup()
+    assert nchw.channels_last is False
     trainer = Trainer({**tiny_settings, "channels_last": True})
     trainer.setup()
-    assert trainer.channels_last is False  # on the CPU training stays NCHW (the layout pays off on CUDA)
+    assert trainer.channels_last is True  # on the CPU too: oneDNN's NHWC convolutions are faster
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in trainer.model.parameters() if p.dim() == 4)
     batch = next(iter(trainer.train_loader))
     layouts = []
     trainer.model.register_forward_pre_hook(
@@ -125,9 +130,7 @@ def test_channels_last_training_feeds_nhwc_batches_and_keeps_the_loss(tiny_setti
     torch.manual_seed(0)  # the same denoising queries in both passes
     trainer.model.train()
     with torch.no_grad():
-        reference = trainer.criterion(trainer.model(batch["img"], batch), batch)[0]  # same weights, NCHW
-    trainer.channels_last = True  # what channels_last=true sets on a GPU
-    trainer.model.to(memory_format=torch.channels_last)
+        reference = trainer.criterion(trainer.model(batch["img"], batch), batch)[0]  # same weights, NCHW batch
     torch.manual_seed(0)
     loss, _ = trainer.train_step(dict(batch), step=False)
     assert layouts == [False, True]

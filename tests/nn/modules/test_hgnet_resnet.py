@@ -50,15 +50,20 @@ def test_resnet_layer_shapes():
     assert ResNetLayer(64, 32, 2, False, 2)(torch.zeros(1, 64, 16, 16)).shape == (1, 128, 8, 8)
 
 
-def test_shifted_max_equals_max_pool_2x2_stride_1():
-    x = torch.randn(2, 3, 9, 14)
+LAYOUTS = [torch.contiguous_format, torch.channels_last]  # NCHW (eval, export) and NHWC (training, predict)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=["NCHW", "NHWC"])
+def test_shifted_max_equals_max_pool_2x2_stride_1(layout):
+    x = torch.randn(2, 3, 9, 14).contiguous(memory_format=layout)
     assert torch.equal(max_pool_2x2_stride1(x), F.max_pool2d(x, 2, 1))
 
 
-def test_shifted_max_gradient_is_max_pool_2x2_stride_1s_even_on_ties():
+@pytest.mark.parametrize("layout", LAYOUTS, ids=["NCHW", "NHWC"])
+def test_shifted_max_gradient_is_max_pool_2x2_stride_1s_even_on_ties(layout):
     # Small integers after a ReLU: many windows hold tied maxima, where torch.maximum alone would split the
     # gradient and max_pool2d gives all of it to the first maximum in scan order.
-    x = torch.randint(-2, 3, (2, 3, 9, 14)).float().relu()
+    x = torch.randint(-2, 3, (2, 3, 9, 14)).float().relu().contiguous(memory_format=layout)
     grad = torch.randint(-9, 10, (2, 3, 8, 13)).float()  # integers: sums exact in any order
     ours, ref = x.clone().requires_grad_(), x.clone().requires_grad_()
     max_pool_2x2_stride1(ours).backward(grad)
