@@ -4,11 +4,16 @@ CPU time (the process's user + sys) and that time as a ratio to the first model'
 
     .venv/bin/python benchmarks/demo_race.py                                 # rtdetr-demo against dfine-demo
     .venv/bin/python benchmarks/demo_race.py --set dfine-demo.yaml:loss_fgl=0.15 dfine-demo.yaml:loss=vfl
+    .venv/bin/python benchmarks/demo_race.py --seeds 0 1 2                   # one race per seed, and the means
     .venv/bin/python benchmarks/demo_race.py --quick                         # 1 epoch each: checks it runs
 
 Each demo uses its family's ``cfg/demo/<family>.yaml`` on top of the recipe (what ``rtdet demo model=...``
 does); ``--set MODEL:key=value`` changes one model's settings. With two models on a two-core machine each
 run has a core; more runs than cores share them, which inflates every CPU time alike only roughly.
+
+A demo's final mAP moves by a few hundredths with anything that changes its floating-point sums (the seed,
+the memory layout, the thread count), so one race is one sample: ``--seeds`` runs one race per training seed
+(the synthetic set stays the same) and adds a table of each model's mean and range over the seeds.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import csv
 import json
 import multiprocessing as mp
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -53,11 +59,13 @@ def run_one(model: str, settings: dict, project: str, queue) -> None:
                "mAP50-95": out["metrics"].get("mAP50-95"), "per_epoch": per_epoch})
 
 
-def race(models: list[str], sets: dict[str, dict], folder: Path) -> list[dict]:
-    """Every model's demo in its own process, all at once; results in ``models`` order."""
+def race(models: list[str], sets: dict[str, dict], folder: Path, seed: int | None = None) -> list[dict]:
+    """Every model's demo in its own process, all at once; results in ``models`` order. ``seed``: the
+    training seed of every run (None: the demo's own)."""
     ctx = mp.get_context("spawn")  # a fresh interpreter each: no shared torch state
     queue = ctx.Queue()
-    procs = [ctx.Process(target=run_one, args=(m, sets.get(m, {}), str(folder / Path(m).stem), queue))
+    extra = {} if seed is None else {"seed": seed}
+    procs = [ctx.Process(target=run_one, args=(m, {**sets.get(m, {}), **extra}, str(folder / Path(m).stem), queue))
              for m in models]
     for p in procs:
         p.start()
@@ -65,6 +73,24 @@ def race(models: list[str], sets: dict[str, dict], folder: Path) -> list[dict]:
     for p in procs:
         p.join()
     return sorted(results, key=lambda r: models.index(r["model"]))
+
+
+def summary(races: list[list[dict]]) -> str:
+    """Each model's mean (min-max) final mAPs and CPU time over the races, and its mean CPU time as a
+    ratio to the first model's."""
+    lines = [f"Over {len(races)} seeds:", "",
+             "| run | val mAP50, mean (min-max) | val mAP50-95, mean (min-max) | CPU time, mean | CPU time ratio |",
+             "|---|---:|---:|---:|---:|"]
+    base = statistics.mean(r[0]["cpu_s"] for r in races)
+    for i, first in enumerate(races[0]):
+        runs = [r[i] for r in races]
+        cells = []
+        for key in ("mAP50", "mAP50-95"):
+            v = [r[key] for r in runs]
+            cells.append(f"{statistics.mean(v):.3f} ({min(v):.3f}-{max(v):.3f})")
+        cpu = statistics.mean(r["cpu_s"] for r in runs)
+        lines.append(f"| {Path(first['model']).stem} | {cells[0]} | {cells[1]} | {cpu:.0f} s | {cpu / base:.2f} |")
+    return "\n".join(lines)
 
 
 def table(results: list[dict]) -> str:
@@ -99,6 +125,7 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], help="MODEL:key=value, one model's setting")
     ap.add_argument("--dir", type=Path, default=None, help="run folders (default: a temporary folder)")
     ap.add_argument("--out", type=Path, default=None, help="also write the table here")
+    ap.add_argument("--seeds", nargs="+", type=int, default=None, help="one race per training seed, and the means")
     ap.add_argument("--quick", action="store_true", help="1 epoch: checks the script runs")
     args = ap.parse_args()
     sets = parse_sets(args.set)
@@ -106,7 +133,14 @@ def main() -> None:
         for m in args.models:
             sets.setdefault(m, {}).update(epochs=1)
     folder = args.dir or Path(tempfile.mkdtemp(prefix="demo-race-"))
-    text = table(race(args.models, sets, folder))
+    if args.seeds is None:
+        text = table(race(args.models, sets, folder))
+    else:
+        races = []
+        for seed in args.seeds:
+            races.append(race(args.models, sets, folder / f"seed{seed}", seed))
+            print(f"seed {seed}:\n{table(races[-1])}\n", flush=True)
+        text = "\n\n".join([*(f"seed {s}:\n{table(r)}" for s, r in zip(args.seeds, races)), summary(races)])
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
