@@ -172,7 +172,7 @@ BUILT_IN = sorted(p.stem for p in MODELS_DIR.glob("*/*.yaml"))
 def test_strides_of_every_built_in_model(models, name):
     """Learnt once at build time from the model itself and handed to its head (whatever its family)."""
     model = models(name)
-    levels = [8, 16, 32, 64] if "shvit" in name else [16, 32] if name in ("dfine-n", "dfine-demo") else [8, 16, 32]
+    levels = [8, 16, 32, 64] if "shvit" in name else [16, 32] if name == "dfine-n" else [8, 16, 32]
     assert model.strides == (levels * 2 if isinstance(model.head, DualDDetect) else levels)
     head_strides = getattr(model.head, "strides", None)
     assert head_strides in (None, levels, model.strides)  # RT-DETR needs none, YOLO heads keep one triple
