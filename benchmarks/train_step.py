@@ -4,6 +4,7 @@ batch 8.
 
     .venv/bin/python benchmarks/train_step.py [--threads 2] [--steps 5] [--out table.md]
     .venv/bin/python benchmarks/train_step.py --models rtmdet-tiny.yaml   # some of the cases
+    .venv/bin/python benchmarks/train_step.py --models dfine-s.yaml --imgsz 320   # any model YAML
     .venv/bin/python benchmarks/train_step.py --quick     # tiny sizes, one step: checks the script runs
     .venv/bin/python benchmarks/train_step.py --layouts   # each case in NCHW and NHWC, interleaved, and the ratio
 
@@ -87,12 +88,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--out", type=Path, default=None, help="write the table (markdown) to this file")
-    ap.add_argument("--models", nargs="+", default=None, help="only these cases (model YAML names)")
+    ap.add_argument("--models", nargs="+", default=None,
+                    help="only these cases (model YAML names); a model that is no case runs at --imgsz, --batch")
+    ap.add_argument("--imgsz", type=int, default=640, help="image size of a --models entry that is no case")
+    ap.add_argument("--batch", type=int, default=2, help="batch of a --models entry that is no case")
     ap.add_argument("--quick", action="store_true", help="64x64, batch 2, one step: checks the script")
     ap.add_argument("--layouts", action="store_true", help="each case in NCHW and NHWC, steps interleaved")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cases = [c for c in CASES if args.models is None or c[0] in args.models]
+    known = {m for m, _, _ in CASES}
+    cases += [(m, args.imgsz, args.batch) for m in args.models or [] if m not in known]  # any other model YAML
     if args.quick:
         cases = [(m, 64, 2) for m, _, _ in cases]
         args.steps = 1
