@@ -2,7 +2,6 @@
 
 import os
 import random
-import signal
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from rtdet.engine.multiscale import MultiScale, candidate_sizes, parse_multi_sca
 from rtdet.engine.settings import SettingsError, check_settings, resolve_settings
 from rtdet.engine.trainer import Trainer
 from rtdet.utils.checkpoint import load_checkpoint
+from tests.engine.run_helpers import train_until_ctrl_c
 from tests.engine.test_trainer import _assert_same
 
 
@@ -99,15 +99,7 @@ def test_ctrl_c_then_resume_is_bit_identical_with_multi_scale(tiny_settings):
     reference = Trainer({**settings, "name": "reference"})
     reference.train()
     interrupted = Trainer({**settings, "name": "interrupted"})
-
-    def ctrl_c(t):
-        if (t.epoch, t.batch_index) == (0, 2):
-            os.kill(os.getpid(), signal.SIGINT)
-
-    interrupted.add_callback("on_train_batch_end", ctrl_c)
-    with pytest.raises(KeyboardInterrupt, match="saved"):
-        interrupted.train()
-    last = interrupted.save_dir / "weights" / "last.pt"
+    last = train_until_ctrl_c(interrupted, (0, 2))
     assert (load_checkpoint(last)["epoch"], load_checkpoint(last)["step_in_epoch"]) == (0, 3)
     resumed = Trainer({"resume": str(last)})
     seen: list = []

@@ -2,8 +2,6 @@
 best checkpoint, and again after each later epoch that does not beat the best since the last return; resume
 reproduces the uninterrupted run exactly."""
 
-import os
-import signal
 
 import pytest
 import torch
@@ -12,6 +10,7 @@ from rtdet.engine.settings import SettingsError
 from rtdet.engine.stageswitch import StageSwitch
 from rtdet.engine.trainer import Trainer
 from rtdet.utils.checkpoint import load_checkpoint
+from tests.engine.run_helpers import train_until_ctrl_c
 from tests.engine.test_trainer import _assert_same
 
 
@@ -112,15 +111,7 @@ def test_ctrl_c_then_resume_reproduces_the_uninterrupted_run(tiny_settings, scri
         "epoch 5 did not improve on the best since the last reload"]
     assert all("(epoch 2, weights/best_stage1.pt)" in line for line in reloads)
     interrupted = Trainer({**settings, "name": "interrupted"})
-
-    def ctrl_c(t):
-        if (t.epoch, t.batch_index) == stop_at:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    interrupted.add_callback("on_train_batch_end", ctrl_c)
-    with pytest.raises(KeyboardInterrupt, match="saved"):
-        interrupted.train()
-    last = interrupted.save_dir / "weights" / "last.pt"
+    last = train_until_ctrl_c(interrupted, stop_at)
     Trainer({"resume": str(last)}).train()
     _assert_same(reference.save_dir / "weights" / "last.pt", last)
     ref, mine = load_checkpoint(reference.save_dir / "weights" / "last.pt"), load_checkpoint(last)

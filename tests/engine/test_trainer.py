@@ -12,6 +12,7 @@ from rtdet.engine.errors import NonFiniteLossError
 from rtdet.engine.settings import criterion_hyperparameters, resolve_settings
 from rtdet.engine.trainer import Trainer
 from rtdet.utils.checkpoint import CheckpointError, load_checkpoint
+from tests.engine.run_helpers import train_until_ctrl_c
 
 
 def _loss_before_after(trainer: Trainer, steps: int) -> tuple[float, float]:
@@ -95,15 +96,7 @@ def test_ctrl_c_then_resume_reproduces_the_uninterrupted_run(tiny_settings, tmp_
 
     interrupted = Trainer({**settings, "name": "interrupted"})
     before = signal.getsignal(signal.SIGINT)  # not necessarily Python's default: nohup, `&` and CI ignore SIGINT
-
-    def ctrl_c(t):  # a real SIGINT, as a terminal sends it
-        if (t.epoch, t.batch_index) == stop_at:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    interrupted.add_callback("on_train_batch_end", ctrl_c)
-    with pytest.raises(KeyboardInterrupt, match="saved"):
-        interrupted.train()
-    last = interrupted.save_dir / "weights" / "last.pt"
+    last = train_until_ctrl_c(interrupted, stop_at)
     ckpt = load_checkpoint(last)
     assert (ckpt["epoch"], ckpt["step_in_epoch"]) == (stop_at[0], stop_at[1] + 1)
     assert signal.getsignal(signal.SIGINT) is before  # the handler that was there before is restored
