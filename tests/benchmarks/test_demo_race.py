@@ -1,19 +1,13 @@
 """benchmarks/demo_race.py's pure parts: --set parsing and the over-the-seeds summary (no demo is run)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "demo_race.py"
+from tests.benchmarks.scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def race():
-    spec = importlib.util.spec_from_file_location("demo_race_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("demo_race")
 
 
 def _run(model: str, map50: float, map5095: float, cpu_s: float) -> dict:

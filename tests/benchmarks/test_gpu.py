@@ -1,23 +1,20 @@
 """benchmarks/gpu.py on a machine without CUDA: its arguments are checked, and it stops with one line."""
 
-import importlib.util
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu.py"
+from tests.benchmarks.scripts import BENCHMARKS, load_script
+
+SCRIPT = BENCHMARKS / "gpu.py"
 
 
 @pytest.fixture(scope="module")
 def gpu():
-    spec = importlib.util.spec_from_file_location("gpu_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("gpu")
 
 
 def test_arguments_are_parsed_and_checked(gpu, tmp_path):
