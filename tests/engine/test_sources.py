@@ -145,7 +145,9 @@ def test_a_slow_consumer_skips_frames_of_a_live_stream(http_video):
             deadline = time.monotonic() + 60  # no timing assumption: wait for the reader, however loaded the CPU
             while any(t.read < 20 for t in _stream_threads()) and time.monotonic() < deadline:
                 time.sleep(0.05)
-    assert seen[0] == 0 and seen[-1] == 19 and len(seen) < 20 and seen == sorted(set(seen))
+    # The first frame the consumer gets is the newest one read by then (0, or later on a loaded machine: the
+    # reader may have read the whole local clip first); after the hold only the newest, 19, is left.
+    assert seen[-1] == 19 and len(seen) <= 2 and seen == sorted(set(seen))
 
 
 def test_stopping_early_stops_the_reader_thread(http_video):
