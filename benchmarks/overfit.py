@@ -41,8 +41,8 @@ from rtdet.io.load import build_model  # noqa: E402
 
 COCO128 = REPO.parent / "shared" / "data" / "coco128-train"
 # The settings a run's table names (what recipe=auto may choose).
-CHOSEN = ("recipe", "lr_batch", "backbone_lr_ratio", "scheduler", "lrf", "nbs", "warmup_max_fraction", "ema_decay",
-          "ema_tau", "ema_schedule", "clip_grad", "multi_scale")
+CHOSEN = ("recipe", "lr_batch", "backbone_lr_ratio", "scheduler", "lrf", "beta2", "nbs", "warmup_max_fraction",
+          "ema_decay", "ema_tau", "ema_schedule", "clip_grad", "multi_scale")
 
 
 def subset_yaml(root: Path, n: int, out_dir: Path) -> Path:

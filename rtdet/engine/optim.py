@@ -70,17 +70,18 @@ def param_groups(model: nn.Module, weight_decay: float, backbone_lr_ratio: float
 
 
 def build_optimizer(model: nn.Module, name: str = "AdamW", lr0: float = 1e-3, momentum: float = 0.9,
-                    weight_decay: float = 5e-4, backbone_lr_ratio: float = 1.0) -> torch.optim.Optimizer:
-    """AdamW / Adam (betas (momentum, 0.999)) or SGD with Nesterov momentum over :func:`param_groups`."""
+                    weight_decay: float = 5e-4, backbone_lr_ratio: float = 1.0,
+                    beta2: float = 0.999) -> torch.optim.Optimizer:
+    """AdamW / Adam (betas (momentum, beta2)) or SGD with Nesterov momentum over :func:`param_groups`."""
     groups = param_groups(model, weight_decay, backbone_lr_ratio)
     for g in groups:
         g["lr"] = lr0 * g["lr_scale"]
         g["initial_lr"] = g["lr"]
     key = {o.lower(): o for o in OPTIMIZERS}.get(str(name).lower())
     if key == "AdamW":
-        return torch.optim.AdamW(groups, lr=lr0, betas=(momentum, 0.999))
+        return torch.optim.AdamW(groups, lr=lr0, betas=(momentum, beta2))
     if key == "Adam":
-        return torch.optim.Adam(groups, lr=lr0, betas=(momentum, 0.999))
+        return torch.optim.Adam(groups, lr=lr0, betas=(momentum, beta2))
     if key == "SGD":
         return torch.optim.SGD(groups, lr=lr0, momentum=momentum, nesterov=True)
     raise ValueError(f"optimizer={name!r} is not supported; choose one of {', '.join(OPTIMIZERS)}")

@@ -355,7 +355,8 @@ class Trainer:
                         f"{images} images: lr {self.lr0:.4g} (linear scaling)")
         self.weight_decay = weight_decay
         self.optimizer = build_optimizer(de_parallel(self.model), args["optimizer"], self.lr0,
-                                         float(args["momentum"]), weight_decay, float(args["backbone_lr_ratio"]))
+                                         float(args["momentum"]), weight_decay, float(args["backbone_lr_ratio"]),
+                                         beta2=float(args.get("beta2", 0.999)))  # a run saved before beta2
         warmup = warmup_steps(int(args["warmup_iters"]), float(args["warmup_epochs"]), self.steps_per_epoch,
                               total_steps, float(args["warmup_max_fraction"]))
         self.schedule = LRSchedule(self.optimizer, self.lr0, total_steps, scheduler=args["scheduler"],

@@ -38,6 +38,12 @@ def test_build_optimizer(tiny_yaml, name):
         assert all(g["nesterov"] for g in opt.param_groups)
     else:
         assert all(g["betas"] == (0.9, 0.999) for g in opt.param_groups)
+
+
+def test_build_optimizer_takes_adams_second_moment_decay(tiny_yaml):
+    model = build_model(str(tiny_yaml), nc=2)
+    opt = build_optimizer(model, "AdamW", lr0=0.01, momentum=0.9, weight_decay=1e-4, beta2=0.975)
+    assert {g["betas"] for g in opt.param_groups} == {(0.9, 0.975)}
     with pytest.raises(ValueError, match="optimizer='Lion'"):
         build_optimizer(model, "Lion")
 
