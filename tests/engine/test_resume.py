@@ -73,3 +73,13 @@ def test_resume_after_the_class_count_changed_is_refused_at_set_up(unfinished):
     with pytest.raises(SettingsError, match=r"trained for 2 classes but data=.* now names 3"):
         Trainer({"resume": str(unfinished.last)}).train()
     assert {p: p.stat().st_mtime_ns for p in unfinished.save_dir.rglob("*")} == before
+
+
+def test_a_run_saved_before_beta2_existed_resumes_with_adams_default(unfinished):
+    ckpt = load_checkpoint(unfinished.last)
+    del ckpt["args"]["beta2"]  # last.pt files written before the setting existed
+    torch.save(ckpt, unfinished.last)
+    resumed = Trainer({"resume": str(unfinished.last)})
+    resumed.train()
+    assert load_checkpoint(resumed.last)["epoch"] == 1  # the second epoch of two ran
+    assert {g["betas"][1] for g in resumed.optimizer.param_groups} == {0.999}  # the tiny run's AdamW
